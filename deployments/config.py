@@ -1,0 +1,165 @@
+"""Typed application config: what `serve_config.yaml` passes as `args` to the builder.
+
+Everything is validated here, in the process that runs `serve run`, before any replica
+starts: unknown keys, pools naming models that are not in the catalog, routing rules
+pointing at pools that do not exist. A bad config fails in a second with a readable
+message instead of after a minute of engine start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.catalog import ModelSpec
+from models.engines.fake import FakeEngineOptions
+from routing.policy import AUTO_MODEL
+from routing.rules import RulesConfig
+
+POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ActorOptions(Strict):
+    """The subset of Ray actor options a replica may set."""
+
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per replica.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs reserved per replica.")
+    memory: int | None = Field(default=None, gt=0, description="Bytes of memory reserved.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources, e.g. a node-type label."
+    )
+
+
+class AutoscalingOptions(Strict):
+    """Ray Serve autoscaling bounds for one deployment."""
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept at low load.")
+    max_replicas: int = Field(default=1, ge=1, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(default=None, ge=0, description="Replicas at start.")
+    target_ongoing_requests: float = Field(
+        default=4, gt=0, description="Ongoing requests per replica Serve aims for."
+    )
+    upscale_delay_s: float = Field(default=10.0, ge=0, description="Load must last this long.")
+    downscale_delay_s: float = Field(default=120.0, ge=0, description="Idle this long to shrink.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingOptions:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class DeploymentOptions(Strict):
+    """Replica count, concurrency and resources of one Serve deployment."""
+
+    num_replicas: int = Field(default=1, ge=1, description="Fixed replicas (no autoscaling).")
+    autoscaling: AutoscalingOptions | None = Field(
+        default=None, description="Autoscaling bounds; replaces num_replicas when set."
+    )
+    max_ongoing_requests: int = Field(
+        default=32, ge=1, description="Requests one replica handles at once."
+    )
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        default=None,
+        description="Resource bundles per replica (multi-GPU tensor parallelism on a cluster).",
+    )
+    placement_group_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = (
+        None
+    )
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options`."""
+        opts: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            opts["num_replicas"] = self.num_replicas
+        if self.placement_group_bundles is not None:
+            opts["placement_group_bundles"] = self.placement_group_bundles
+            opts["placement_group_strategy"] = self.placement_group_strategy or "STRICT_PACK"
+        return opts
+
+
+class PoolConfig(DeploymentOptions):
+    """One pool: a catalog model served by a set of identical replicas."""
+
+    model: str = Field(description="Catalog id of the model this pool serves.")
+    fake: FakeEngineOptions = Field(
+        default_factory=FakeEngineOptions,
+        description="Behaviour of the fake engine (used only when `engine: fake`).",
+    )
+
+
+class AppConfig(Strict):
+    """The whole application."""
+
+    engine: Literal["vllm", "fake"] = Field(
+        default="vllm", description="`vllm` for real engines; `fake` for tests only."
+    )
+    models: list[ModelSpec] = Field(min_length=1, description="The model catalog.")
+    pools: dict[str, PoolConfig] = Field(min_length=1, description="Pools by name.")
+    routing: RulesConfig = Field(default_factory=RulesConfig, description="Routing rules.")
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256),
+        description="The OpenAI ingress deployment.",
+    )
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest a request may take end to end."
+    )
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> AppConfig:
+        ids = [m.id for m in self.models]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate model ids: {', '.join(duplicates)}")
+        for name, pool in self.pools.items():
+            if not re.match(POOL_NAME, name):
+                raise ValueError(f"pool name {name!r} must match {POOL_NAME}")
+            if pool.model not in ids:
+                raise ValueError(
+                    f"pool {name!r} serves model {pool.model!r}, which is not in models "
+                    f"(known: {', '.join(ids)})"
+                )
+        clashes = sorted((set(self.pools) | {AUTO_MODEL}) & set(ids))
+        if clashes:
+            raise ValueError(f"model ids must differ from pool names and 'auto': {clashes}")
+        # NOTE: code_pool and large_pool may be absent (the policy then falls back to the
+        # default pool), but the default pool must exist.
+        if self.routing.default_pool not in self.pools:
+            raise ValueError(
+                f"routing.default_pool {self.routing.default_pool!r} is not a configured pool"
+            )
+        return self
+
+    def model(self, model_id: str) -> ModelSpec:
+        return next(m for m in self.models if m.id == model_id)
+
+    def pool_models(self) -> dict[str, str]:
+        return {name: pool.model for name, pool in self.pools.items()}
+
+
+class ConfigError(ValueError):
+    """The app config is invalid; the message lists every problem, one per line."""
+
+
+def load_app_config(args: dict[str, Any]) -> AppConfig:
+    """Validate builder args, turning pydantic's report into a short readable message."""
+    try:
+        return AppConfig.model_validate(args)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "args"
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid Switchyard config:\n" + "\n".join(lines)) from None

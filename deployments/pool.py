@@ -1,0 +1,57 @@
+"""The pool deployment: one class for every pool, configured per pool.
+
+A replica owns one engine. It adds what a replica needs around it: start-up, the two
+call shapes the ingress uses (whole answer, token stream), abort, load stats and the
+health check Serve calls to replace a dead replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from ray import serve
+
+from models.catalog import ModelSpec
+from models.engines import create_engine
+from models.engines.base import (
+    EngineStats,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    collect,
+)
+from models.engines.fake import FakeEngineOptions
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
+class PoolServer:
+    async def __init__(
+        self, pool: str, spec: ModelSpec, engine: str, fake: FakeEngineOptions | None = None
+    ) -> None:
+        self.pool = pool
+        self.spec = spec
+        self.engine = create_engine(engine, spec, pool=pool, fake=fake)
+        await self.engine.start()
+        logger.info("pool %s serving %s with the %s engine", pool, spec.id, engine)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await collect(self.engine.generate(request))
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        async for chunk in self.engine.generate(request):
+            yield chunk
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    async def __del__(self) -> None:
+        await self.engine.shutdown()

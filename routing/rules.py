@@ -1,0 +1,127 @@
+"""Rule-based routing: cheap, explainable signals that pick a pool.
+
+Pure: text and config in, a `RouteDecision` out. No Ray, no vLLM, no I/O, so every
+decision is unit-tested as a plain function. Rules run in a fixed order because a
+request can match several: code markers win (a long code question still wants the code
+model), then length, then complexity keywords; otherwise the default (cheap) pool.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_CODE_PATTERNS = [
+    r"```",
+    r"\bdef\s+\w+\s*\(",
+    r"\bclass\s+\w+\s*[:(]",
+    r"^\s*(import|from)\s+\w+",
+    r"#include\s*<",
+    r"\bfunction\s*\w*\s*\(",
+    r"=>\s*\{",
+    r"\b(python|javascript|typescript|golang|rust|java|c\+\+|sql|bash|regex)\b",
+    r"\b(code|function|compile[rs]?|debug|stack ?trace|traceback|refactor|unit tests?)\b",
+]
+DEFAULT_COMPLEX_PATTERNS = [
+    r"\bstep[- ]by[- ]step\b",
+    r"\b(prove|proof|derive|analy[sz]e|compare|contrast|evaluate|critique)\b",
+    r"\bexplain (why|how)\b",
+    r"\b(essay|in detail|in depth|detailed|thorough|trade-?offs?)\b",
+]
+
+
+class RulesConfig(BaseModel):
+    """Thresholds and patterns of the rule-based policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_pool: str = Field(default="small", description="Pool when no rule matches.")
+    code_pool: str = Field(default="code", description="Pool for requests with code markers.")
+    large_pool: str = Field(default="large", description="Pool for long or complex requests.")
+    code_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CODE_PATTERNS),
+        description="Regexes (case-insensitive, multiline); any match routes to code_pool.",
+    )
+    complex_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_COMPLEX_PATTERNS),
+        description="Regexes marking a complex task; enough matches route to large_pool.",
+    )
+    complex_min_matches: int = Field(
+        default=1, ge=1, description="Distinct complex patterns needed to route to large_pool."
+    )
+    long_prompt_tokens: int = Field(
+        default=384, gt=0, description="Prompts longer than this (estimated) go to large_pool."
+    )
+    chars_per_token: float = Field(
+        default=4.0, gt=0, description="Characters per token used to estimate prompt length."
+    )
+
+    @field_validator("code_patterns", "complex_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return patterns
+
+    @cached_property
+    def compiled_code(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(p, re.IGNORECASE | re.MULTILINE) for p in self.code_patterns)
+
+    @cached_property
+    def compiled_complex(self) -> tuple[re.Pattern[str], ...]:
+        return tuple(re.compile(p, re.IGNORECASE | re.MULTILINE) for p in self.complex_patterns)
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    """What the policy knows about a request."""
+
+    approx_tokens: int
+    code_markers: tuple[str, ...]
+    complex_markers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """Which pool serves a request, and why (`reason` is a stable label, `detail` prose)."""
+
+    pool: str
+    reason: str
+    detail: str
+
+
+def extract_features(text: str, config: RulesConfig) -> RequestFeatures:
+    """Measure the request text: estimated tokens and which markers matched."""
+
+    def matches(patterns: tuple[re.Pattern[str], ...]) -> tuple[str, ...]:
+        found = (p.search(text) for p in patterns)
+        return tuple(dict.fromkeys(m.group(0).strip() for m in found if m))
+
+    return RequestFeatures(
+        approx_tokens=round(len(text) / config.chars_per_token),
+        code_markers=matches(config.compiled_code),
+        complex_markers=matches(config.compiled_complex),
+    )
+
+
+def decide(features: RequestFeatures, config: RulesConfig) -> RouteDecision:
+    """Apply the rules in order: code, long, complex, default."""
+    if features.code_markers:
+        shown = ", ".join(repr(m) for m in features.code_markers[:3])
+        return RouteDecision(config.code_pool, "code_markers", f"code markers found: {shown}")
+    if features.approx_tokens > config.long_prompt_tokens:
+        return RouteDecision(
+            config.large_pool,
+            "long_prompt",
+            f"~{features.approx_tokens} prompt tokens > {config.long_prompt_tokens}",
+        )
+    if len(features.complex_markers) >= config.complex_min_matches:
+        shown = ", ".join(repr(m) for m in features.complex_markers[:3])
+        return RouteDecision(config.large_pool, "complex_task", f"complexity markers: {shown}")
+    return RouteDecision(config.default_pool, "default", "no rule matched")
