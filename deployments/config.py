@@ -131,6 +131,7 @@ class AppConfig(Strict):
                     f"pool {name!r} serves model {pool.model!r}, which is not in models "
                     f"(known: {', '.join(ids)})"
                 )
+            _check_gpus(name, pool, self.model(pool.model))
         clashes = sorted((set(self.pools) | {AUTO_MODEL}) & set(ids))
         if clashes:
             raise ValueError(f"model ids must differ from pool names and 'auto': {clashes}")
@@ -149,6 +150,27 @@ class AppConfig(Strict):
         return {name: pool.model for name, pool in self.pools.items()}
 
 
+def _check_gpus(name: str, pool: PoolConfig, spec: ModelSpec) -> None:
+    """A replica must reserve exactly the GPUs its engine shards the model over."""
+    tp = spec.engine.tensor_parallel_size
+    if pool.placement_group_bundles is not None:
+        first = pool.placement_group_bundles[0] if pool.placement_group_bundles else {}
+        actor = pool.ray_actor_options
+        if first.get("CPU", 0) < actor.num_cpus or first.get("GPU", 0) < actor.num_gpus:
+            raise ValueError(
+                f"pool {name!r}: the first placement group bundle must hold the replica's "
+                "ray_actor_options (num_cpus, num_gpus)"
+            )
+        gpus = sum(b.get("GPU", 0) for b in pool.placement_group_bundles)
+    else:
+        gpus = pool.ray_actor_options.num_gpus
+    if tp > 1 and gpus != tp:
+        raise ValueError(
+            f"pool {name!r}: model {spec.id!r} uses tensor_parallel_size={tp} but a replica "
+            f"reserves {gpus:g} GPUs; give it {tp} (placement_group_bundles with one GPU each)"
+        )
+
+
 class ConfigError(ValueError):
     """The app config is invalid; the message lists every problem, one per line."""
 
@@ -161,5 +183,5 @@ def load_app_config(args: dict[str, Any]) -> AppConfig:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "args"
-            lines.append(f"  {where}: {err['msg']}")
+            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid Switchyard config:\n" + "\n".join(lines)) from None

@@ -95,7 +95,10 @@ class ModelSpec(StrictModel):
         default=512, gt=0, description="Largest `max_tokens` a request may ask of this model."
     )
     default_max_tokens: int = Field(
-        default=256, gt=0, description="`max_tokens` used when a request gives none."
+        default=256,
+        gt=0,
+        description="`max_tokens` used when a request gives none; defaults to "
+        "min(256, max_tokens).",
     )
     temperature: float = Field(
         default=0.7, ge=0, le=2, description="Temperature when a request gives none."
@@ -116,6 +119,13 @@ class ModelSpec(StrictModel):
             known = ", ".join(sorted(EMBEDDED_MODELS))
             raise ValueError(f"unknown embedded model {rest!r}; known: {known}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_fits_cap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "default_max_tokens" not in data:
+            data = {**data, "default_max_tokens": min(256, data.get("max_tokens", 512))}
+        return data
 
     @model_validator(mode="after")
     def _limits_fit(self) -> ModelSpec:

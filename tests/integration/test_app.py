@@ -1,0 +1,150 @@
+"""The real app builder on Ray Serve with the fake engine, driven by the `openai` client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import fake_app_args
+from tests.integration.conftest import client, run_app
+
+APP = "fakeapp"
+
+
+@pytest.fixture(scope="module")
+def api(serve_port: int) -> openai.OpenAI:
+    args = fake_app_args(large={"token_latency_s": 0.01})
+    args["pools"]["broken"] = {"model": "big-chat", "fake": {"fail_requests": True}}
+    args["pools"]["cutoff"] = {"model": "big-chat", "fake": {"fail_after_tokens": 1}}
+    run_app(args, APP)
+    return client(serve_port, APP)
+
+
+@pytest.fixture(scope="module")
+def http(api: openai.OpenAI) -> httpx.Client:
+    return httpx.Client(base_url=str(api.base_url), timeout=30)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_chat_auto_routes_and_reports_why(api: openai.OpenAI) -> None:
+    raw = api.chat.completions.with_raw_response.create(
+        model="auto", messages=ask("What is the capital of France?")
+    )
+    resp = raw.parse()
+    assert resp.choices[0].message.content == "small answer from tiny-chat"
+    assert resp.model == "tiny-chat"
+    assert resp.usage is not None and resp.usage.completion_tokens == 4
+    assert raw.headers["x-switchyard-pool"] == "small"
+    assert raw.headers["x-switchyard-route"] == "default"
+    assert resp.model_extra is not None
+    assert resp.model_extra["switchyard"]["detail"] == "no rule matched"
+
+
+def test_auto_code_and_complex(api: openai.OpenAI) -> None:
+    raw = api.chat.completions.with_raw_response.create(
+        model="auto", messages=ask("Fix this: def f(x) return x")
+    )
+    assert raw.headers["x-switchyard-pool"] == "code"
+    assert raw.parse().choices[0].message.content == "def answer(): return 42"
+    raw = api.chat.completions.with_raw_response.create(
+        model="auto", messages=ask("Compare Rome and Athens in depth.")
+    )
+    assert (raw.headers["x-switchyard-pool"], raw.headers["x-switchyard-route"]) == (
+        "large",
+        "complex_task",
+    )
+
+
+def test_pinning_by_pool_and_by_model(api: openai.OpenAI) -> None:
+    by_pool = api.chat.completions.with_raw_response.create(model="large", messages=ask("hi"))
+    assert by_pool.headers["x-switchyard-route"] == "pinned_pool"
+    assert by_pool.parse().choices[0].message.content == "large answer from big-chat"
+    by_model = api.chat.completions.with_raw_response.create(model="coder", messages=ask("hi"))
+    assert by_model.headers["x-switchyard-pool"] == "code"
+    assert by_model.headers["x-switchyard-route"] == "pinned_model"
+
+
+def test_chat_stream(api: openai.OpenAI) -> None:
+    stream = api.chat.completions.create(
+        model="large", messages=ask("hi"), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "large answer from big-chat"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_completions(api: openai.OpenAI) -> None:
+    resp = api.completions.create(model="small", prompt="Once upon a time", max_tokens=2)
+    assert resp.choices[0].text == "small answer"
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.prompt_tokens == 4
+    streamed = api.completions.create(model="small", prompt="x", stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == "small answer from tiny-chat"
+
+
+def test_models_list(api: openai.OpenAI) -> None:
+    ids = [m.id for m in api.models.list()]
+    assert ids[:4] == ["auto", "small", "large", "code"]
+    assert {"tiny-chat", "big-chat", "coder"} <= set(ids)
+
+
+def test_client_errors_are_openai_shaped(api: openai.OpenAI, http: httpx.Client) -> None:
+    with pytest.raises(openai.NotFoundError) as nf:
+        api.chat.completions.create(model="gpt-17", messages=ask("hi"))
+    assert nf.value.body["code"] == "model_not_found"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as br:
+        api.chat.completions.create(model="small", messages=ask("hi"), max_tokens=10_000)
+    assert br.value.body["param"] == "max_tokens"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as cl:
+        api.chat.completions.create(model="small", messages=ask("word " * 200))
+    assert cl.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+    for body, param in [
+        ("{not json", None),
+        ('{"model": "auto"}', "messages"),
+        ('{"model": "auto", "messages": []}', "messages"),
+        ('{"model": "auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', "max_tokens"),
+        ('{"model": 7, "messages": [{"role": "user", "content": "x"}]}', "model"),
+    ]:
+        resp = http.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 400, body
+        error = resp.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] == param
+
+
+def test_engine_failure_is_sanitized_500_and_app_survives(api: openai.OpenAI) -> None:
+    for stream in (False, True):
+        with pytest.raises(openai.InternalServerError) as err:
+            api.chat.completions.create(model="broken", messages=ask("hi"), stream=stream)
+        body = err.value.body
+        assert body == {  # no traceback, no Ray text
+            "message": "fake engine failure",
+            "type": "server_error",
+            "param": None,
+            "code": "engine_error",
+        }
+    assert api.chat.completions.create(model="small", messages=ask("hi")).choices
+
+
+def test_failure_mid_stream_raises_in_client(api: openai.OpenAI) -> None:
+    stream = api.chat.completions.create(model="cutoff", messages=ask("hi"), stream=True)
+    seen = []
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content)
+    assert "".join(s or "" for s in seen) == "This"  # the fake's default reply, 1 token
+
+
+def test_health(serve_port: int, api: openai.OpenAI) -> None:
+    resp = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health")
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["ok"] is True
+    assert set(body["pools"]) == {"small", "large", "code", "broken", "cutoff"}

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployments.config import AppConfig, ConfigError, load_app_config
+from tests.conftest import fake_app_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def app_args(path: str) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / path).read_text())
+    (app,) = doc["applications"]
+    assert app["import_path"] == "deployments.builder:build_app"
+    args: dict[str, Any] = app["args"]
+    return args
+
+
+def test_embedded_profile_validates_with_three_real_pools() -> None:
+    config = load_app_config(app_args("serve_config.yaml"))
+    assert config.engine == "vllm"
+    assert set(config.pools) == {"small", "large", "code"}
+    for pool in config.pools.values():
+        spec = config.model(pool.model)
+        assert spec.source_scheme == "embedded"
+        assert spec.engine.dtype == "float32"  # fastest on AVX2-only CPUs
+        assert spec.engine.kv_cache_gib is not None
+        assert pool.ray_actor_options.num_gpus == 0
+    total_cpus = sum(p.ray_actor_options.num_cpus for p in config.pools.values())
+    assert total_cpus + config.ingress.ray_actor_options.num_cpus <= 2
+
+
+def test_gpu_profile_validates() -> None:
+    config = load_app_config(app_args("cluster/serve_config.gpu.yaml"))
+    assert all(m.source_scheme == "hf" for m in config.models)
+    large = config.pools["large"]
+    assert config.model(large.model).engine.tensor_parallel_size == 2
+    assert sum(b.get("GPU", 0) for b in large.placement_group_bundles or []) == 2
+    for name in ("small", "code"):
+        assert config.pools[name].ray_actor_options.num_gpus == 1
+    for pool in config.pools.values():
+        assert pool.autoscaling is not None
+        assert pool.autoscaling.max_replicas > pool.autoscaling.min_replicas
+        assert "autoscaling_config" in pool.serve_options()
+        assert "num_replicas" not in pool.serve_options()
+
+
+def test_fixed_replicas_map_to_num_replicas() -> None:
+    config = AppConfig.model_validate(fake_app_args())
+    opts = config.pools["small"].serve_options()
+    assert opts["num_replicas"] == 1
+    assert "autoscaling_config" not in opts
+
+
+def broken(mutate: Any) -> dict[str, Any]:
+    args = copy.deepcopy(fake_app_args())
+    mutate(args)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a.update(engnie="vllm"), "engnie: Extra inputs are not permitted"),
+        (lambda a: a["pools"]["small"].update(model="nope"), "serves model 'nope'"),
+        (lambda a: a["models"].append(dict(a["models"][0])), "duplicate model ids: tiny-chat"),
+        (
+            lambda a: a["models"].append({"id": "large", "source": "path://z"}),
+            "must differ from pool names",
+        ),
+        (lambda a: a["models"][0].update(source="embedded://gpt-5"), "unknown embedded model"),
+        (lambda a: a["models"][0].update(source="s3://bucket"), "source must start with"),
+        (lambda a: a["models"][0].update(max_tokens=128), "smaller than engine.max_model_len"),
+        (lambda a: a.update(routing={"default_pool": "medium"}), "default_pool 'medium'"),
+        (lambda a: a["pools"]["small"].update(max_ongoing_requests=0), "greater than or equal"),
+        (lambda a: a["pools"].update({"Bad Name": a["pools"]["small"]}), "must match"),
+        (
+            lambda a: a["pools"]["small"].update(autoscaling={"min_replicas": 3, "max_replicas": 2}),
+            "min_replicas must not exceed max_replicas",
+        ),
+        (
+            lambda a: a["models"][1].update(engine={"tensor_parallel_size": 2}),
+            "tensor_parallel_size=2 but a replica reserves 0 GPUs",
+        ),
+    ],
+)
+def test_bad_config_fails_fast_with_a_readable_message(mutate: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_app_config(broken(mutate))
+    text = str(err.value)
+    assert text.startswith("invalid Switchyard config:")
+    assert message in text
+    assert "Traceback" not in text
+
+
+def test_builder_rejects_bad_config_before_binding_anything() -> None:
+    from deployments.builder import build_app
+
+    with pytest.raises(ConfigError, match="serves model 'nope'"):
+        build_app(broken(lambda a: a["pools"]["small"].update(model="nope")))

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from deployments.openai.errors import APIError, create_error_response, sse_error_event, to_api_error
+from deployments.openai.protocol import ChatCompletionRequest
+from models.engines.base import ContextLengthError, EngineError, EngineUnavailableError, PromptError
+from routing.policy import UnknownModelError
+
+
+def body(exc: BaseException) -> tuple[int, dict[str, object]]:
+    response = create_error_response(exc)
+    payload = json.loads(bytes(response.body))
+    assert set(payload) == {"error"}
+    assert set(payload["error"]) == {"message", "type", "param", "code"}
+    return response.status_code, payload["error"]
+
+
+def test_validation_error_is_400_with_param() -> None:
+    with pytest.raises(Exception) as err:
+        ChatCompletionRequest.model_validate({"model": "auto", "messages": [], "max_tokens": -1})
+    status, error = body(err.value)
+    assert status == 400
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "max_tokens"
+    assert "(and 1 more problem)" in str(error["message"])
+
+
+def test_fastapi_invalid_json_is_400() -> None:
+    exc = RequestValidationError([{"type": "json_invalid", "loc": ("body", 1), "msg": "x"}])
+    status, error = body(exc)
+    assert (status, error["code"]) == (400, "invalid_json")
+
+
+def test_context_length_is_400() -> None:
+    status, error = body(ContextLengthError("too long"))
+    assert (status, error["param"], error["code"]) == (400, "messages", "context_length_exceeded")
+
+
+def test_unknown_model_is_404() -> None:
+    status, error = body(UnknownModelError("gpt-9", ["auto", "small"]))
+    assert (status, error["type"], error["param"]) == (404, "not_found_error", "model")
+    assert "available: auto, small" in str(error["message"])
+
+
+def test_not_implemented_is_501() -> None:
+    assert body(NotImplementedError("secret internals"))[0] == 501
+
+
+def test_unavailable_engine_is_503() -> None:
+    status, error = body(EngineUnavailableError("pool 'large' is unavailable; retry shortly"))
+    assert (status, error["code"]) == (503, "pool_unavailable")
+
+
+def test_engine_error_is_500_without_internals() -> None:
+    try:
+        try:
+            raise RuntimeError("CUDA error at /opt/secret/path.py line 3")
+        except RuntimeError as inner:
+            raise EngineError() from inner
+    except EngineError as exc:
+        status, error = body(exc)
+    assert status == 500
+    assert "secret" not in json.dumps(error)
+    assert error["message"] == "the model engine failed to serve the request"
+
+
+def test_unexpected_exception_is_sanitized_500() -> None:
+    status, error = body(KeyError("/home/user/.venv/internal"))
+    assert (status, error["message"], error["type"]) == (
+        500,
+        "internal server error",
+        "server_error",
+    )
+
+
+def test_api_error_keeps_status_and_headers() -> None:
+    exc = APIError(429, "busy", headers={"retry-after": "1"})
+    response = create_error_response(exc)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    assert to_api_error(exc).type == "rate_limit_error"
+
+
+def test_prompt_error_survives_pickling() -> None:
+    import pickle
+
+    exc = pickle.loads(pickle.dumps(PromptError("bad", param="stop", code="x")))
+    assert (exc.message, exc.param, exc.code) == ("bad", "stop", "x")
+
+
+def test_sse_error_event_shape() -> None:
+    event = sse_error_event(EngineError())
+    assert event.startswith("data: ") and event.endswith("\n\n")
+    assert json.loads(event[6:])["error"]["type"] == "server_error"

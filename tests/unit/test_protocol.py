@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_unknown_fields_are_accepted() -> None:
+    req = ChatCompletionRequest.model_validate({"model": "auto", "messages": MSG, "foo": 1})
+    assert req.model_extra == {"foo": 1}
+
+
+def test_content_parts_are_flattened() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {
+            "model": "auto",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        }
+    )
+    assert req.messages[0].text() == "ab"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"n": 2}, "only n=1"),
+        ({"tools": [{"type": "function"}]}, "tools are not supported"),
+        ({"max_tokens": 0}, "greater than or equal to 1"),
+        ({"temperature": "hot"}, "valid number"),
+        ({"temperature": 3}, "less than or equal to 2"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
+        ({"messages": "hi"}, "valid list"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "Input should be"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "Input should be"),
+    ],
+)
+def test_bad_chat_requests(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ChatCompletionRequest.model_validate({"model": "auto", "messages": MSG, **extra})
+
+
+def test_max_completion_tokens_wins() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": MSG, "max_tokens": 5, "max_completion_tokens": 9}
+    )
+    assert req.requested_max_tokens == 9
+
+
+def test_completion_defaults_and_limits() -> None:
+    req = CompletionRequest.model_validate({"model": "auto", "prompt": "x"})
+    assert req.requested_max_tokens == 16  # OpenAI's default for completions
+    assert req.stop_list() == ()
+    with pytest.raises(ValidationError, match="one string"):
+        CompletionRequest.model_validate({"model": "auto", "prompt": ["a", "b"]})
+    with pytest.raises(ValidationError, match="not supported"):
+        CompletionRequest.model_validate({"model": "auto", "prompt": "a", "echo": True})

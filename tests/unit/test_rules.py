@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from routing.policy import UnknownModelError, choose_pool
+from routing.rules import RouteDecision, RulesConfig, decide, extract_features
+
+RULES = RulesConfig()
+POOLS = {"small": "tiny-chat", "large": "big-chat", "code": "coder"}
+
+
+def route(text: str, rules: RulesConfig = RULES) -> RouteDecision:
+    return decide(extract_features(text, rules), rules)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\nprint(1)\n```",
+        "Why does def parse(x): fail here?",
+        "Write a Python function that reverses a string.",
+        "#include <stdio.h> won't compile",
+        "import numpy as np\nnp.zeros(3)",
+    ],
+)
+def test_code_markers_route_to_code(text: str) -> None:
+    decision = route(text)
+    assert decision.pool == "code"
+    assert decision.reason == "code_markers"
+
+
+def test_plain_question_goes_to_default_pool() -> None:
+    assert route("What is the capital of France?") == RouteDecision(
+        "small", "default", "no rule matched"
+    )
+
+
+def test_long_prompt_goes_to_large() -> None:
+    text = "Tell me about the history of this town. " * 60  # ~2400 chars, ~600 tokens
+    decision = route(text)
+    assert decision.pool == "large"
+    assert decision.reason == "long_prompt"
+    assert "600 prompt tokens > 384" in decision.detail
+
+
+def test_complex_task_goes_to_large() -> None:
+    decision = route("Explain why the sky is blue, step by step.")
+    assert decision.pool == "large"
+    assert decision.reason == "complex_task"
+    assert "'step by step'" in decision.detail
+
+
+def test_code_wins_over_length_and_complexity() -> None:
+    text = "Explain why this python code is slow step by step. " * 80
+    assert route(text).pool == "code"
+
+
+def test_complex_min_matches_is_honoured() -> None:
+    strict = RulesConfig(complex_min_matches=2)
+    assert route("Compare cats and dogs.", strict).pool == "small"
+    assert route("Compare cats and dogs step by step.", strict).pool == "large"
+
+
+def test_features_list_distinct_markers() -> None:
+    features = extract_features("def f(): pass\ndef g(): pass", RULES)
+    assert features.code_markers[0] == "def f("
+    assert features.approx_tokens == round(len("def f(): pass\ndef g(): pass") / 4)
+
+
+def test_invalid_regex_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="invalid regex"):
+        RulesConfig(code_patterns=["(unclosed"])
+
+
+def test_auto_uses_rules() -> None:
+    decision = choose_pool("auto", "write a bash script", POOLS, RULES)
+    assert (decision.pool, decision.reason) == ("code", "code_markers")
+
+
+def test_auto_falls_back_to_default_when_rule_pool_missing() -> None:
+    decision = choose_pool("auto", "write a bash script", {"small": "tiny-chat"}, RULES)
+    assert decision.pool == "small"
+    assert decision.reason == "code_markers"
+    assert "pool 'code' is not configured" in decision.detail
+
+
+def test_pool_name_pins() -> None:
+    decision = choose_pool("large", "hi", POOLS, RULES)
+    assert (decision.pool, decision.reason) == ("large", "pinned_pool")
+
+
+def test_model_id_pins_first_pool_serving_it() -> None:
+    pools = {"small": "tiny-chat", "large": "coder", "code": "coder"}
+    decision = choose_pool("coder", "hi", pools, RULES)
+    assert (decision.pool, decision.reason) == ("large", "pinned_model")
+
+
+def test_unknown_model_lists_choices() -> None:
+    with pytest.raises(UnknownModelError) as err:
+        choose_pool("gpt-4", "hi", POOLS, RULES)
+    assert "auto, small, large, code, tiny-chat, big-chat, coder" in str(err.value)

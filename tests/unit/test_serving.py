@@ -1,0 +1,194 @@
+"""OpenAIServing without Ray: pools are fake engines called in-process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from deployments.config import AppConfig
+from deployments.openai.errors import APIError
+from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
+from deployments.openai.serving import SSE_DONE, OpenAIServing, Routed
+from models.engines import create_engine
+from models.engines.base import (
+    ContextLengthError,
+    EngineError,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    collect,
+)
+from tests.conftest import fake_app_args
+
+
+class InProcessPools:
+    """PoolClient over fake engines, recording which pool got which request."""
+
+    def __init__(self, config: AppConfig) -> None:
+        self.engines = {
+            name: create_engine("fake", config.model(p.model), pool=name, fake=p.fake)
+            for name, p in config.pools.items()
+        }
+        self.calls: list[tuple[str, GenerationRequest]] = []
+
+    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
+        self.calls.append((pool, request))
+        return await collect(self.engines[pool].generate(request))
+
+    async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        self.calls.append((pool, request))
+        async for chunk in self.engines[pool].generate(request):
+            yield chunk
+
+
+def serving(**fakes: dict[str, Any]) -> tuple[OpenAIServing, InProcessPools]:
+    config = AppConfig.model_validate(fake_app_args(**fakes))
+    pools = InProcessPools(config)
+    return OpenAIServing(config, pools), pools
+
+
+def chat(model: str = "auto", text: str = "hello there", **extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+    )
+
+
+async def events(routed: Routed) -> list[Any]:
+    assert routed.stream is not None
+    lines = [line async for line in routed.stream]
+    assert lines[-1] == SSE_DONE
+    assert all(line.startswith("data: ") and line.endswith("\n\n") for line in lines)
+    return [json.loads(line[6:]) for line in lines[:-1]]
+
+
+async def test_chat_answer_usage_and_route() -> None:
+    svc, pools = serving()
+    routed = await svc.chat(chat(text="What is the capital of France?"))
+    body = routed.body.model_dump()  # type: ignore[union-attr]
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "small answer from tiny-chat"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["model"] == "tiny-chat"
+    # "user: What is the capital of France?" is 7 words in the fake's rendering
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
+    assert body["switchyard"]["reason"] == "default"
+    assert body["switchyard"]["mean_logprob"] == pytest.approx(-0.1)
+    assert routed.headers()["x-switchyard-pool"] == "small"
+    assert routed.headers()["x-switchyard-model"] == "tiny-chat"
+    assert pools.calls[0][1].sampling.max_tokens == 64  # model default: min(256, cap)
+
+
+async def test_auto_routes_code_to_code_pool() -> None:
+    svc, pools = serving()
+    routed = await svc.chat(chat(text="Write a python function to sort a list"))
+    assert routed.route.pool == "code"
+    assert routed.route.reason == "code_markers"
+    assert [pool for pool, _ in pools.calls] == ["code"]
+
+
+async def test_model_id_pins_pool() -> None:
+    svc, pools = serving()
+    routed = await svc.chat(chat(model="big-chat", text="def f(): pass"))
+    assert (routed.route.pool, routed.route.reason) == ("large", "pinned_model")
+
+
+async def test_sampling_defaults_and_overrides_reach_the_engine() -> None:
+    svc, pools = serving()
+    await svc.chat(chat(model="large", max_tokens=7, temperature=0, stop="END", seed=3))
+    sampling = pools.calls[0][1].sampling
+    assert (sampling.max_tokens, sampling.temperature, sampling.stop, sampling.seed) == (
+        7,
+        0.0,
+        ("END",),
+        3,
+    )
+
+
+async def test_max_tokens_truncates_with_length_finish() -> None:
+    svc, _ = serving()
+    body = (await svc.chat(chat(model="large", max_tokens=2))).body.model_dump()  # type: ignore[union-attr]
+    assert body["choices"][0]["message"]["content"] == "large answer"
+    assert body["choices"][0]["finish_reason"] == "length"
+
+
+async def test_max_tokens_above_model_cap_is_400() -> None:
+    svc, pools = serving()
+    with pytest.raises(APIError) as err:
+        await svc.chat(chat(model="small", max_tokens=65))
+    assert (err.value.status, err.value.param) == (400, "max_tokens")
+    assert pools.calls == []
+
+
+async def test_prompt_longer_than_context_is_refused() -> None:
+    svc, _ = serving()
+    with pytest.raises(ContextLengthError, match="context window is 128 tokens"):
+        await svc.chat(chat(model="small", text="word " * 100))
+
+
+async def test_chat_to_completion_only_model_is_400() -> None:
+    config = fake_app_args()
+    config["pools"]["small"]["model"] = "base-lm"
+    svc = OpenAIServing(AppConfig.model_validate(config), InProcessPools(AppConfig.model_validate(config)))
+    with pytest.raises(APIError, match="completion-only"):
+        await svc.chat(chat(model="small"))
+
+
+async def test_stream_chunks_in_openai_format() -> None:
+    svc, _ = serving()
+    routed = await svc.chat(chat(stream=True, stream_options={"include_usage": True}))
+    chunks = await events(routed)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["switchyard"]["pool"] == "small"
+    text = "".join(c["choices"][0]["delta"]["content"] for c in chunks[1:-1])
+    assert text == "small answer from tiny-chat"
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+
+
+async def test_stream_without_usage_has_no_usage_chunk() -> None:
+    svc, _ = serving()
+    chunks = await events(await svc.chat(chat(stream=True)))
+    assert all(c["usage"] is None for c in chunks)
+
+
+async def test_failure_before_first_token_is_an_http_error() -> None:
+    svc, _ = serving(small={"fail_requests": True})
+    with pytest.raises(EngineError):
+        await svc.chat(chat(stream=True))
+
+
+async def test_failure_mid_stream_ends_with_error_event() -> None:
+    svc, _ = serving(small={"fail_after_tokens": 2})
+    chunks = await events(await svc.chat(chat(stream=True)))
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[1:-1]) == "small answer"
+    assert chunks[-1] == {
+        "error": {
+            "message": "fake engine failure mid-stream",
+            "type": "server_error",
+            "param": None,
+            "code": "engine_error",
+        }
+    }
+
+
+async def test_completion_and_stream() -> None:
+    svc, _ = serving()
+    req = CompletionRequest.model_validate({"model": "large", "prompt": "Once upon"})
+    body = (await svc.completion(req)).body.model_dump()  # type: ignore[union-attr]
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"] == "large answer from big-chat"
+    assert body["usage"]["prompt_tokens"] == 2
+    req = CompletionRequest.model_validate({"model": "large", "prompt": ["Once"], "stream": True})
+    chunks = await events(await svc.completion(req))
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "large answer from big-chat"
+
+
+def test_models_lists_auto_pools_and_served_models() -> None:
+    svc, _ = serving()
+    ids = [card.id for card in svc.models().data]
+    assert ids == ["auto", "small", "large", "code", "tiny-chat", "big-chat", "coder"]
