@@ -1,8 +1,57 @@
-"""Shared test helpers: a small fake-engine app config used by unit and integration tests."""
+"""Shared test helpers: a fake-engine app config, and a local Ray Serve for the Serve tiers.
+
+Ray is imported inside the fixtures only, so unit tests never start or import it.
+"""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from typing import Any
+
+import openai
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def serve_port() -> Iterator[int]:
+    """One local Ray instance and Serve HTTP proxy for all integration and e2e tests."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def run_app(args: dict[str, Any], name: str) -> None:
+    """Deploy the real app builder under `/<name>` and wait until it is running."""
+    from ray import serve
+
+    from deployments.builder import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+
+
+def delete_app(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
+
+
+def client(port: int, name: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/{name}/v1", api_key="unused", max_retries=0
+    )
 
 
 def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:

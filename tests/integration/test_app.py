@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 
-from tests.conftest import fake_app_args
-from tests.integration.conftest import client, run_app
+from tests.conftest import client, delete_app, fake_app_args, run_app
 
 APP = "fakeapp"
 
 
 @pytest.fixture(scope="module")
-def api(serve_port: int) -> openai.OpenAI:
+def api(serve_port: int) -> Iterator[openai.OpenAI]:
     args = fake_app_args(large={"token_latency_s": 0.01})
     args["pools"]["broken"] = {"model": "big-chat", "fake": {"fail_requests": True}}
     args["pools"]["cutoff"] = {"model": "big-chat", "fake": {"fail_after_tokens": 1}}
     run_app(args, APP)
-    return client(serve_port, APP)
+    yield client(serve_port, APP)
+    delete_app(APP)
 
 
 @pytest.fixture(scope="module")

