@@ -73,12 +73,20 @@ class DeploymentOptions(Strict):
     placement_group_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = (
         None
     )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of the replica and the engine processes it starts "
+        "(e.g. vLLM's CPU thread binding).",
+    )
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options`."""
+        actor = self.ray_actor_options.model_dump(exclude_none=True)
+        if self.env_vars:
+            actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
         opts: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": self.ray_actor_options.model_dump(exclude_none=True),
+            "ray_actor_options": actor,
         }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
