@@ -72,12 +72,13 @@ def test_code_pool_writes_code(api: openai.OpenAI) -> None:
     assert resp.usage.completion_tokens > 0
 
 
-def test_large_pool_answers_when_pinned(api: openai.OpenAI) -> None:
-    raw = chat(api, "large", "Which planet is the largest in the solar system? Answer briefly.")
+def test_large_pool_answers_when_pinned_by_model_id(api: openai.OpenAI) -> None:
+    raw = chat(api, "qwen2.5-coder-0.5b-instruct", "What is the capital of Japan?")
     resp = raw.parse()
-    assert raw.headers["x-switchyard-pool"] == "large"
+    assert raw.headers["x-switchyard-pool"] == "large"  # first pool serving that model
+    assert raw.headers["x-switchyard-route"] == "pinned_model"
     assert resp.model == "qwen2.5-coder-0.5b-instruct"
-    assert "Jupiter" in resp.choices[0].message.content
+    assert "Tokyo" in resp.choices[0].message.content
     assert resp.usage.completion_tokens > 0
 
 
