@@ -17,13 +17,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.config import AppConfig
 from deployments.openai.errors import APIError, create_error_response
 from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
 from deployments.openai.serving import OpenAIServing, Routed
-from routing.policy import UnknownModelError
 from models.engines.base import (
     EngineError,
     EngineUnavailableError,
@@ -32,6 +31,7 @@ from models.engines.base import (
     GenerationResult,
     PromptError,
 )
+from routing.policy import UnknownModelError
 
 api = FastAPI(title="Switchyard", description="OpenAI-compatible multi-model LLM router")
 
@@ -69,7 +69,7 @@ def translate(pool: str, exc: BaseException) -> BaseException:
 class HandlePoolClient:
     """`PoolClient` over Serve deployment handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
         self.handles = handles
         self.streams = {name: h.options(stream=True) for name, h in handles.items()}
 
@@ -82,7 +82,9 @@ class HandlePoolClient:
 
     async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         try:
-            async for chunk in self.streams[pool].generate_stream.remote(request):
+            chunks: DeploymentResponseGenerator[GenerationChunk]
+            chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
+            async for chunk in chunks:
                 yield chunk
         except Exception as exc:
             raise translate(pool, exc) from exc
@@ -102,7 +104,7 @@ def _respond(routed: Routed) -> Response:
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: AppConfig, pools: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config: AppConfig, pools: dict[str, DeploymentHandle[Any]]) -> None:
         self.config = config
         self.pools = pools
         self.serving = OpenAIServing(config, HandlePoolClient(pools))

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class PoolServer:
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self, pool: str, spec: ModelSpec, engine: str, fake: FakeEngineOptions | None = None
     ) -> None:
         self.pool = pool

@@ -64,9 +64,7 @@ class TokenCost(StrictModel):
     """Price figures used by cost-aware routing and cost reports (USD per 1M tokens)."""
 
     input_per_million: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens.")
-    output_per_million: float = Field(
-        default=0.0, ge=0, description="USD per 1M generated tokens."
-    )
+    output_per_million: float = Field(default=0.0, ge=0, description="USD per 1M generated tokens.")
 
 
 class ModelSpec(StrictModel):

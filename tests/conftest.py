@@ -66,8 +66,12 @@ def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:
     return {
         "engine": "fake",
         "models": [
-            {"id": "tiny-chat", "source": "path://tiny", "max_tokens": 64,
-             "engine": {"max_model_len": 128}},
+            {
+                "id": "tiny-chat",
+                "source": "path://tiny",
+                "max_tokens": 64,
+                "engine": {"max_model_len": 128},
+            },
             {"id": "big-chat", "source": "path://big", "max_tokens": 256},
             {"id": "coder", "source": "path://coder", "max_tokens": 256},
             {"id": "base-lm", "source": "path://base", "chat": False, "max_tokens": 32},

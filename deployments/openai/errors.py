@@ -102,7 +102,9 @@ def to_api_error(exc: BaseException) -> APIError:
 
 
 def error_body(err: APIError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return {
+        "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    }
 
 
 def create_error_response(exc: BaseException) -> JSONResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -140,8 +141,7 @@ class OpenAIServing:
         if not spec.chat:
             raise APIError(
                 400,
-                f"model {spec.id!r} (pool {route.pool!r}) is completion-only; "
-                "use /v1/completions",
+                f"model {spec.id!r} (pool {route.pool!r}) is completion-only; use /v1/completions",
                 param="model",
             )
         request = GenerationRequest(
@@ -242,19 +242,18 @@ async def _sse_lines(
 def _chat_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
     created = int(time.time())
 
+    make = partial(ChatCompletionChunk, id=request.request_id, created=created, model=route.model)
+
     def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        base = {"id": request.request_id, "created": created, "model": route.model}
         if final_usage is not None:
-            return ChatCompletionChunk(**base, choices=[], usage=final_usage)
+            return make(choices=[], usage=final_usage)
         if chunk is None:  # opening chunk: the role, and who serves the request
             delta = ChatDelta(role="assistant", content="")
-            return ChatCompletionChunk(
-                **base, choices=[ChatChunkChoice(delta=delta)], switchyard=route
-            )
+            return make(choices=[ChatChunkChoice(delta=delta)], switchyard=route)
         choice = ChatChunkChoice(
             delta=ChatDelta(content=chunk.text), finish_reason=chunk.finish_reason
         )
-        return ChatCompletionChunk(**base, choices=[choice])
+        return make(choices=[choice])
 
     return shape
 
@@ -262,15 +261,14 @@ def _chat_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
 def _completion_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
     created = int(time.time())
 
+    make = partial(CompletionResponse, id=request.request_id, created=created, model=route.model)
+
     def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        base = {"id": request.request_id, "created": created, "model": route.model}
         if final_usage is not None:
-            return CompletionResponse(**base, choices=[], usage=final_usage)
+            return make(choices=[], usage=final_usage)
         if chunk is None:
-            return CompletionResponse(
-                **base, choices=[CompletionChoice(text="", finish_reason=None)], switchyard=route
-            )
+            return make(choices=[CompletionChoice(text="", finish_reason=None)], switchyard=route)
         choice = CompletionChoice(text=chunk.text, finish_reason=chunk.finish_reason)
-        return CompletionResponse(**base, choices=[choice])
+        return make(choices=[choice])
 
     return shape

@@ -19,6 +19,7 @@ from models.engines.base import (
     Engine,
     EngineError,
     EngineStats,
+    FinishReason,
     GenerationChunk,
     GenerationRequest,
     check_context_length,
@@ -85,7 +86,7 @@ class FakeEngine(Engine):
                 if i:
                     await asyncio.sleep(opts.token_latency_s)
                 last = i == min(len(words), limit) - 1
-                finish = None
+                finish: FinishReason | None = None
                 if last:
                     finish = "stop" if len(words) <= limit else "length"
                 yield GenerationChunk(

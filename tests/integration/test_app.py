@@ -87,7 +87,9 @@ def test_completions(api: openai.OpenAI) -> None:
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.prompt_tokens == 4
     streamed = api.completions.create(model="small", prompt="x", stream=True)
-    assert "".join(c.choices[0].text for c in streamed if c.choices) == "small answer from tiny-chat"
+    assert (
+        "".join(c.choices[0].text for c in streamed if c.choices) == "small answer from tiny-chat"
+    )
 
 
 def test_models_list(api: openai.OpenAI) -> None:
@@ -111,10 +113,15 @@ def test_client_errors_are_openai_shaped(api: openai.OpenAI, http: httpx.Client)
         ("{not json", None),
         ('{"model": "auto"}', "messages"),
         ('{"model": "auto", "messages": []}', "messages"),
-        ('{"model": "auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', "max_tokens"),
+        (
+            '{"model": "auto", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}',
+            "max_tokens",
+        ),
         ('{"model": 7, "messages": [{"role": "user", "content": "x"}]}', "model"),
     ]:
-        resp = http.post("/chat/completions", content=body, headers={"content-type": "application/json"})
+        resp = http.post(
+            "/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
         assert resp.status_code == 400, body
         error = resp.json()["error"]
         assert error["type"] == "invalid_request_error"

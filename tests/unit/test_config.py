@@ -80,7 +80,9 @@ def broken(mutate: Any) -> dict[str, Any]:
         (lambda a: a["pools"]["small"].update(max_ongoing_requests=0), "greater than or equal"),
         (lambda a: a["pools"].update({"Bad Name": a["pools"]["small"]}), "must match"),
         (
-            lambda a: a["pools"]["small"].update(autoscaling={"min_replicas": 3, "max_replicas": 2}),
+            lambda a: a["pools"]["small"].update(
+                autoscaling={"min_replicas": 3, "max_replicas": 2}
+            ),
             "min_replicas must not exceed max_replicas",
         ),
         (

@@ -17,7 +17,12 @@ def test_content_parts_are_flattened() -> None:
     req = ChatCompletionRequest.model_validate(
         {
             "model": "auto",
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                }
+            ],
         }
     )
     assert req.messages[0].text() == "ab"

@@ -68,7 +68,10 @@ async def test_chat_answer_usage_and_route() -> None:
     svc, pools = serving()
     routed = await svc.chat(chat(text="What is the capital of France?"))
     body = routed.body.model_dump()  # type: ignore[union-attr]
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "small answer from tiny-chat"}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "small answer from tiny-chat",
+    }
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["model"] == "tiny-chat"
     # "user: What is the capital of France?" is 7 words in the fake's rendering
@@ -130,7 +133,9 @@ async def test_prompt_longer_than_context_is_refused() -> None:
 async def test_chat_to_completion_only_model_is_400() -> None:
     config = fake_app_args()
     config["pools"]["small"]["model"] = "base-lm"
-    svc = OpenAIServing(AppConfig.model_validate(config), InProcessPools(AppConfig.model_validate(config)))
+    svc = OpenAIServing(
+        AppConfig.model_validate(config), InProcessPools(AppConfig.model_validate(config))
+    )
     with pytest.raises(APIError, match="completion-only"):
         await svc.chat(chat(model="small"))
 
