@@ -122,7 +122,10 @@ class AppConfig(Strict):
         description="The OpenAI ingress deployment.",
     )
     request_timeout_s: float = Field(
-        default=300.0, gt=0, description="Longest a request may take end to end."
+        default=300.0,
+        gt=0,
+        description="Longest a pool may take for a whole answer, or between two streamed "
+        "chunks; past it the request is aborted and the client gets a 504.",
     )
 
     @model_validator(mode="after")

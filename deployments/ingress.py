@@ -8,7 +8,9 @@ boundary (`raise ... from exc`) and never leak into a response.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -66,28 +68,50 @@ def translate(pool: str, exc: BaseException) -> BaseException:
     return exc
 
 
+def _timeout_error(pool: str, timeout_s: float) -> APIError:
+    return APIError(504, f"pool {pool!r} did not finish within {timeout_s:g} s", code="timeout")
+
+
 class HandlePoolClient:
     """`PoolClient` over Serve deployment handles."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
+    def __init__(self, handles: dict[str, DeploymentHandle[Any]], timeout_s: float) -> None:
         self.handles = handles
         self.streams = {name: h.options(stream=True) for name, h in handles.items()}
+        self.timeout_s = timeout_s
 
     async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
+        response = self.handles[pool].generate.remote(request)
         try:
-            result: GenerationResult = await self.handles[pool].generate.remote(request)
+            async with asyncio.timeout(self.timeout_s):
+                result: GenerationResult = await response
+        except TimeoutError as exc:
+            # NOTE: cancelling the call makes the replica's engine abort the request.
+            response.cancel()
+            raise _timeout_error(pool, self.timeout_s) from exc
         except Exception as exc:
             raise translate(pool, exc) from exc
         return result
 
     async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        chunks: DeploymentResponseGenerator[GenerationChunk]
+        chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
         try:
-            chunks: DeploymentResponseGenerator[GenerationChunk]
-            chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
-            async for chunk in chunks:
+            while True:
+                # NOTE: never `yield` inside the timeout: it would cancel the consumer.
+                # For streams the limit is on the wait for each next chunk.
+                async with asyncio.timeout(self.timeout_s):
+                    chunk = await anext(chunks, None)
+                if chunk is None:
+                    return
                 yield chunk
+        except TimeoutError as exc:
+            raise _timeout_error(pool, self.timeout_s) from exc
         except Exception as exc:
             raise translate(pool, exc) from exc
+        finally:
+            # Client gone, timeout or error: the replica's engine aborts the request.
+            chunks.cancel()
 
 
 def _respond(routed: Routed) -> Response:
@@ -107,7 +131,7 @@ class Ingress:
     def __init__(self, config: AppConfig, pools: dict[str, DeploymentHandle[Any]]) -> None:
         self.config = config
         self.pools = pools
-        self.serving = OpenAIServing(config, HandlePoolClient(pools))
+        self.serving = OpenAIServing(config, HandlePoolClient(pools, config.request_timeout_s))
 
     @api.get("/v1/models")
     async def models(self) -> Response:
@@ -127,7 +151,7 @@ class Ingress:
         for name, handle in self.pools.items():
             try:
                 stats = await handle.stats.remote()
-                status[name] = {"ok": True, "running": stats.running, "waiting": stats.waiting}
+                status[name] = {"ok": True, **asdict(stats)}
             except Exception:  # noqa: BLE001 - any failure means the pool is not healthy
                 status[name] = {"ok": False}
         healthy = all(s["ok"] for s in status.values())

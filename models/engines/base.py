@@ -121,6 +121,7 @@ class EngineStats:
 
     running: int
     waiting: int
+    aborted: int = 0  # requests stopped before they finished, since start
 
 
 class Engine(abc.ABC):

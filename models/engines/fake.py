@@ -75,10 +75,12 @@ class FakeEngine(Engine):
         check_context_length(prompt_tokens, limit, self.max_model_len)
         words = self.reply.split() or [""]
         self._running.add(request.request_id)
+        finished = False
         try:
             await asyncio.sleep(opts.first_token_latency_s)
             for i, word in enumerate(words[:limit]):
                 if request.request_id in self._cancelled:
+                    finished = True
                     yield GenerationChunk("", [], [], "abort", prompt_tokens)
                     return
                 if opts.fail_after_tokens is not None and i >= opts.fail_after_tokens:
@@ -89,6 +91,7 @@ class FakeEngine(Engine):
                 finish: FinishReason | None = None
                 if last:
                     finish = "stop" if len(words) <= limit else "length"
+                    finished = True
                 yield GenerationChunk(
                     text=word if i == 0 else " " + word,
                     token_ids=[i],
@@ -99,14 +102,16 @@ class FakeEngine(Engine):
         finally:
             self._running.discard(request.request_id)
             self._cancelled.discard(request.request_id)
+            if not finished:  # the consumer left early, as the vLLM adapter counts it
+                self.aborted.append(request.request_id)
 
     async def abort(self, request_id: str) -> None:
-        self.aborted.append(request_id)
         if request_id in self._running:
+            self.aborted.append(request_id)
             self._cancelled.add(request_id)
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=len(self._running), waiting=0)
+        return EngineStats(running=len(self._running), waiting=0, aborted=len(self.aborted))
 
     async def check_health(self) -> None:
         return None

@@ -65,6 +65,7 @@ class VLLMEngine(Engine):
         # instead of reading vLLM's SchedulerStats, which vLLM documents as unstable.
         self._waiting: set[str] = set()
         self._running: set[str] = set()
+        self._aborted = 0
 
     async def start(self) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -150,6 +151,7 @@ class VLLMEngine(Engine):
             if not finished:
                 # NOTE: the consumer went away (client disconnect, cancel, lost race):
                 # free the engine slot and KV cache now, not when max_tokens is reached.
+                self._aborted += 1
                 await self.abort(rid)
 
     async def abort(self, request_id: str) -> None:
@@ -157,7 +159,9 @@ class VLLMEngine(Engine):
             await self._engine.abort(request_id)
 
     def stats(self) -> EngineStats:
-        return EngineStats(running=len(self._running), waiting=len(self._waiting))
+        return EngineStats(
+            running=len(self._running), waiting=len(self._waiting), aborted=self._aborted
+        )
 
     async def check_health(self) -> None:
         if self._engine is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -18,6 +20,13 @@ def api(serve_port: int) -> Iterator[openai.OpenAI]:
     args = fake_app_args(large={"token_latency_s": 0.01})
     args["pools"]["broken"] = {"model": "big-chat", "fake": {"fail_requests": True}}
     args["pools"]["cutoff"] = {"model": "big-chat", "fake": {"fail_after_tokens": 1}}
+    long_reply = " ".join(f"w{i}" for i in range(200))
+    args["pools"]["slow"] = {
+        "model": "big-chat",
+        "fake": {"reply": long_reply, "token_latency_s": 0.05},
+    }
+    args["pools"]["stuck"] = {"model": "big-chat", "fake": {"first_token_latency_s": 60}}
+    args["request_timeout_s"] = 3
     run_app(args, APP)
     yield client(serve_port, APP)
     delete_app(APP)
@@ -151,9 +160,52 @@ def test_failure_mid_stream_raises_in_client(api: openai.OpenAI) -> None:
     assert "".join(s or "" for s in seen) == "This"  # the fake's default reply, 1 token
 
 
+def pool_health(port: int, pool: str) -> dict[str, Any]:
+    body = httpx.get(f"http://127.0.0.1:{port}/{APP}/health").json()
+    stats: dict[str, Any] = body["pools"][pool]
+    return stats
+
+
+def wait_for_abort(port: int, pool: str, count: int) -> dict[str, Any]:
+    """Poll the pool's stats until the abort shows (bounded: 20 s)."""
+    for _ in range(100):
+        stats = pool_health(port, pool)
+        if stats["aborted"] >= count and stats["running"] == 0:
+            return stats
+        time.sleep(0.2)
+    return stats
+
+
 def test_health(serve_port: int, api: openai.OpenAI) -> None:
     resp = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health")
     assert resp.status_code == 200
     body = resp.json()
     assert body["ok"] is True
-    assert set(body["pools"]) == {"small", "large", "code", "broken", "cutoff"}
+    assert set(body["pools"]) == {"small", "large", "code", "broken", "cutoff", "slow", "stuck"}
+    assert body["pools"]["small"] == {"ok": True, "running": 0, "waiting": 0, "aborted": 0}
+
+
+def test_client_disconnect_aborts_the_engine_request(serve_port: int, http: httpx.Client) -> None:
+    body = {"model": "slow", "messages": ask("hi"), "stream": True}
+    with http.stream("POST", "/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert pool_health(serve_port, "slow")["running"] == 1
+    # the stream is closed after ~1 of 200 tokens (10 s of generation left)
+    stats = wait_for_abort(serve_port, "slow", 1)
+    assert (stats["aborted"], stats["running"]) == (1, 0)
+
+
+def test_slow_pool_times_out_with_504_and_is_aborted(serve_port: int, api: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as err:
+        api.chat.completions.create(model="stuck", messages=ask("hi"))
+    assert err.value.status_code == 504
+    assert err.value.body == {
+        "message": "pool 'stuck' did not finish within 3 s",
+        "type": "server_error",
+        "param": None,
+        "code": "timeout",
+    }
+    stats = wait_for_abort(serve_port, "stuck", 1)
+    assert (stats["aborted"], stats["running"]) == (1, 0)
