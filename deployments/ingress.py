@@ -87,7 +87,7 @@ class HandlePoolClient:
                 result: GenerationResult = await response
         except TimeoutError as exc:
             # NOTE: cancelling the call makes the replica's engine abort the request.
-            response.cancel()
+            response.cancel()  # type: ignore[no-untyped-call]
             raise _timeout_error(pool, self.timeout_s) from exc
         except Exception as exc:
             raise translate(pool, exc) from exc
@@ -111,7 +111,7 @@ class HandlePoolClient:
             raise translate(pool, exc) from exc
         finally:
             # Client gone, timeout or error: the replica's engine aborts the request.
-            chunks.cancel()
+            chunks.cancel()  # type: ignore[no-untyped-call]
 
 
 def _respond(routed: Routed) -> Response:
