@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
+from routing.config import RoutingConfig
 from routing.policy import AUTO_MODEL
-from routing.rules import RulesConfig
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
@@ -102,6 +102,18 @@ class PoolConfig(DeploymentOptions):
     """One pool: a catalog model served by a set of identical replicas."""
 
     model: str = Field(description="Catalog id of the model this pool serves.")
+    quality: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Prior answer quality (0..1) used by the multi-objective route score "
+        "and by requests' min_quality.",
+    )
+    tokens_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Expected generation speed before live measurements exist.",
+    )
     fake: FakeEngineOptions = Field(
         default_factory=FakeEngineOptions,
         description="Behaviour of the fake engine (used only when `engine: fake`).",
@@ -116,7 +128,9 @@ class AppConfig(Strict):
     )
     models: list[ModelSpec] = Field(min_length=1, description="The model catalog.")
     pools: dict[str, PoolConfig] = Field(min_length=1, description="Pools by name.")
-    routing: RulesConfig = Field(default_factory=RulesConfig, description="Routing rules.")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig, description="Routing policy: strategies and rules."
+    )
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=256),
         description="The OpenAI ingress deployment.",
@@ -148,10 +162,17 @@ class AppConfig(Strict):
             raise ValueError(f"model ids must differ from pool names and 'auto': {clashes}")
         # NOTE: code_pool and large_pool may be absent (the policy then falls back to the
         # default pool), but the default pool must exist.
-        if self.routing.default_pool not in self.pools:
+        routing = self.routing
+        if routing.rules.default_pool not in self.pools:
             raise ValueError(
-                f"routing.default_pool {self.routing.default_pool!r} is not a configured pool"
+                f"routing.rules.default_pool {routing.rules.default_pool!r} is not a configured "
+                "pool"
             )
+        named = set(routing.fallback.chains) | set(routing.semantic.examples)
+        named |= {p for chain in routing.fallback.chains.values() for p in chain}
+        unknown = sorted(named - set(self.pools))
+        if unknown:
+            raise ValueError(f"routing names pools that are not configured: {unknown}")
         return self
 
     def model(self, model_id: str) -> ModelSpec:

@@ -9,11 +9,12 @@ boundary (`raise ... from exc`) and never leak into a response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
@@ -23,7 +24,13 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.config import AppConfig
 from deployments.openai.errors import APIError, create_error_response
-from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
+from deployments.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    RouteRequest,
+    SamplingFields,
+    SwitchyardOptions,
+)
 from deployments.openai.serving import OpenAIServing, Routed
 from models.engines.base import (
     EngineError,
@@ -33,7 +40,10 @@ from models.engines.base import (
     GenerationResult,
     PromptError,
 )
+from routing.config import STRATEGIES
+from routing.planner import Wishes
 from routing.policy import UnknownModelError
+from routing.semantic import SemanticClassifier
 
 api = FastAPI(title="Switchyard", description="OpenAI-compatible multi-model LLM router")
 
@@ -125,25 +135,85 @@ def _respond(routed: Routed) -> Response:
     )
 
 
+def wishes(body: SamplingFields, strategy_header: str | None) -> Wishes:
+    """Routing wishes from the `switchyard` body field, or the `x-switchyard-strategy` header."""
+    opts = body.switchyard or SwitchyardOptions()
+    strategy = opts.strategy
+    if strategy is None and strategy_header:
+        if strategy_header not in STRATEGIES:
+            raise APIError(
+                400,
+                f"x-switchyard-strategy must be one of {', '.join(STRATEGIES)}",
+                param="x-switchyard-strategy",
+            )
+        strategy = strategy_header
+    return Wishes(
+        strategy=strategy,
+        min_quality=opts.min_quality,
+        max_cost_usd=opts.max_cost_usd,
+        latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
+    )
+
+
+STATS_PERIOD_S = 1.0
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: AppConfig, pools: dict[str, DeploymentHandle[Any]]) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, config: AppConfig, pools: dict[str, DeploymentHandle[Any]]
+    ) -> None:
         self.config = config
         self.pools = pools
-        self.serving = OpenAIServing(config, HandlePoolClient(pools, config.request_timeout_s))
+        semantic = None
+        if config.routing.semantic.enabled:
+            from routing.embedding import MiniLMEmbedder
+
+            examples = config.routing.semantic.examples
+            semantic = await asyncio.to_thread(SemanticClassifier, MiniLMEmbedder(), examples)
+        client = HandlePoolClient(pools, config.request_timeout_s)
+        self.serving = OpenAIServing(config, client, semantic)
+        # NOTE: pool load reaches the planner through this background loop, never through
+        # a call on the request path.
+        self._poller = asyncio.get_running_loop().create_task(self._poll_stats())
+
+    async def _poll_stats(self) -> None:
+        while True:
+            for name, handle in self.pools.items():
+                with contextlib.suppress(Exception):
+                    stats = await asyncio.wait_for(handle.stats.remote(), STATS_PERIOD_S)
+                    self.serving.executor.load[name].stats = stats
+            await asyncio.sleep(STATS_PERIOD_S)
 
     @api.get("/v1/models")
     async def models(self) -> Response:
         return Response(self.serving.models().model_dump_json(), media_type="application/json")
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest) -> Response:
-        return _respond(await self.serving.chat(body))
+    async def chat_completions(
+        self,
+        body: ChatCompletionRequest,
+        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        return _respond(await self.serving.chat(body, wishes(body, x_switchyard_strategy)))
 
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest) -> Response:
-        return _respond(await self.serving.completion(body))
+    async def completions(
+        self,
+        body: CompletionRequest,
+        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        return _respond(await self.serving.completion(body, wishes(body, x_switchyard_strategy)))
+
+    @api.post("/v1/route")
+    async def route(
+        self,
+        body: RouteRequest,
+        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        decided = await self.serving.dry_run(body, body.text, wishes(body, x_switchyard_strategy))
+        return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.get("/health")
     async def health(self) -> JSONResponse:
@@ -154,5 +224,8 @@ class Ingress:
                 status[name] = {"ok": True, **asdict(stats)}
             except Exception:  # noqa: BLE001 - any failure means the pool is not healthy
                 status[name] = {"ok": False}
+        for name, breaker in self.serving.executor.breakers.items():
+            status[name]["circuit"] = breaker.state
         healthy = all(s["ok"] for s in status.values())
-        return JSONResponse({"ok": healthy, "pools": status}, status_code=200 if healthy else 503)
+        body = {"ok": healthy, "pools": status, "counters": dict(self.serving.counters)}
+        return JSONResponse(body, status_code=200 if healthy else 503)

@@ -44,8 +44,18 @@ class StreamOptions(WireModel):
     include_usage: bool = False
 
 
-class SwitchyardOptions(WireModel):
-    """The `switchyard` request extension; reserved for routing wishes (strategies)."""
+class SwitchyardOptions(BaseModel):
+    """The `switchyard` request extension: how the client wants its request routed.
+
+    Strict, unlike the rest of the wire models: a misspelt wish is a 400, not ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["route", "cascade", "speculative"] | None = None
+    min_quality: float | None = Field(default=None, ge=0, le=1)
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
 
 
 class SamplingFields(WireModel):
@@ -63,6 +73,11 @@ class SamplingFields(WireModel):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     user: str | None = None
+    switchyard: SwitchyardOptions | None = None
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
     @model_validator(mode="after")
     def _only_one_choice(self) -> SamplingFields:
@@ -97,6 +112,25 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+class RouteRequest(SamplingFields):
+    """`POST /v1/route`: a chat or completion body; only what routing reads matters."""
+
+    messages: list[ChatMessageIn] | None = None
+    prompt: str | list[str] | None = None
+
+    @model_validator(mode="after")
+    def _has_text(self) -> RouteRequest:
+        if not self.messages and not self.prompt:
+            raise ValueError("give messages or prompt")
+        return self
+
+    @property
+    def text(self) -> str:
+        if self.messages:
+            return "\n".join(m.text() for m in self.messages)
+        return self.prompt if isinstance(self.prompt, str) else "\n".join(self.prompt or [])
+
+
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool = False
@@ -116,10 +150,6 @@ class CompletionRequest(SamplingFields):
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
-    @property
-    def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
-
 
 class Usage(BaseModel):
     prompt_tokens: int
@@ -128,14 +158,42 @@ class Usage(BaseModel):
 
 
 class RouteInfo(BaseModel):
-    """The `switchyard` response extension: who served the request and why."""
+    """The `switchyard` response extension: who served the request, how and why."""
 
     pool: str
     model: str
-    strategy: Literal["route"] = "route"
+    strategy: str = "route"
     reason: str
     detail: str
+    pools_tried: list[str] = Field(default_factory=list)
+    fallback: bool = False
+    escalated: bool = False
+    confidence: float | None = None
+    confidence_method: str | None = None
+    threshold: float | None = None
     mean_logprob: float | None = None
+    discarded_tokens: int = 0
+    discarded_engine_s: float = 0.0
+    speculative_winner: str | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class RoutePlanResponse(BaseModel):
+    """The decision `POST /v1/route` returns, without generating anything."""
+
+    object: Literal["switchyard.route"] = "switchyard.route"
+    strategy: str
+    pool: str
+    model: str
+    target: str | None
+    reason: str
+    detail: str
+    confidence_method: str | None
+    threshold: float | None
+    fallbacks: list[str]
+    scores: dict[str, float]
+    similarities: dict[str, float]
+    notes: list[str]
 
 
 class ChatMessageOut(BaseModel):

@@ -1,21 +1,28 @@
-"""Serving logic of the OpenAI endpoints: route, call a pool, shape the answer.
+"""Serving logic of the OpenAI endpoints: plan, execute, shape the answer.
 
-Independent of Ray: pools are reached through the small `PoolClient` interface, which
-the ingress implements with Serve handles and unit tests implement with a fake engine.
-A reader finds the whole request path here: validate -> `choose_pool` -> pool -> response.
+Independent of Ray: pools are reached through `PoolClient`, which the ingress backs with
+Serve handles and unit tests back with fake engines. A reader finds the request path
+here: validate -> `plan` (routing/planner.py, pure) -> `Executor` (pools) -> response.
+
+Streaming: `route` streams tokens as the pool produces them (falling back to the next
+pool only before the first token). `cascade` and `speculative` stream once an answer is
+accepted: the client sees the role chunk at once, then the accepted answer; a cheap
+answer that gets rejected is never shown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 from pydantic import BaseModel
 
 from deployments.config import AppConfig
+from deployments.execution import Executor, Outcome, PoolClient
 from deployments.openai.errors import APIError, sse_error_event
 from deployments.openai.protocol import (
     ChatChoice,
@@ -31,6 +38,7 @@ from deployments.openai.protocol import (
     ModelCard,
     ModelList,
     RouteInfo,
+    RoutePlanResponse,
     SamplingFields,
     Usage,
     new_id,
@@ -40,24 +48,20 @@ from models.engines.base import (
     ChatMessage,
     GenerationChunk,
     GenerationRequest,
-    GenerationResult,
     SamplingOptions,
 )
-from routing.policy import AUTO_MODEL, choose_pool
+from routing.planner import Plan, PoolView, Wishes, plan
+from routing.policy import AUTO_MODEL
+from routing.semantic import SemanticClassifier
 
 SSE_DONE = "data: [DONE]\n\n"
+NO_WISHES = Wishes()
+
+__all__ = ["SSE_DONE", "OpenAIServing", "PoolClient", "Routed", "sse_event"]
 
 
 def sse_event(payload: BaseModel) -> str:
     return f"data: {payload.model_dump_json()}\n\n"
-
-
-class PoolClient(Protocol):
-    """How serving reaches a pool; the ingress backs it with Serve handles."""
-
-    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult: ...
-
-    def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
 
 
 @dataclass
@@ -86,10 +90,18 @@ def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 
 
 class OpenAIServing:
-    def __init__(self, config: AppConfig, pools: PoolClient) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        pools: PoolClient,
+        semantic: SemanticClassifier | None = None,
+    ) -> None:
         self.config = config
         self.pools = pools
+        self.semantic = semantic
         self._pool_models = config.pool_models()
+        self.executor = Executor(pools, config.routing, list(config.pools))
+        self.counters: Counter[str] = Counter()
 
     def models(self) -> ModelList:
         now = int(time.time())
@@ -107,25 +119,80 @@ class OpenAIServing:
                 cards.append(ModelCard(id=spec.id, created=now, switchyard=info))
         return ModelList(data=cards)
 
-    def _route(self, body: SamplingFields, text: str) -> tuple[RouteInfo, ModelSpec]:
-        decision = choose_pool(body.model, text, self._pool_models, self.config.routing)
-        spec = self.config.model(self._pool_models[decision.pool])
-        route = RouteInfo(
-            pool=decision.pool, model=spec.id, reason=decision.reason, detail=decision.detail
-        )
-        return route, spec
+    # --- planning -----------------------------------------------------------------
 
-    @staticmethod
-    def _sampling(body: SamplingFields, spec: ModelSpec, requested: int | None) -> SamplingOptions:
-        max_tokens = requested if requested is not None else spec.default_max_tokens
-        if max_tokens > spec.max_tokens:
-            raise APIError(
-                400,
-                f"max_tokens={max_tokens} exceeds the limit of {spec.max_tokens} for model "
-                f"{spec.id!r}",
-                param="max_tokens",
+    def views(self, prompt_chars: int, max_tokens: int) -> dict[str, PoolView]:
+        """Pool views for the planner, from config and live load; never blocks."""
+        prompt_tokens = prompt_chars / self.config.routing.rules.chars_per_token
+        views = {}
+        for name, pool in self.config.pools.items():
+            cost = self.config.model(pool.model).cost
+            load = self.executor.load[name]
+            per_token = load.seconds_per_token or 1.0 / pool.tokens_per_s
+            queued = load.stats.running + load.stats.waiting
+            views[name] = PoolView(
+                name=name,
+                quality=pool.quality,
+                cost_per_request=(
+                    prompt_tokens * cost.input_per_million + max_tokens * cost.output_per_million
+                )
+                / 1e6,
+                expected_latency_s=per_token
+                * max_tokens
+                * (1 + queued / pool.max_ongoing_requests),
+                saturated=queued >= pool.max_ongoing_requests,
+                available=self.executor.breakers[name].state != "open",
             )
-        return SamplingOptions(
+        return views
+
+    async def plan(
+        self, body: SamplingFields, text: str, wishes: Wishes, max_tokens: int
+    ) -> tuple[Plan, dict[str, float]]:
+        similarities: dict[str, float] = {}
+        if self.semantic is not None and body.model == AUTO_MODEL:
+            # NOTE: embedding takes ~10 ms of CPU; keep it off the event loop.
+            similarities = await asyncio.to_thread(self.semantic.similarities, text)
+        views = self.views(len(text), max_tokens)
+        decided = plan(
+            body.model, text, views, self._pool_models, self.config.routing, wishes, similarities
+        )
+        return decided, similarities
+
+    async def dry_run(self, body: SamplingFields, text: str, wishes: Wishes) -> RoutePlanResponse:
+        """`POST /v1/route`: the decision for a request, without generating."""
+        max_tokens = body.requested_max_tokens or 256
+        decided, similarities = await self.plan(body, text, wishes, max_tokens)
+        return RoutePlanResponse(
+            strategy=decided.strategy,
+            pool=decided.pool,
+            model=self._pool_models[decided.pool],
+            target=decided.target,
+            reason=decided.reason,
+            detail=decided.detail,
+            confidence_method=decided.rule.method if decided.rule else None,
+            threshold=decided.rule.threshold if decided.rule else None,
+            fallbacks=list(decided.fallbacks),
+            scores=decided.scores,
+            similarities=similarities,
+            notes=list(decided.notes),
+        )
+
+    def _sampling(
+        self, body: SamplingFields, decided: Plan, requested: int | None
+    ) -> tuple[ModelSpec, SamplingOptions]:
+        pools = [decided.pool, *([decided.target] if decided.target else [])]
+        specs = [self.config.model(self._pool_models[p]) for p in pools]
+        spec = specs[0]
+        max_tokens = requested if requested is not None else spec.default_max_tokens
+        for s in specs:
+            if max_tokens > s.max_tokens:
+                raise APIError(
+                    400,
+                    f"max_tokens={max_tokens} exceeds the limit of {s.max_tokens} for model "
+                    f"{s.id!r}",
+                    param="max_tokens",
+                )
+        return spec, SamplingOptions(
             max_tokens=max_tokens,
             temperature=body.temperature if body.temperature is not None else spec.temperature,
             top_p=body.top_p if body.top_p is not None else spec.top_p,
@@ -135,83 +202,97 @@ class OpenAIServing:
             frequency_penalty=body.frequency_penalty,
         )
 
-    async def chat(self, body: ChatCompletionRequest) -> Routed:
+    # --- endpoints ----------------------------------------------------------------
+
+    async def chat(self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
         messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
-        route, spec = self._route(body, "\n".join(m.content for m in messages))
-        if not spec.chat:
-            raise APIError(
-                400,
-                f"model {spec.id!r} (pool {route.pool!r}) is completion-only; use /v1/completions",
-                param="model",
-            )
-        request = GenerationRequest(
-            request_id=new_id("chatcmpl"),
-            sampling=self._sampling(body, spec, body.requested_max_tokens),
-            messages=messages,
-        )
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = await self._sse(route, request, include_usage, _chat_chunks(request, route))
-            return Routed(route, stream=stream)
-        result = await self.pools.generate(route.pool, request)
-        route.mean_logprob = result.mean_logprob
-        return Routed(
-            route,
-            body=ChatCompletionResponse(
-                id=request.request_id,
-                model=spec.id,
-                choices=[
-                    ChatChoice(
-                        message=ChatMessageOut(content=result.text),
-                        finish_reason=result.finish_reason,
-                    )
-                ],
-                usage=usage(result.prompt_tokens, result.completion_tokens),
-                switchyard=route,
-            ),
-        )
+        text = "\n".join(m.content for m in messages)
+        decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 256)
+        spec, sampling = self._sampling(body, decided, body.requested_max_tokens)
+        for pool in (decided.pool, decided.target):
+            if pool and not self.config.model(self._pool_models[pool]).chat:
+                raise APIError(
+                    400,
+                    f"model {self._pool_models[pool]!r} (pool {pool!r}) is completion-only; "
+                    "use /v1/completions",
+                    param="model",
+                )
+        request = GenerationRequest(new_id("chatcmpl"), sampling, messages=messages)
+        return await self._serve(body, decided, request, _chat_shaper, _chat_body)
 
-    async def completion(self, body: CompletionRequest) -> Routed:
-        route, spec = self._route(body, body.prompt_text)
-        request = GenerationRequest(
-            request_id=new_id("cmpl"),
-            sampling=self._sampling(body, spec, body.requested_max_tokens),
-            prompt=body.prompt_text,
-        )
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = await self._sse(
-                route, request, include_usage, _completion_chunks(request, route)
-            )
-            return Routed(route, stream=stream)
-        result = await self.pools.generate(route.pool, request)
-        route.mean_logprob = result.mean_logprob
-        return Routed(
-            route,
-            body=CompletionResponse(
-                id=request.request_id,
-                model=spec.id,
-                choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-                usage=usage(result.prompt_tokens, result.completion_tokens),
-                switchyard=route,
-            ),
-        )
+    async def completion(self, body: CompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
+        text = body.prompt_text
+        decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 16)
+        _, sampling = self._sampling(body, decided, body.requested_max_tokens)
+        request = GenerationRequest(new_id("cmpl"), sampling, prompt=text)
+        return await self._serve(body, decided, request, _completion_shaper, _completion_body)
 
-    async def _sse(
+    async def _serve(
         self,
-        route: RouteInfo,
+        body: SamplingFields,
+        decided: Plan,
         request: GenerationRequest,
-        include_usage: bool,
-        shape: ChunkShaper,
-    ) -> AsyncIterator[str]:
-        """Start the pool stream and wait for its first chunk before answering.
+        shaper: Callable[[GenerationRequest, RouteInfo], ChunkShaper],
+        whole: Callable[[GenerationRequest, RouteInfo, Outcome], BaseModel],
+    ) -> Routed:
+        self.counters[f"strategy.{decided.strategy}"] += 1
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream and decided.strategy == "route":
+            pool, first, chunks, tried = await self.executor.open_stream(decided, request)
+            route = self._route_info(decided, pool, tried)
+            lines = _sse_lines(first, chunks, shaper(request, route), include_usage)
+            return Routed(route, stream=lines)
+        outcome = await self.executor.execute(decided, request)
+        self._count(outcome)
+        route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
+        if body.stream:
+            chunk = GenerationChunk(
+                outcome.result.text,
+                list(range(outcome.result.completion_tokens)),
+                outcome.result.logprobs,
+                outcome.result.finish_reason,
+                outcome.result.prompt_tokens,
+            )
+            lines = _sse_lines(chunk, _empty(), shaper(request, route), include_usage)
+            return Routed(route, stream=lines)
+        return Routed(route, body=whole(request, route, outcome))
 
-        Errors before the first token (bad prompt, dead pool) thus become ordinary HTTP
-        errors with a status code; errors after it end the stream with an error event.
-        """
-        chunks = self.pools.stream(route.pool, request)
-        first = await anext(chunks, None)
-        return _sse_lines(first, chunks, shape, include_usage)
+    def _count(self, outcome: Outcome) -> None:
+        c = self.counters
+        c[f"served.{outcome.pool}"] += 1
+        c["escalations"] += outcome.escalated
+        c["fallbacks"] += len(outcome.tried) > 1 and outcome.strategy == "route"
+        if outcome.winner:
+            c[f"speculative.{outcome.winner}_won"] += 1
+        c["discarded_tokens"] += outcome.discarded_tokens
+
+    def _route_info(
+        self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None
+    ) -> RouteInfo:
+        rule = decided.rule
+        return RouteInfo(
+            pool=pool,
+            model=self._pool_models[pool],
+            strategy=decided.strategy,
+            reason=decided.reason,
+            detail=decided.detail,
+            pools_tried=tried,
+            fallback=pool not in (decided.pool, decided.target),
+            escalated=outcome.escalated if outcome else False,
+            confidence=outcome.confidence if outcome else None,
+            confidence_method=rule.method if rule else None,
+            threshold=rule.threshold if rule else None,
+            mean_logprob=outcome.result.mean_logprob if outcome else None,
+            discarded_tokens=outcome.discarded_tokens if outcome else 0,
+            discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
+            speculative_winner=outcome.winner if outcome else None,
+            notes=list(decided.notes),
+        )
+
+
+async def _empty() -> AsyncIterator[GenerationChunk]:
+    return
+    yield  # pragma: no cover - makes this an async generator
 
 
 ChunkShaper = Callable[[GenerationChunk | None, Usage | None], BaseModel]
@@ -239,10 +320,36 @@ async def _sse_lines(
     yield SSE_DONE
 
 
-def _chat_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    created = int(time.time())
+def _chat_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
+    result = outcome.result
+    return ChatCompletionResponse(
+        id=request.request_id,
+        model=route.model,
+        choices=[
+            ChatChoice(
+                message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+            )
+        ],
+        usage=usage(result.prompt_tokens, result.completion_tokens),
+        switchyard=route,
+    )
 
-    make = partial(ChatCompletionChunk, id=request.request_id, created=created, model=route.model)
+
+def _completion_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
+    result = outcome.result
+    return CompletionResponse(
+        id=request.request_id,
+        model=route.model,
+        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+        usage=usage(result.prompt_tokens, result.completion_tokens),
+        switchyard=route,
+    )
+
+
+def _chat_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
+    make = partial(
+        ChatCompletionChunk, id=request.request_id, created=int(time.time()), model=route.model
+    )
 
     def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
         if final_usage is not None:
@@ -258,10 +365,10 @@ def _chat_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
     return shape
 
 
-def _completion_chunks(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    created = int(time.time())
-
-    make = partial(CompletionResponse, id=request.request_id, created=created, model=route.model)
+def _completion_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
+    make = partial(
+        CompletionResponse, id=request.request_id, created=int(time.time()), model=route.model
+    )
 
     def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
         if final_usage is not None:

@@ -76,7 +76,18 @@ def broken(mutate: Any) -> dict[str, Any]:
         (lambda a: a["models"][0].update(source="embedded://gpt-5"), "unknown embedded model"),
         (lambda a: a["models"][0].update(source="s3://bucket"), "source must start with"),
         (lambda a: a["models"][0].update(max_tokens=128), "smaller than engine.max_model_len"),
-        (lambda a: a.update(routing={"default_pool": "medium"}), "default_pool 'medium'"),
+        (
+            lambda a: a.update(routing={"rules": {"default_pool": "medium"}}),
+            "default_pool 'medium'",
+        ),
+        (
+            lambda a: a.update(routing={"fallback": {"chains": {"small": ["huge"]}}}),
+            "routing names pools that are not configured: ['huge']",
+        ),
+        (
+            lambda a: a.update(routing={"switchyard": 1}),
+            "routing.switchyard: Extra inputs are not permitted",
+        ),
         (lambda a: a["pools"]["small"].update(max_ongoing_requests=0), "greater than or equal"),
         (lambda a: a["pools"].update({"Bad Name": a["pools"]["small"]}), "must match"),
         (

@@ -161,10 +161,28 @@ async def test_stream_without_usage_has_no_usage_chunk() -> None:
     assert all(c["usage"] is None for c in chunks)
 
 
-async def test_failure_before_first_token_is_an_http_error() -> None:
+async def test_stream_falls_back_before_the_first_token() -> None:
     svc, _ = serving(small={"fail_requests": True})
-    with pytest.raises(EngineError):
+    routed = await svc.chat(chat(stream=True))
+    assert (routed.route.pool, routed.route.pools_tried, routed.route.fallback) == (
+        "large",
+        ["small", "large"],
+        True,
+    )
+    chunks = await events(routed)
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks[1:]) == (
+        "large answer from big-chat"
+    )
+
+
+async def test_failure_of_the_whole_chain_is_an_http_error() -> None:
+    svc, _ = serving(small={"fail_requests": True}, large={"fail_requests": True})
+    with pytest.raises(
+        EngineError, match=r"no pool could serve the request \(tried: small, large\)"
+    ):
         await svc.chat(chat(stream=True))
+    with pytest.raises(EngineError, match="tried: small, large"):
+        await svc.chat(chat())
 
 
 async def test_failure_mid_stream_ends_with_error_event() -> None:

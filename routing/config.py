@@ -1,0 +1,119 @@
+"""Routing configuration: strategies, confidence rules, scoring weights, fallbacks.
+
+Strict like every config (unknown keys fail). Lives in `routing/` with the policy it
+configures so the policy and its tests need nothing from the Serve layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from routing.confidence import ConfidenceMethod
+from routing.rules import RulesConfig
+
+Strategy = Literal["route", "cascade", "speculative"]
+STRATEGIES: tuple[Strategy, ...] = ("route", "cascade", "speculative")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfidenceRule(Strict):
+    """When the `source` pool's answer is good enough to skip `target`."""
+
+    source: str = Field(default="small", description="Pool that answers first.")
+    target: str = Field(default="large", description="Pool escalated to.")
+    method: ConfidenceMethod = Field(default="mean_logprob", description="Confidence method.")
+    threshold: float = Field(
+        default=-0.6, description="Accept the source answer when confidence >= threshold."
+    )
+    quantile: float = Field(default=0.1, ge=0, le=1, description="For method `quantile`.")
+
+
+class CascadeConfig(Strict):
+    """Cascade and speculative execution: which pool answers first, and when to escalate."""
+
+    source_pool: str = Field(default="small", description="The cheap pool tried first.")
+    rules: list[ConfidenceRule] = Field(
+        default_factory=lambda: [
+            ConfidenceRule(source="small", target="large"),
+            ConfidenceRule(source="small", target="code"),
+        ],
+        description="Confidence method and threshold per (source, target) pool pair.",
+    )
+
+    def rule(self, source: str, target: str) -> ConfidenceRule:
+        for rule in self.rules:
+            if (rule.source, rule.target) == (source, target):
+                return rule
+        return ConfidenceRule(source=source, target=target)
+
+
+class FallbackConfig(Strict):
+    """Where a request goes when its pool fails, times out or has an open circuit."""
+
+    chains: dict[str, list[str]] = Field(
+        default_factory=lambda: {"small": ["large"], "large": ["small"], "code": ["large"]},
+        description="Per pool, the pools to try next, in order.",
+    )
+    failure_threshold: int = Field(
+        default=3, ge=1, description="Consecutive failures that open a pool's circuit."
+    )
+    cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open circuit rejects before a trial."
+    )
+
+
+class SemanticConfig(Strict):
+    """The embedding classifier: example utterances per pool, matched by cosine."""
+
+    enabled: bool = Field(default=False, description="Load all-MiniLM-L6-v2 and use it.")
+    min_similarity: float = Field(
+        default=0.35, ge=-1, le=1, description="Similarities below this count as no match."
+    )
+    examples: dict[str, list[str]] = Field(
+        default_factory=dict, description="Pool name -> example requests that pool should get."
+    )
+
+
+class ScoringConfig(Strict):
+    """Weights of the multi-objective score J = a*latency + b*cost - g*quality*match.
+
+    Latency and cost are normalised to [0, 1] across the candidate pools of a request,
+    so the weights are unitless and comparable.
+    """
+
+    alpha_latency: float = Field(default=0.2, ge=0, description="Weight of expected latency.")
+    beta_cost: float = Field(default=0.3, ge=0, description="Weight of estimated cost.")
+    gamma_quality: float = Field(default=1.0, ge=0, description="Weight of quality x match.")
+
+
+class RoutingConfig(Strict):
+    """Everything the routing policy reads."""
+
+    default_strategy: Strategy = Field(
+        default="route", description="Strategy when a request does not ask for one."
+    )
+    rules: RulesConfig = Field(default_factory=RulesConfig, description="Rule patterns.")
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+
+    @model_validator(mode="after")
+    def _source_is_default(self) -> RoutingConfig:
+        for rule in self.cascade.rules:
+            if rule.source == rule.target:
+                raise ValueError(f"cascade rule escalates {rule.source!r} to itself")
+        return self
+
+    def pools_named(self) -> set[str]:
+        """Every pool name the routing config refers to (checked against the app's pools)."""
+        names = {self.rules.default_pool, self.cascade.source_pool}
+        names |= {p for r in self.cascade.rules for p in (r.source, r.target)}
+        names |= set(self.fallback.chains) | {p for c in self.fallback.chains.values() for p in c}
+        names |= set(self.semantic.examples)
+        return names

@@ -1,0 +1,213 @@
+"""The routing policy: request features + pool stats in, a `Plan` out.
+
+Pure (no Ray, no vLLM, no I/O): the ingress measures everything first (rules, the
+embedding classifier's similarities, live pool stats, circuit states) and this module
+only decides. The plan says which strategy runs, on which pools, with which confidence
+rule and fallback chain, and records every reason so the response can explain it.
+
+    route        one pool: rules and the semantic classifier say which pools fit the
+                 request; the multi-objective score J picks among those that meet the
+                 request's constraints
+    cascade      the cheap pool first; escalate when its confidence is low
+    speculative  cheap and strong pool at once; keep the cheap answer when confident
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from routing.config import ConfidenceRule, RoutingConfig, Strategy
+from routing.policy import AUTO_MODEL, choose_pool
+from routing.rules import RouteDecision, decide, extract_features
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """What the policy knows about one pool right now."""
+
+    name: str
+    quality: float  # prior answer quality, 0..1, from config
+    cost_per_request: float  # USD, estimated for this request's prompt and max_tokens
+    expected_latency_s: float  # from live stats
+    saturated: bool = False  # no free slot: queueing more would only add latency
+    available: bool = True  # circuit closed (or half-open trial allowed)
+
+
+@dataclass(frozen=True)
+class Wishes:
+    """What a client asked for in the `switchyard` request extension."""
+
+    strategy: Strategy | None = None
+    min_quality: float | None = None
+    max_cost_usd: float | None = None
+    latency_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    strategy: Strategy
+    pool: str  # the pool that runs first (for cascade/speculative: the cheap one)
+    reason: str
+    detail: str
+    target: str | None = None  # escalation pool of cascade/speculative
+    rule: ConfidenceRule | None = None
+    fallbacks: tuple[str, ...] = ()
+    scores: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def match_scores(
+    decision: RouteDecision,
+    pools: Sequence[str],
+    similarities: Mapping[str, float],
+    default_pool: str,
+    min_similarity: float,
+) -> dict[str, float]:
+    """How well each pool fits the request, 0..1.
+
+    A rule hit is certain (1.0). Otherwise a pool's fit is its semantic similarity
+    (when above `min_similarity`), and the default pool keeps what the others leave.
+    """
+    if decision.reason not in ("default",) and decision.pool in pools:
+        return {p: 1.0 if p == decision.pool else 0.0 for p in pools}
+    fit = {
+        p: (s if (s := similarities.get(p, 0.0)) >= min_similarity else 0.0)
+        for p in pools
+        if p != default_pool
+    }
+    fit[default_pool] = 1.0 - max(fit.values(), default=0.0)
+    return {p: max(0.0, fit.get(p, 0.0)) for p in pools}
+
+
+def objective(
+    views: Mapping[str, PoolView], match: Mapping[str, float], config: RoutingConfig
+) -> dict[str, float]:
+    """J(p) = alpha*latency + beta*cost - gamma*quality*match; lower is better."""
+    w = config.scoring
+    max_latency = max((v.expected_latency_s for v in views.values()), default=0.0) or 1.0
+    max_cost = max((v.cost_per_request for v in views.values()), default=0.0) or 1.0
+    return {
+        name: round(
+            w.alpha_latency * v.expected_latency_s / max_latency
+            + w.beta_cost * v.cost_per_request / max_cost
+            - w.gamma_quality * v.quality * match.get(name, 0.0),
+            4,
+        )
+        for name, v in views.items()
+    }
+
+
+def _meets(view: PoolView, wishes: Wishes) -> bool:
+    return (
+        view.available
+        and (wishes.min_quality is None or view.quality >= wishes.min_quality)
+        and (wishes.max_cost_usd is None or view.cost_per_request <= wishes.max_cost_usd)
+        and (wishes.latency_budget_s is None or view.expected_latency_s <= wishes.latency_budget_s)
+    )
+
+
+def _fallbacks(first: str, views: Mapping[str, PoolView], config: RoutingConfig) -> tuple[str, ...]:
+    chain = config.fallback.chains.get(first, [])
+    return tuple(p for p in dict.fromkeys(chain) if p in views and p != first)
+
+
+def plan(
+    model: str,
+    text: str,
+    views: Mapping[str, PoolView],
+    pool_models: Mapping[str, str],
+    config: RoutingConfig,
+    wishes: Wishes | None = None,
+    similarities: Mapping[str, float] | None = None,
+) -> Plan:
+    """Decide how one request is served."""
+    wishes = wishes or Wishes()
+    if model != AUTO_MODEL:
+        pinned = choose_pool(model, text, pool_models, config.rules)
+        notes = ("strategy ignored: the request pins a pool",) if wishes.strategy else ()
+        return Plan(
+            "route", pinned.pool, pinned.reason, pinned.detail,
+            fallbacks=_fallbacks(pinned.pool, views, config), notes=notes,
+        )  # fmt: skip
+
+    rules = config.rules
+    decision = decide(extract_features(text, rules), rules)
+    if decision.pool not in views:
+        decision = RouteDecision(rules.default_pool, decision.reason, decision.detail)
+    strategy = wishes.strategy or config.default_strategy
+    if strategy == "route":
+        return _route(decision, views, config, wishes, similarities or {})
+    return _escalating(strategy, decision, views, config, wishes)
+
+
+def _route(
+    decision: RouteDecision,
+    views: Mapping[str, PoolView],
+    config: RoutingConfig,
+    wishes: Wishes,
+    similarities: Mapping[str, float],
+) -> Plan:
+    match = match_scores(
+        decision,
+        list(views),
+        similarities,
+        config.rules.default_pool,
+        config.semantic.min_similarity,
+    )
+    scores = objective(views, match, config)
+    notes: tuple[str, ...] = ()
+    candidates = [p for p in views if _meets(views[p], wishes)]
+    if not candidates:
+        candidates = [p for p in views if views[p].available] or list(views)
+        notes = ("no pool meets the request's constraints; best effort",)
+    best = min(candidates, key=lambda p: (scores[p], p != decision.pool))
+    if best == decision.pool:
+        reason, detail = decision.reason, decision.detail
+    else:
+        reason = "score"
+        detail = f"lowest J among eligible pools (rules said {decision.pool!r}: {decision.detail})"
+    if similarities and decision.reason == "default" and best != config.rules.default_pool:
+        reason, detail = "semantic", f"similar to {best!r} examples ({similarities[best]:.2f})"
+    return Plan(
+        "route", best, reason, detail,
+        fallbacks=_fallbacks(best, views, config), scores=scores, notes=notes,
+    )  # fmt: skip
+
+
+def _escalating(
+    strategy: Strategy,
+    decision: RouteDecision,
+    views: Mapping[str, PoolView],
+    config: RoutingConfig,
+    wishes: Wishes,
+) -> Plan:
+    rules = config.rules
+    source = config.cascade.source_pool
+    wanted = rules.code_pool if decision.reason == "code_markers" else rules.large_pool
+    target = wanted if wanted in views and wanted != source else None
+    detail = f"{source!r} first, escalating to {target!r} ({decision.reason})"
+
+    def direct(pool: str, note: str) -> Plan:
+        return Plan(
+            "route", pool, decision.reason, decision.detail,
+            fallbacks=_fallbacks(pool, views, config), notes=(note,),
+        )  # fmt: skip
+
+    if target is None:
+        return direct(source, f"{strategy} needs a pool to escalate to; none configured")
+    if source not in views or not views[source].available:
+        return direct(target, f"{strategy} skipped: pool {source!r} is unavailable")
+    if wishes.min_quality is not None and views[source].quality < wishes.min_quality:
+        return direct(target, f"{strategy} skipped: {source!r} is below min_quality")
+    if wishes.max_cost_usd is not None and views[target].cost_per_request > wishes.max_cost_usd:
+        return direct(source, f"{strategy} skipped: {target!r} exceeds max_cost_usd")
+    notes: tuple[str, ...] = ()
+    if strategy == "speculative" and (views[target].saturated or not views[target].available):
+        strategy = "cascade"
+        notes = (f"speculation downgraded to cascade: pool {target!r} is saturated",)
+    return Plan(
+        strategy, source, decision.reason, detail,
+        target=target, rule=config.cascade.rule(source, target),
+        fallbacks=_fallbacks(source, views, config), notes=notes,
+    )  # fmt: skip

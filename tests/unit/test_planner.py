@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from routing.config import RoutingConfig
+from routing.planner import PoolView, Wishes, match_scores, objective, plan
+from routing.rules import RouteDecision
+
+POOL_MODELS = {"small": "tiny", "large": "big", "code": "coder"}
+CONFIG = RoutingConfig()
+
+
+def views(**overrides: dict[str, Any]) -> dict[str, PoolView]:
+    base = {
+        "small": dict(quality=0.5, cost_per_request=0.0001, expected_latency_s=1.0),
+        "large": dict(quality=0.85, cost_per_request=0.001, expected_latency_s=4.0),
+        "code": dict(quality=0.8, cost_per_request=0.0008, expected_latency_s=4.0),
+    }
+    return {
+        name: PoolView(name=name, **{**fields, **overrides.get(name, {})})  # type: ignore[arg-type]
+        for name, fields in base.items()
+    }
+
+
+def auto(text: str, **kw: Any) -> Any:
+    return plan("auto", text, kw.pop("views", views()), POOL_MODELS, kw.pop("config", CONFIG), **kw)
+
+
+# --- route ---------------------------------------------------------------------
+
+
+def test_route_plain_question_goes_small_with_scores() -> None:
+    decided = auto("What is the capital of France?")
+    assert (decided.strategy, decided.pool, decided.reason) == ("route", "small", "default")
+    # J = 0.2*lat/4 + 0.3*cost/0.001 - 1.0*quality*match
+    assert decided.scores == {"small": pytest.approx(0.05 + 0.03 - 0.5), "large": 0.5, "code": 0.44}
+    assert decided.fallbacks == ("large",)
+
+
+def test_route_rules_win_for_code_and_complex() -> None:
+    assert auto("Fix my python function").pool == "code"
+    assert auto("Explain why the sky is blue, step by step").pool == "large"
+
+
+def test_route_semantic_similarity_can_pick_a_pool() -> None:
+    sims = {"large": 0.8, "code": 0.1}
+    decided = auto("Who wins: Kant or Hume?", similarities=sims)
+    assert (decided.pool, decided.reason) == ("large", "semantic")
+    assert "0.80" in decided.detail
+    weak = auto("Who wins: Kant or Hume?", similarities={"large": 0.3})  # below 0.35
+    assert weak.pool == "small"
+
+
+def test_route_respects_max_cost_and_min_quality() -> None:
+    cheap = auto("Explain why the sky is blue, step by step", wishes=Wishes(max_cost_usd=0.0005))
+    assert (cheap.pool, cheap.reason) == ("small", "score")
+    good = auto("hello", wishes=Wishes(min_quality=0.8))
+    assert good.pool in ("large", "code")
+
+
+def test_route_skips_open_circuit_and_notes_unsatisfiable_constraints() -> None:
+    decided = auto("Fix my python function", views=views(code={"available": False}))
+    assert decided.pool != "code"
+    impossible = auto("hello", wishes=Wishes(max_cost_usd=0.0))
+    assert impossible.notes == ("no pool meets the request's constraints; best effort",)
+
+
+def test_latency_weight_moves_traffic_from_a_slow_pool() -> None:
+    slow_code = views(code={"expected_latency_s": 400.0})
+    config = RoutingConfig.model_validate({"scoring": {"alpha_latency": 2.0}})
+    decided = auto("Fix my python function", views=slow_code, config=config)
+    assert decided.pool != "code"
+
+
+def test_pinned_model_ignores_strategy() -> None:
+    decided = plan("coder", "hi", views(), POOL_MODELS, CONFIG, Wishes(strategy="cascade"))
+    assert (decided.strategy, decided.pool, decided.reason) == ("route", "code", "pinned_model")
+    assert decided.notes == ("strategy ignored: the request pins a pool",)
+    assert decided.fallbacks == ("large",)
+
+
+# --- cascade / speculative -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["cascade", "speculative"])
+def test_escalating_plans_pick_target_by_rules(strategy: str) -> None:
+    general = auto("What is love?", wishes=Wishes(strategy=strategy))  # type: ignore[arg-type]
+    assert (general.strategy, general.pool, general.target) == (strategy, "small", "large")
+    assert general.rule is not None and general.rule.method == "mean_logprob"
+    code = auto("Write a bash script", wishes=Wishes(strategy=strategy))  # type: ignore[arg-type]
+    assert (code.pool, code.target) == ("small", "code")
+
+
+def test_per_pair_confidence_rule_from_config() -> None:
+    config = RoutingConfig.model_validate(
+        {
+            "default_strategy": "cascade",
+            "cascade": {
+                "rules": [
+                    {"source": "small", "target": "code", "method": "quantile", "threshold": -2}
+                ]
+            },
+        }
+    )
+    decided = auto("Write a bash script", config=config)
+    assert decided.rule is not None
+    assert (decided.rule.method, decided.rule.threshold) == ("quantile", -2)
+    assert auto("hi", config=config).rule.method == "mean_logprob"  # type: ignore[union-attr]
+
+
+def test_speculation_downgrades_when_target_saturated() -> None:
+    decided = auto(
+        "hi", views=views(large={"saturated": True}), wishes=Wishes(strategy="speculative")
+    )
+    assert decided.strategy == "cascade"
+    assert decided.notes == ("speculation downgraded to cascade: pool 'large' is saturated",)
+
+
+def test_cascade_goes_direct_when_source_down_or_below_min_quality() -> None:
+    down = auto("hi", views=views(small={"available": False}), wishes=Wishes(strategy="cascade"))
+    assert (down.strategy, down.pool) == ("route", "large")
+    picky = auto("hi", wishes=Wishes(strategy="cascade", min_quality=0.7))
+    assert (picky.strategy, picky.pool) == ("route", "large")
+    frugal = auto("hi", wishes=Wishes(strategy="cascade", max_cost_usd=0.0005))
+    assert (frugal.strategy, frugal.pool) == ("route", "small")
+
+
+def test_match_scores() -> None:
+    rule_hit = RouteDecision("code", "code_markers", "")
+    assert match_scores(rule_hit, ["small", "code"], {}, "small", 0.35) == {
+        "small": 0.0,
+        "code": 1.0,
+    }
+    default = RouteDecision("small", "default", "")
+    fit = match_scores(default, ["small", "large"], {"large": 0.6}, "small", 0.35)
+    assert fit == {"small": pytest.approx(0.4), "large": 0.6}
+
+
+def test_objective_normalises_latency_and_cost() -> None:
+    v = views()
+    j = objective(v, {"small": 1.0, "large": 0.0, "code": 0.0}, CONFIG)
+    assert j["large"] == pytest.approx(0.2 * 1 + 0.3 * 1)
