@@ -182,7 +182,13 @@ def test_health(serve_port: int, api: openai.OpenAI) -> None:
     body = resp.json()
     assert body["ok"] is True
     assert set(body["pools"]) == {"small", "large", "code", "broken", "cutoff", "slow", "stuck"}
-    assert body["pools"]["small"] == {"ok": True, "running": 0, "waiting": 0, "aborted": 0}
+    assert body["pools"]["small"] == {
+        "ok": True,
+        "running": 0,
+        "waiting": 0,
+        "aborted": 0,
+        "circuit": "closed",
+    }
 
 
 def test_client_disconnect_aborts_the_engine_request(serve_port: int, http: httpx.Client) -> None:

@@ -1,0 +1,146 @@
+"""Cascade, speculative and fallback on Ray Serve with fake engines, via the openai client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import client, delete_app, fake_app_args, run_app
+
+
+def ask(text: str = "hello there") -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def apps(serve_port: int) -> Iterator[dict[str, openai.OpenAI]]:
+    confident = fake_app_args(
+        small={"logprobs": [-0.1]}, large={"token_latency_s": 0.05}, code={"token_latency_s": 0.05}
+    )
+    unsure = fake_app_args(small={"logprobs": [-0.3, -2.0]}, large={"token_latency_s": 0.01})
+    flaky = fake_app_args(small={"fail_requests": True})
+    flaky["routing"] = {"fallback": {"failure_threshold": 2, "cooldown_s": 600}}
+    names = {"confident": confident, "unsure": unsure, "flaky": flaky}
+    for name, args in names.items():
+        run_app(args, name)
+    yield {name: client(serve_port, name) for name in names}
+    for name in names:
+        delete_app(name)
+
+
+def health(port: int, app: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/{app}/health").json()
+    return body
+
+
+def info(raw: Any) -> dict[str, Any]:
+    extra: dict[str, Any] = raw.parse().model_extra["switchyard"]
+    return extra
+
+
+def test_cascade_keeps_confident_small_answer(apps: dict[str, openai.OpenAI]) -> None:
+    raw = apps["confident"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "cascade"}}
+    )
+    assert raw.headers["x-switchyard-strategy"] == "cascade"
+    assert raw.headers["x-switchyard-pool"] == "small"
+    sy = info(raw)
+    assert (sy["escalated"], sy["confidence"], sy["pools_tried"]) == (False, -0.1, ["small"])
+
+
+def test_cascade_escalates_low_confidence(apps: dict[str, openai.OpenAI]) -> None:
+    raw = apps["unsure"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_headers={"x-switchyard-strategy": "cascade"}
+    )
+    sy = info(raw)
+    assert raw.headers["x-switchyard-pool"] == "large"
+    assert sy["escalated"] is True
+    assert sy["confidence"] == pytest.approx((-0.3 - 2.0 - 0.3 - 2.0) / 4)
+    assert sy["pools_tried"] == ["small", "large"]
+    assert raw.parse().choices[0].message.content == "large answer from big-chat"
+
+
+def test_speculative_aborts_the_loser_in_its_engine(
+    serve_port: int, apps: dict[str, openai.OpenAI]
+) -> None:
+    before = health(serve_port, "confident")["pools"]["large"]["aborted"]
+    raw = apps["confident"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "speculative"}}
+    )
+    sy = info(raw)
+    assert (sy["pool"], sy["speculative_winner"]) == ("small", "source")
+    assert sy["discarded_engine_s"] > 0
+    for _ in range(50):  # the abort reaches the replica asynchronously (bounded wait)
+        pools = health(serve_port, "confident")["pools"]
+        if pools["large"]["aborted"] > before and pools["large"]["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert pools["large"]["aborted"] == before + 1
+    assert pools["large"]["running"] == 0
+
+
+def test_speculative_unsure_small_returns_large(apps: dict[str, openai.OpenAI]) -> None:
+    raw = apps["unsure"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "speculative"}}
+    )
+    sy = info(raw)
+    assert (sy["pool"], sy["speculative_winner"], sy["escalated"]) == ("large", "target", True)
+
+
+def test_streaming_cascade_and_speculative(apps: dict[str, openai.OpenAI]) -> None:
+    for strategy, app, expected in [
+        ("cascade", "unsure", "large answer from big-chat"),
+        ("speculative", "confident", "small answer from tiny-chat"),
+    ]:
+        stream = apps[app].chat.completions.create(
+            model="auto",
+            messages=ask(),
+            stream=True,
+            extra_body={"switchyard": {"strategy": strategy}},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == expected, strategy
+
+
+def test_fallback_and_breaker(serve_port: int, apps: dict[str, openai.OpenAI]) -> None:
+    for _ in range(2):
+        raw = apps["flaky"].chat.completions.with_raw_response.create(model="auto", messages=ask())
+        assert raw.headers["x-switchyard-pool"] == "large"
+        assert info(raw)["pools_tried"] == ["small", "large"]
+    assert health(serve_port, "flaky")["pools"]["small"]["circuit"] == "open"
+    raw = apps["flaky"].chat.completions.with_raw_response.create(model="auto", messages=ask())
+    assert info(raw)["pools_tried"] == ["large"]
+    stream = apps["flaky"].chat.completions.create(model="small", messages=ask(), stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_route_dry_run(serve_port: int, apps: dict[str, openai.OpenAI]) -> None:
+    resp = httpx.post(
+        f"http://127.0.0.1:{serve_port}/confident/v1/route",
+        json={
+            "model": "auto",
+            "messages": ask("write a python function"),
+            "switchyard": {"strategy": "cascade"},
+        },
+    )
+    assert resp.status_code == 200
+    plan = resp.json()
+    assert (plan["strategy"], plan["pool"], plan["target"]) == ("cascade", "small", "code")
+    assert plan["confidence_method"] == "mean_logprob"
+
+
+def test_bad_extension_is_400(serve_port: int, apps: dict[str, openai.OpenAI]) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        apps["confident"].chat.completions.create(
+            model="auto", messages=ask(), extra_body={"switchyard": {"stratgy": "cascade"}}
+        )
+    assert err.value.body["param"] == "switchyard.stratgy"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        apps["confident"].chat.completions.create(
+            model="auto", messages=ask(), extra_headers={"x-switchyard-strategy": "yolo"}
+        )
