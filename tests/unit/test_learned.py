@@ -1,0 +1,233 @@
+"""The learned router: data format, training, numpy scoring, the JSON file, the CLI.
+
+No MiniLM here: `HashingEmbedder` hashes words into 16 buckets, which is deterministic,
+instant, and enough to tell "Prove that ..." from "Hello Ana!".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from models import cli
+from routing import learned
+from routing.learned import (
+    LearnedRouter,
+    RouterData,
+    fit_router,
+    read_router_csv,
+    strong_needed,
+    train_router,
+)
+
+SAMPLE = Path(__file__).parents[1] / "data" / "router_sample.csv"
+
+
+class HashingEmbedder:
+    """Bag of words, each word hashed (crc32) into one of 16 buckets, L2-normalised."""
+
+    dimension = 16
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z]+", text.lower()):
+                vectors[row, zlib.crc32(word.encode()) % self.dimension] += 1.0
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.asarray(vectors / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+
+
+def subset(data: RouterData, rows: Sequence[int]) -> RouterData:
+    return RouterData(
+        prompts=tuple(data.prompts[i] for i in rows),
+        columns={name: tuple(col[i] for i in rows) for name, col in data.columns.items()},
+    )
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def router() -> LearnedRouter:
+    return train_router(SAMPLE, "small", "large", HashingEmbedder())
+
+
+def test_csv_accepts_boolean_spellings_and_extra_columns(tmp_path: Path) -> None:
+    data = read_router_csv(
+        write_csv(tmp_path / "d.csv", "prompt,small,large,note\na,1,TRUE,x\nb,false,no,y\n")
+    )
+    assert data.prompts == ("a", "b")
+    assert data.correct("small").tolist() == [True, False]
+    assert data.correct("large").tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "message"),
+    [
+        ("text,small\na,1\n", "small", "no 'prompt' column"),
+        ("prompt,small\na,maybe\n", "small", "line 2: 'maybe' is not 1/0/true/false"),
+        ("prompt,small\na,1\n", "large", "no column 'large'"),
+        ("prompt,small\n", "small", "no rows"),
+    ],
+)
+def test_csv_errors_name_the_problem(tmp_path: Path, text: str, column: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_router_csv(write_csv(tmp_path / "d.csv", text)).correct(column)
+
+
+def test_label_is_strong_right_and_weak_wrong(tmp_path: Path) -> None:
+    data = read_router_csv(
+        write_csv(tmp_path / "d.csv", "prompt,small,large\nab,1,1\nbb,0,1\ncb,1,0\ndb,0,0\n")
+    )
+    # Both right, both wrong, and "weak right, strong wrong" are all label 0.
+    assert strong_needed(data, "small", "large").tolist() == [False, True, False, False]
+
+
+def test_router_separates_easy_from_hard_on_held_out_rows() -> None:
+    data = read_router_csv(SAMPLE)
+    train, test = subset(data, range(0, 120, 2)), subset(data, range(1, 120, 2))
+    router = train_router(train, "small", "large", HashingEmbedder())
+    scores = router.score(test.prompts)
+    hard = np.array([g == "hard" for g in test.columns["group"]])
+    assert scores[hard].mean() - scores[~hard].mean() > 0.2
+    # Most held-out hard prompts rank above most easy ones (ROC AUC).
+    auc = (scores[hard][:, None] > scores[~hard][None, :]).mean()
+    assert auc > 0.9
+
+
+def test_numpy_scores_match_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    data = read_router_csv(SAMPLE)
+    vectors = HashingEmbedder().encode(data.prompts)
+    labels = strong_needed(data, "small", "large")
+    x = vectors.astype(np.float64)  # fit both on the same float64 input
+    reference = LogisticRegression(class_weight="balanced", max_iter=1000).fit(x, labels)
+    router = fit_router(vectors, labels, weak="small", strong="large")
+    expected = reference.predict_proba(x)[:, 1]
+    np.testing.assert_allclose(router.score_vectors(vectors), expected, rtol=1e-12)
+
+
+def test_save_load_round_trips_to_identical_scores(router: LearnedRouter, tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    router.with_threshold(0.42).save(path)
+    document = json.loads(path.read_text())
+    assert document["format_version"] == 1
+    assert (document["weak"], document["strong"]) == ("small", "large")
+    assert document["embedding_model"] == "all-MiniLM-L6-v2"
+    assert document["dimension"] == 16 == len(document["coef"])
+    assert document["threshold"] == 0.42
+
+    loaded = LearnedRouter.load(path, embedder=HashingEmbedder())
+    prompts = read_router_csv(SAMPLE).prompts
+    assert np.array_equal(loaded.score(prompts), router.score(prompts))
+    assert loaded.threshold == 0.42
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2}, "format_version"),
+        ({"dimension": 15}, "coef has 16 values, dimension is 15"),
+        ({"strong": "small"}, "weak and strong name the same model"),
+        ({"surprise": True}, "surprise"),
+        ({"coef": "oops"}, "coef"),
+    ],
+)
+def test_bad_router_file_raises_value_error(
+    router: LearnedRouter, tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    document = json.loads(router.to_json())
+    document.update(change)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=message):
+        LearnedRouter.load(path, embedder=HashingEmbedder())
+
+
+def test_file_that_is_not_json_raises_value_error(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "bad.json", "prompt,small\n")
+    with pytest.raises(ValueError, match="not a valid router file"):
+        LearnedRouter.load(path)
+
+
+def test_foreign_embedding_model_needs_an_explicit_embedder(
+    router: LearnedRouter, tmp_path: Path
+) -> None:
+    path = tmp_path / "router.json"
+    path.write_text(router.to_json().replace("all-MiniLM-L6-v2", "other-model"))
+    with pytest.raises(ValueError, match="trained on 'other-model' embeddings"):
+        LearnedRouter.load(path)
+    assert LearnedRouter.load(path, embedder=HashingEmbedder()).embedding_model == "other-model"
+
+
+def test_vectors_of_the_wrong_dimension_are_refused(router: LearnedRouter) -> None:
+    with pytest.raises(ValueError, match=r"shape \(n, 16\)"):
+        router.score_vectors(np.zeros((2, 384), dtype=np.float32))
+
+
+def test_one_class_labels_cannot_be_trained() -> None:
+    with pytest.raises(ValueError, match="labels are all the same"):
+        fit_router(np.eye(3), np.zeros(3, dtype=bool), weak="small", strong="large")
+
+
+def test_cli_train_eval_calibrate_with_a_router_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(learned, "default_embedder", HashingEmbedder)
+    out = tmp_path / "router.json"
+    argv = ["train-router", str(SAMPLE), "--weak", "small", "--strong", "large", "-o", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "trained on 120 prompts" in printed
+    assert "positive rate (strong needed): 44.2%" in printed  # 53 of 120, see the CSV
+    assert "in-sample accuracy" in printed
+
+    assert cli.main(["eval", str(SAMPLE), "--router", str(out)]) == 0  # names from the file
+    printed = capsys.readouterr().out
+    assert "weak=small, strong=large" in printed and "APGR" in printed
+
+    argv = ["calibrate", str(SAMPLE), "--router", str(out), "--strong-share", "0.3"]
+    assert cli.main([*argv, "--write-router"]) == 0
+    threshold = json.loads(out.read_text())["threshold"]
+    scores = LearnedRouter.load(out, embedder=HashingEmbedder()).score(
+        read_router_csv(SAMPLE).prompts
+    )
+    assert abs((scores >= threshold).sum() - 36) <= 1
+
+
+def test_cli_train_reports_bad_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train-router", str(SAMPLE), "--weak", "tiny", "--strong", "large"]
+    assert cli.main([*argv, "-o", str(tmp_path / "r.json")]) == 1
+    assert "error: no column 'tiny'" in capsys.readouterr().err
+
+
+def test_prepare_list_still_works_and_imports_no_routing_stack(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from models import cli\n"
+        "assert cli.main(['prepare', '--list']) == 0\n"
+        "heavy = {'sklearn', 'matplotlib', 'sentence_transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"SWITCHYARD_CACHE_DIR": str(tmp_path), "PATH": ""},
+        cwd=Path(__file__).parents[2],
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "smollm2-135m-instruct" in result.stdout and "missing" in result.stdout
