@@ -166,14 +166,21 @@ class Ingress:
     ) -> None:
         self.config = config
         self.pools = pools
-        semantic = None
-        if config.routing.semantic.enabled:
+        semantic = learned = None
+        routing = config.routing
+        if routing.semantic.enabled or routing.learned is not None:
             from routing.embedding import MiniLMEmbedder
+            from routing.learned import LearnedRouter
 
-            examples = config.routing.semantic.examples
-            semantic = await asyncio.to_thread(SemanticClassifier, MiniLMEmbedder(), examples)
+            embedder = MiniLMEmbedder()  # one model shared by both classifiers
+            if routing.semantic.enabled:
+                semantic = await asyncio.to_thread(
+                    SemanticClassifier, embedder, routing.semantic.examples
+                )
+            if routing.learned is not None:
+                learned = LearnedRouter.load(routing.learned.path, embedder=embedder)
         client = HandlePoolClient(pools, config.request_timeout_s)
-        self.serving = OpenAIServing(config, client, semantic)
+        self.serving = OpenAIServing(config, client, semantic, learned)
         # NOTE: pool load reaches the planner through this background loop, never through
         # a call on the request path.
         self._poller = asyncio.get_running_loop().create_task(self._poll_stats())

@@ -79,6 +79,20 @@ class SemanticConfig(Strict):
     )
 
 
+class LearnedConfig(Strict):
+    """A router trained by `switchyard train-router`: P(strong model needed) per request."""
+
+    path: str = Field(description="Router JSON written by `switchyard train-router`.")
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Send to strong_pool when the score >= threshold; None uses the file's "
+        "calibrated threshold (`switchyard calibrate`).",
+    )
+    strong_pool: str = Field(default="large", description="Pool for requests that need it.")
+
+
 class ScoringConfig(Strict):
     """Weights of the multi-objective score J = a*latency + b*cost - g*quality*match.
 
@@ -100,6 +114,9 @@ class RoutingConfig(Strict):
     rules: RulesConfig = Field(default_factory=RulesConfig, description="Rule patterns.")
     semantic: SemanticConfig = Field(default_factory=SemanticConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    learned: LearnedConfig | None = Field(
+        default=None, description="Optional learned router, consulted when no rule matches."
+    )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
 

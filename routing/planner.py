@@ -120,8 +120,13 @@ def plan(
     config: RoutingConfig,
     wishes: Wishes | None = None,
     similarities: Mapping[str, float] | None = None,
+    learned: tuple[float, float] | None = None,
 ) -> Plan:
-    """Decide how one request is served."""
+    """Decide how one request is served.
+
+    `learned` is (score, threshold) of the learned router, when one is configured: a
+    request no rule matched goes to its strong pool when the score reaches the threshold.
+    """
     wishes = wishes or Wishes()
     if model != AUTO_MODEL:
         pinned = choose_pool(model, text, pool_models, config.rules)
@@ -133,6 +138,11 @@ def plan(
 
     rules = config.rules
     decision = decide(extract_features(text, rules), rules)
+    if learned is not None and decision.reason == "default" and config.learned is not None:
+        score, threshold = learned
+        if score >= threshold and config.learned.strong_pool in views:
+            detail = f"learned router: P(strong needed)={score:.2f} >= {threshold:.2f}"
+            decision = RouteDecision(config.learned.strong_pool, "learned", detail)
     if decision.pool not in views:
         decision = RouteDecision(rules.default_pool, decision.reason, decision.detail)
     strategy = wishes.strategy or config.default_strategy

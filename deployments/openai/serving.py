@@ -50,6 +50,7 @@ from models.engines.base import (
     GenerationRequest,
     SamplingOptions,
 )
+from routing.learned import LearnedRouter
 from routing.planner import Plan, PoolView, Wishes, plan
 from routing.policy import AUTO_MODEL
 from routing.semantic import SemanticClassifier
@@ -95,10 +96,12 @@ class OpenAIServing:
         config: AppConfig,
         pools: PoolClient,
         semantic: SemanticClassifier | None = None,
+        learned: LearnedRouter | None = None,
     ) -> None:
         self.config = config
         self.pools = pools
         self.semantic = semantic
+        self.learned = learned
         self._pool_models = config.pool_models()
         self.executor = Executor(pools, config.routing, list(config.pools))
         self.counters: Counter[str] = Counter()
@@ -152,9 +155,22 @@ class OpenAIServing:
         if self.semantic is not None and body.model == AUTO_MODEL:
             # NOTE: embedding takes ~10 ms of CPU; keep it off the event loop.
             similarities = await asyncio.to_thread(self.semantic.similarities, text)
+        learned = None
+        if self.learned is not None and body.model == AUTO_MODEL:
+            score = float((await asyncio.to_thread(self.learned.score, [text]))[0])
+            cfg = self.config.routing.learned
+            threshold = cfg.threshold if cfg and cfg.threshold is not None else None
+            learned = (score, threshold if threshold is not None else self.learned.threshold or 0.5)
         views = self.views(len(text), max_tokens)
         decided = plan(
-            body.model, text, views, self._pool_models, self.config.routing, wishes, similarities
+            body.model,
+            text,
+            views,
+            self._pool_models,
+            self.config.routing,
+            wishes,
+            similarities,
+            learned,
         )
         return decided, similarities
 

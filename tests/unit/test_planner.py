@@ -142,3 +142,14 @@ def test_objective_normalises_latency_and_cost() -> None:
     v = views()
     j = objective(v, {"small": 1.0, "large": 0.0, "code": 0.0}, CONFIG)
     assert j["large"] == pytest.approx(0.2 * 1 + 0.3 * 1)
+
+
+def test_learned_router_sends_hard_requests_to_strong_pool() -> None:
+    config = RoutingConfig.model_validate({"learned": {"path": "router.json"}})
+    hard = auto("Is it true?", config=config, learned=(0.8, 0.69))
+    assert (hard.pool, hard.reason) == ("large", "learned")
+    assert "0.80 >= 0.69" in hard.detail
+    easy = auto("Is it true?", config=config, learned=(0.2, 0.69))
+    assert (easy.pool, easy.reason) == ("small", "default")
+    code = auto("fix my python", config=config, learned=(0.9, 0.69))
+    assert code.pool == "code"  # rules come first
