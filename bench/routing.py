@@ -1,0 +1,116 @@
+"""Routing benchmarks: decision latency, and what cascade/speculation cost vs `route`.
+
+Prints numbers and ratios; asserts nothing (machines are shared and noisy).
+
+    python bench/routing.py              # decisions + strategies on the fake engine
+    python bench/routing.py --no-embed   # skip loading MiniLM
+
+1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier.
+2. End-to-end latency and engine-seconds of route / cascade / speculative, in-process on
+   fake engines with set latencies (small 20 ms/token, large 60 ms/token, 16 tokens), for
+   a confident and an unsure small model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from routing.config import RoutingConfig  # noqa: E402
+from routing.planner import PoolView, plan  # noqa: E402
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a Python function that reverses a string.",
+    "Explain why the sky is blue, step by step.",
+    "Tell me a joke about cats.",
+    "Compare the economies of Japan and Germany in detail. " * 20,
+]
+VIEWS = {
+    "small": PoolView("small", 0.5, 0.0001, 1.0),
+    "large": PoolView("large", 0.85, 0.001, 4.0),
+    "code": PoolView("code", 0.8, 0.0008, 4.0),
+}
+POOLS = {"small": "a", "large": "b", "code": "c"}
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def decisions(embed: bool, n: int = 2000) -> None:
+    config = RoutingConfig()
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config)
+        times.append((time.perf_counter() - t) * 1000)
+    print(f"decision, rules only:        p50 {pct(times, .5):.3f} ms  p99 {pct(times, .99):.3f} ms")
+    if not embed:
+        return
+    from routing.embedding import MiniLMEmbedder
+    from routing.semantic import SemanticClassifier
+
+    examples = {
+        "large": ["Prove this theorem.", "Analyse the causes of the war."],
+        "code": ["Write a function.", "Fix this bug in my program."],
+    }
+    classifier = SemanticClassifier(MiniLMEmbedder(), examples)
+    times = []
+    for i in range(200):
+        t = time.perf_counter()
+        sims = classifier.similarities(PROMPTS[i % len(PROMPTS)])
+        plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config, similarities=sims)
+        times.append((time.perf_counter() - t) * 1000)
+    print(f"decision, rules + embedding: p50 {pct(times, .5):.3f} ms  p99 {pct(times, .99):.3f} ms")
+
+
+async def strategies() -> None:
+    from deployments.openai.protocol import ChatCompletionRequest
+    from routing.planner import Wishes
+    from tests.unit.test_serving import serving
+
+    words = " ".join(f"w{i}" for i in range(16))
+    req = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+    )
+    print("\nstrategy     small      e2e ms  engine-s  discarded  served  (fake engines)")
+    for label, small_lp in (("confident", -0.1), ("unsure", -2.0)):
+        for strategy in ("route", "cascade", "speculative"):
+            svc, pools = serving(
+                small={"reply": words, "token_latency_s": 0.02, "logprobs": [small_lp]},
+                large={"reply": words, "token_latency_s": 0.06},
+            )
+            runs: list[tuple[float, Any]] = []
+            for _ in range(5):
+                t = time.perf_counter()
+                routed = await svc.chat(req, Wishes(strategy=strategy))  # type: ignore[arg-type]
+                runs.append(((time.perf_counter() - t) * 1000, routed.route))
+            e2e = statistics.median(r[0] for r in runs)
+            route = runs[-1][1]
+            per_token = {"small": 0.02, "large": 0.06}
+            used = per_token[route.pool] * 15 + route.discarded_engine_s
+            print(
+                f"{strategy:12} {label:10} {e2e:7.0f}  {used:8.2f}  {route.discarded_tokens:9d}"
+                f"  {route.pool}"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-embed", action="store_true")
+    args = parser.parse_args()
+    decisions(not args.no_embed)
+    asyncio.run(strategies())
+
+
+if __name__ == "__main__":
+    main()
