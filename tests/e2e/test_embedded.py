@@ -6,6 +6,7 @@ vary, so assertions check facts the models reliably get right at temperature 0.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,45 @@ def test_prompt_over_context_window_is_400(api: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         chat(api, "small", "hello " * 3000)
     assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+def test_cascade_escalates_some_prompts_and_not_others(api: openai.OpenAI) -> None:
+    cascade = {"switchyard": {"strategy": "cascade"}}
+    sure = chat(api, "auto", "What is the capital of France?", extra_body=cascade)
+    info = sure.parse().model_extra["switchyard"]
+    assert (info["strategy"], info["escalated"], info["pool"]) == ("cascade", False, "small")
+    assert info["confidence"] >= info["threshold"]
+    unsure = chat(api, "auto", "Tell me a short story about a cat.", extra_body=cascade)
+    info = unsure.parse().model_extra["switchyard"]
+    assert (info["escalated"], info["pool"]) == (True, "large")
+    assert info["confidence"] < info["threshold"]
+    assert info["discarded_tokens"] > 0
+    assert unsure.parse().choices[0].message.content
+
+
+def test_speculative_aborts_the_loser(api: openai.OpenAI, serve_port: int) -> None:
+    import httpx
+
+    def aborted() -> dict[str, int]:
+        pools = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health").json()["pools"]
+        return {name: pools[name]["aborted"] for name in ("small", "large")}
+
+    before = aborted()
+    raw = chat(
+        api,
+        "auto",
+        "What is the capital of France?",
+        extra_body={"switchyard": {"strategy": "speculative"}},
+        max_tokens=64,
+    )
+    info = raw.parse().model_extra["switchyard"]
+    assert info["strategy"] == "speculative"
+    loser = "large" if info["speculative_winner"] == "source" else "small"
+    after = before
+    for _ in range(50):  # the abort reaches the loser's replica asynchronously
+        after = aborted()
+        if after[loser] > before[loser]:
+            break
+        time.sleep(0.2)
+    assert after[loser] == before[loser] + 1
+    assert info["discarded_engine_s"] > 0
