@@ -99,11 +99,18 @@ class Executor:
         if not self.breakers[pool].allow():
             raise APIError(503, f"pool {pool!r} circuit is open", code="circuit_open")
         tried.append(pool)
+        sub = replace(request, request_id=f"{request.request_id}-{pool}")
+        async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
+            result = await self.pools.generate(pool, sub)
+            acc.completion_tokens = result.completion_tokens
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, pool: str, acc: GenerationResult) -> AsyncIterator[GenerationResult]:
+        """Feed a pool call's outcome to its circuit breaker and its latency estimate."""
         started = time.monotonic()
         try:
-            result = await self.pools.generate(
-                pool, replace(request, request_id=f"{request.request_id}-{pool}")
-            )
+            yield acc
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -111,8 +118,7 @@ class Executor:
                 self.breakers[pool].record_failure()
             raise
         self.breakers[pool].record_success()
-        self.load[pool].observe(time.monotonic() - started, result.completion_tokens)
-        return result
+        self.load[pool].observe(time.monotonic() - started, acc.completion_tokens)
 
     async def _with_fallback(
         self,
@@ -287,23 +293,14 @@ class Executor:
         if not self.breakers[pool].allow():
             raise APIError(503, f"pool {pool!r} circuit is open", code="circuit_open")
         acc = partial[pool] = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
-        started = time.monotonic()
-        try:
-            sub = replace(request, request_id=f"{request.request_id}-{pool}")
+        sub = replace(request, request_id=f"{request.request_id}-{pool}")
+        async with self._guard(pool, acc):
             async for chunk in self.pools.stream(pool, sub):
                 acc.text += chunk.text
                 acc.completion_tokens += len(chunk.token_ids)
                 acc.logprobs.extend(chunk.logprobs)
                 acc.prompt_tokens = chunk.prompt_tokens or acc.prompt_tokens
                 acc.finish_reason = chunk.finish_reason or acc.finish_reason
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            if is_pool_failure(exc):
-                self.breakers[pool].record_failure()
-            raise
-        self.breakers[pool].record_success()
-        self.load[pool].observe(time.monotonic() - started, acc.completion_tokens)
         return acc
 
 
