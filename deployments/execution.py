@@ -221,6 +221,7 @@ class Executor:
         }
         try:
             done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            first_spent = time.monotonic() - started  # engine time of the first finisher
             first = next(p for p, t in tasks.items() if t in done)
             other = target if first == source else source
             first_result = _result_or_none(tasks[first])
@@ -252,7 +253,7 @@ class Executor:
             return Outcome(
                 other_result, other, "speculative", tried,
                 escalated=other == target, confidence=score, discarded_tokens=discarded,
-                discarded_engine_s=round(time.monotonic() - started, 4) if discarded else 0.0,
+                discarded_engine_s=round(first_spent, 4) if discarded else 0.0,
                 winner="target" if other == target else "source",
             )  # fmt: skip
         finally:
