@@ -58,7 +58,7 @@ def test_unavailable_engine_is_503() -> None:
 def test_engine_error_is_500_without_internals() -> None:
     try:
         try:
-            raise RuntimeError("CUDA error at /opt/secret/path.py line 3")
+            raise RuntimeError("CUDA error at /srv/secret/engine.py line 3")
         except RuntimeError as inner:
             raise EngineError() from inner
     except EngineError as exc:
