@@ -102,6 +102,10 @@ class OpenAIServing:
         self.pools = pools
         self.semantic = semantic
         self.learned = learned
+        # Config overrides the router file's calibrated threshold; 0.5 if neither has one.
+        cfg = config.routing.learned
+        chosen = [cfg.threshold if cfg else None, learned.threshold if learned else None]
+        self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
         self._pool_models = config.pool_models()
         self.executor = Executor(pools, config.routing, list(config.pools))
         self.counters: Counter[str] = Counter()
@@ -158,9 +162,7 @@ class OpenAIServing:
         learned = None
         if self.learned is not None and body.model == AUTO_MODEL:
             score = float((await asyncio.to_thread(self.learned.score, [text]))[0])
-            cfg = self.config.routing.learned
-            threshold = cfg.threshold if cfg and cfg.threshold is not None else None
-            learned = (score, threshold if threshold is not None else self.learned.threshold or 0.5)
+            learned = (score, self._learned_threshold)
         views = self.views(len(text), max_tokens)
         decided = plan(
             body.model,
