@@ -36,8 +36,16 @@ class ActorOptions(Strict):
     )
 
 
+POOL_AUTOSCALING_POLICY = "deployments.autoscaling:pool_autoscaling_policy"
+
+
 class AutoscalingOptions(Strict):
-    """Ray Serve autoscaling bounds for one deployment."""
+    """Ray Serve autoscaling for one deployment (Serve's `autoscaling_config`).
+
+    `policy: switchyard` (the default) scales on the pool's own queue depth, ongoing
+    requests and, for escalation targets, the escalations the ingress expects
+    (`deployments/autoscaling.py`); `policy: serve` keeps Serve's built-in policy.
+    """
 
     min_replicas: int = Field(default=1, ge=0, description="Replicas kept at low load.")
     max_replicas: int = Field(default=1, ge=1, description="Upper bound on replicas.")
@@ -47,23 +55,52 @@ class AutoscalingOptions(Strict):
     )
     upscale_delay_s: float = Field(default=10.0, ge=0, description="Load must last this long.")
     downscale_delay_s: float = Field(default=120.0, ge=0, description="Idle this long to shrink.")
+    downscale_to_zero_delay_s: float | None = Field(
+        default=None, ge=0, description="Idle this long before the last replica goes."
+    )
+    look_back_period_s: float = Field(
+        default=10.0, gt=0, description="Window over which load is averaged."
+    )
+    metrics_interval_s: float = Field(
+        default=2.0, gt=0, description="How often replicas report their load."
+    )
+    policy: Literal["switchyard", "serve"] = Field(
+        default="switchyard", description="Which autoscaling policy decides the replica count."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingOptions:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
+        if self.initial_replicas is not None and not (
+            self.min_replicas <= self.initial_replicas <= self.max_replicas
+        ):
+            raise ValueError("initial_replicas must lie within [min_replicas, max_replicas]")
         return self
+
+    def serve_config(self) -> dict[str, Any]:
+        """Serve's `autoscaling_config` dict."""
+        config = self.model_dump(exclude_none=True, exclude={"policy"})
+        if self.policy == "switchyard":
+            config["policy"] = {"policy_function": POOL_AUTOSCALING_POLICY}
+        return config
 
 
 class DeploymentOptions(Strict):
     """Replica count, concurrency and resources of one Serve deployment."""
 
     num_replicas: int = Field(default=1, ge=1, description="Fixed replicas (no autoscaling).")
-    autoscaling: AutoscalingOptions | None = Field(
-        default=None, description="Autoscaling bounds; replaces num_replicas when set."
+    autoscaling_config: AutoscalingOptions | None = Field(
+        default=None, description="Autoscaling; replaces num_replicas when set."
     )
     max_ongoing_requests: int = Field(
         default=32, ge=1, description="Requests one replica handles at once."
+    )
+    max_queued_requests: int = Field(
+        default=-1,
+        ge=-1,
+        description="Requests waiting for a replica beyond which callers get a 429 "
+        "(Retry-After) instead of queueing; -1 = unbounded.",
     )
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
     placement_group_bundles: list[dict[str, float]] | None = Field(
@@ -86,10 +123,11 @@ class DeploymentOptions(Strict):
             actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
         opts: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": actor,
         }
-        if self.autoscaling is not None:
-            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        if self.autoscaling_config is not None:
+            opts["autoscaling_config"] = self.autoscaling_config.serve_config()
         else:
             opts["num_replicas"] = self.num_replicas
         if self.placement_group_bundles is not None:
@@ -113,6 +151,12 @@ class PoolConfig(DeploymentOptions):
         default=20.0,
         gt=0,
         description="Expected generation speed before live measurements exist.",
+    )
+    cold_start_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="With no replica up (scaled to zero) and no fallback pool, how long a "
+        "request waits for the pool to start before a 503.",
     )
     fake: FakeEngineOptions = Field(
         default_factory=FakeEngineOptions,
@@ -157,6 +201,9 @@ class AppConfig(Strict):
                     f"(known: {', '.join(ids)})"
                 )
             _check_gpus(name, pool, self.model(pool.model))
+        scaling = self.ingress.autoscaling_config
+        if scaling is not None and scaling.min_replicas < 1:
+            raise ValueError("the ingress cannot scale to zero: it receives every request")
         clashes = sorted((set(self.pools) | {AUTO_MODEL}) & set(ids))
         if clashes:
             raise ValueError(f"model ids must differ from pool names and 'auto': {clashes}")

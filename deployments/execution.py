@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from deployments.metrics import RequestMetrics, outcome_of
 from deployments.openai.errors import APIError
 from models.engines.base import (
     EngineError,
@@ -39,6 +41,9 @@ class PoolClient(Protocol):
     async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult: ...
 
     def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    def wake(self, pool: str) -> None:
+        """Make a pool that is scaled to zero start a replica; returns at once."""
 
 
 class AllPoolsFailedError(EngineUnavailableError):
@@ -65,7 +70,9 @@ class Outcome:
     confidence: float | None = None
     discarded_tokens: int = 0
     discarded_engine_s: float = 0.0
+    discarded_pool: str | None = None  # whose tokens were thrown away
     winner: str | None = None  # speculative: "source" or "target"
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +81,7 @@ class PoolLoad:
 
     stats: EngineStats = field(default_factory=lambda: EngineStats(running=0, waiting=0))
     seconds_per_token: float | None = None  # EWMA over finished requests
+    replicas: int | None = None  # running replicas; None until Serve's status is read
 
     def observe(self, seconds: float, tokens: int, weight: float = 0.2) -> None:
         if tokens <= 0:
@@ -83,21 +91,95 @@ class PoolLoad:
         self.seconds_per_token = sample if old is None else (1 - weight) * old + weight * sample
 
 
+class EscalationForecast:
+    """Escalations a pool should expect soon, for its autoscaler.
+
+    Cascades still running on their cheap pool will escalate to their target with the
+    recently observed share; their sum is what the target pool will receive in seconds.
+    """
+
+    def __init__(self, prior_share: float = 0.5, weight: float = 0.1) -> None:
+        self.running: Counter[str] = Counter()  # target pool -> cascades on the cheap pool
+        self.share: dict[str, float] = {}  # target pool -> EWMA of escalated (1) or not (0)
+        self.prior_share = prior_share
+        self.weight = weight
+
+    def started(self, target: str) -> None:
+        self.running[target] += 1
+
+    def finished(self, target: str, escalated: bool | None) -> None:
+        """`escalated` None: the cheap pool failed, no verdict to learn from."""
+        self.running[target] -= 1
+        if escalated is not None:
+            old = self.share.get(target, self.prior_share)
+            self.share[target] = (1 - self.weight) * old + self.weight * float(escalated)
+
+    def expected(self) -> dict[str, float]:
+        return {
+            target: round(n * self.share.get(target, self.prior_share), 3)
+            for target, n in self.running.items()
+        }
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    max_ongoing: int  # requests one replica runs at once
+    cold_start_timeout_s: float = 60.0  # longest wait for a pool at zero with no fallback
+
+
 class Executor:
-    def __init__(self, pools: PoolClient, config: RoutingConfig, pool_names: list[str]) -> None:
+    def __init__(
+        self,
+        pools: PoolClient,
+        config: RoutingConfig,
+        limits: dict[str, PoolLimits],
+        metrics: RequestMetrics | None = None,
+    ) -> None:
         self.pools = pools
         self.config = config
+        self.limits = limits
+        self.metrics = metrics or RequestMetrics(export=False)
         fb = config.fallback
-        self.breakers = {p: CircuitBreaker(fb.failure_threshold, fb.cooldown_s) for p in pool_names}
-        self.load = {p: PoolLoad() for p in pool_names}
+        self.breakers = {p: CircuitBreaker(fb.failure_threshold, fb.cooldown_s) for p in limits}
+        self.load = {p: PoolLoad() for p in limits}
+        self.forecast = EscalationForecast()
+
+    def saturated(self, pool: str) -> bool:
+        """No free slot in the last stats sample: more requests would only queue."""
+        stats = self.load[pool].stats
+        return stats.running + stats.waiting >= self.limits[pool].max_ongoing
+
+    async def _warm(self, pool: str, can_fall_back: bool) -> None:
+        """A pool scaled to zero: wake it, then fall back at once or wait a bounded time.
+
+        Starting a replica takes from seconds (fake engine) to minutes (a GPU model load),
+        so a request with somewhere else to go does not wait for it.
+        """
+        load = self.load[pool]
+        if load.replicas != 0:
+            return
+        self.pools.wake(pool)
+        if not can_fall_back:
+            deadline = time.monotonic() + self.limits[pool].cold_start_timeout_s
+            while load.replicas == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if load.replicas != 0:
+                return
+        raise APIError(
+            503,
+            f"pool {pool!r} is scaled to zero and starting a replica; retry shortly",
+            code="cold_start",
+            headers={"retry-after": "30"},
+        )
 
     # --- single calls -------------------------------------------------------------
 
     async def _call(
-        self, pool: str, request: GenerationRequest, tried: list[str]
+        self, pool: str, request: GenerationRequest, tried: list[str], can_fall_back: bool = False
     ) -> GenerationResult:
         if not self.breakers[pool].allow():
             raise APIError(503, f"pool {pool!r} circuit is open", code="circuit_open")
+        await self._warm(pool, can_fall_back)
         tried.append(pool)
         sub = replace(request, request_id=f"{request.request_id}-{pool}")
         async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
@@ -127,14 +209,19 @@ class Executor:
         tried: list[str],
     ) -> tuple[str, GenerationResult]:
         last: BaseException | None = None
-        for pool in chain:
+        for i, pool in enumerate(chain):
             try:
-                return pool, await self._call(pool, request, tried)
+                return pool, await self._call(pool, request, tried, i + 1 < len(chain))
             except BaseException as exc:
                 if not is_pool_failure(exc):
                     raise
                 last = exc
+                self._fell_back(pool, chain[i + 1 : i + 2], exc)
         raise _exhausted(chain, tried, last)
+
+    def _fell_back(self, pool: str, following: list[str], exc: BaseException) -> None:
+        if following:
+            self.metrics.fell_back(pool, following[0], failure_reason(exc))
 
     async def open_stream(
         self, plan: Plan, request: GenerationRequest
@@ -146,9 +233,16 @@ class Executor:
         """
         chain, tried = [plan.pool, *plan.fallbacks], []
         last: BaseException | None = None
-        for pool in chain:
+        for i, pool in enumerate(chain):
             if not self.breakers[pool].allow():
                 last = APIError(503, f"pool {pool!r} circuit is open", code="circuit_open")
+                self._fell_back(pool, chain[i + 1 : i + 2], last)
+                continue
+            try:
+                await self._warm(pool, i + 1 < len(chain))
+            except APIError as exc:
+                last = exc
+                self._fell_back(pool, chain[i + 1 : i + 2], exc)
                 continue
             tried.append(pool)
             chunks = self.pools.stream(
@@ -161,6 +255,7 @@ class Executor:
                     raise
                 self.breakers[pool].record_failure()
                 last = exc
+                self._fell_back(pool, chain[i + 1 : i + 2], exc)
                 continue
             self.breakers[pool].record_success()
             return pool, first, chunks, tried
@@ -184,18 +279,29 @@ class Executor:
         assert plan.target is not None and plan.rule is not None
         tried: list[str] = []
         started = time.monotonic()
+        verdict: bool | None = None
+        self.forecast.started(plan.target)
         try:
-            source, first = await self._with_fallback([plan.pool], request, tried)
+            source, first = plan.pool, await self._call(plan.pool, request, tried, True)
+            score = self._confidence(plan.rule, first)
+            verdict = score < plan.rule.threshold
         except BaseException as exc:
             if not is_pool_failure(exc):
                 raise
+            self._fell_back(plan.pool, [plan.target], exc)
             pool, result = await self._with_fallback(
                 [plan.target, *self._chain(plan.target)], request, tried
             )
             return Outcome(result, pool, "cascade", tried, escalated=True)
-        score = self._confidence(plan.rule, first)
-        if score >= plan.rule.threshold:
+        finally:
+            self.forecast.finished(plan.target, verdict)
+        if not verdict:
             return Outcome(first, source, "cascade", tried, confidence=score)
+        if self.saturated(plan.target):
+            # Shedding quality, not requests: the unsure answer beats queueing on a full pool.
+            self.metrics.downgraded("cascade", "target_saturated")
+            note = f"escalation skipped: pool {plan.target!r} is saturated"
+            return Outcome(first, source, "cascade", tried, confidence=score, notes=[note])
         spent = time.monotonic() - started
         pool, result = await self._with_fallback(
             [plan.target, *self._chain(plan.target)], request, tried
@@ -203,6 +309,7 @@ class Executor:
         return Outcome(
             result, pool, "cascade", tried, escalated=True, confidence=score,
             discarded_tokens=first.completion_tokens, discarded_engine_s=round(spent, 4),
+            discarded_pool=source,
         )  # fmt: skip
 
     def _chain(self, pool: str) -> list[str]:
@@ -254,6 +361,7 @@ class Executor:
                 other_result, other, "speculative", tried,
                 escalated=other == target, confidence=score, discarded_tokens=discarded,
                 discarded_engine_s=round(first_spent, 4) if discarded else 0.0,
+                discarded_pool=first if discarded else None,
                 winner="target" if other == target else "source",
             )  # fmt: skip
         finally:
@@ -284,6 +392,7 @@ class Executor:
             escalated=which == "target", confidence=score,
             discarded_tokens=lost.completion_tokens if lost else 0,
             discarded_engine_s=round(time.monotonic() - started, 4),
+            discarded_pool=loser,
             winner=which,
         )  # fmt: skip
 
@@ -293,6 +402,7 @@ class Executor:
         """Stream one pool's answer, keeping what arrived so far for loser accounting."""
         if not self.breakers[pool].allow():
             raise APIError(503, f"pool {pool!r} circuit is open", code="circuit_open")
+        await self._warm(pool, can_fall_back=True)  # the other racer answers meanwhile
         acc = partial[pool] = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
         sub = replace(request, request_id=f"{request.request_id}-{pool}")
         async with self._guard(pool, acc):
@@ -303,6 +413,13 @@ class Executor:
                 acc.prompt_tokens = chunk.prompt_tokens or acc.prompt_tokens
                 acc.finish_reason = chunk.finish_reason or acc.finish_reason
         return acc
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The `reason` label of a fallback."""
+    if isinstance(exc, APIError) and exc.code in ("circuit_open", "cold_start"):
+        return exc.code
+    return outcome_of(exc)
 
 
 def _exhausted(chain: list[str], tried: list[str], last: BaseException | None) -> BaseException:

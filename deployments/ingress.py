@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.config import AppConfig
+from deployments.metrics import RequestMetrics
 from deployments.openai.errors import APIError, create_error_response
 from deployments.openai.protocol import (
     ChatCompletionRequest,
@@ -89,6 +91,17 @@ class HandlePoolClient:
         self.handles = handles
         self.streams = {name: h.options(stream=True) for name, h in handles.items()}
         self.timeout_s = timeout_s
+        self._waking: dict[str, Any] = {}
+
+    def wake(self, pool: str) -> None:
+        """Queue one cheap call on a pool at zero replicas: Serve scales it up to serve it."""
+        pending = self._waking.get(pool)
+        if pending is None or pending.done():
+            self._waking[pool] = asyncio.ensure_future(self._wake(pool))
+
+    async def _wake(self, pool: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.handles[pool].stats.remote()
 
     async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
         response = self.handles[pool].generate.remote(request)
@@ -156,6 +169,8 @@ def wishes(body: SamplingFields, strategy_header: str | None) -> Wishes:
 
 
 STATS_PERIOD_S = 1.0
+REPLICAS_PERIOD_S = 2.0
+HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
 
 @serve.deployment(name="ingress")
@@ -180,18 +195,60 @@ class Ingress:
             if routing.learned is not None:
                 learned = LearnedRouter.load(routing.learned.path, embedder=embedder)
         client = HandlePoolClient(pools, config.request_timeout_s)
-        self.serving = OpenAIServing(config, client, semantic, learned)
-        # NOTE: pool load reaches the planner through this background loop, never through
-        # a call on the request path.
-        self._poller = asyncio.get_running_loop().create_task(self._poll_stats())
+        self.metrics = RequestMetrics()
+        self.serving = OpenAIServing(config, client, semantic, learned, self.metrics)
+        context = serve.get_replica_context()
+        self._app, self._me = context.app_name, context.replica_tag
+        self._sent: dict[str, tuple[float, float]] = {}  # pool -> (forecast, when sent)
+        # NOTE: pool load reaches the planner through these background loops, never
+        # through a call on the request path.
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._poll_stats()),
+            loop.create_task(self._poll_replicas()),
+        ]
 
     async def _poll_stats(self) -> None:
+        executor = self.serving.executor
         while True:
             for name, handle in self.pools.items():
-                with contextlib.suppress(Exception):
-                    stats = await asyncio.wait_for(handle.stats.remote(), STATS_PERIOD_S)
-                    self.serving.executor.load[name].stats = stats
+                load = executor.load[name]
+                if load.replicas != 0:  # a call would wake a pool scaled to zero
+                    with contextlib.suppress(Exception):
+                        stats = await asyncio.wait_for(handle.stats.remote(), STATS_PERIOD_S)
+                        load.stats = stats
+                self.metrics.pool_state(
+                    name,
+                    executor.breakers[name].state,
+                    load.stats.running,
+                    load.stats.waiting,
+                    load.replicas,
+                )
+            with contextlib.suppress(Exception):
+                await self._send_forecast()
             await asyncio.sleep(STATS_PERIOD_S)
+
+    async def _send_forecast(self) -> None:
+        """Tell escalation targets how many escalations to expect (their autoscaler reads it)."""
+        now = time.monotonic()
+        forecast = self.serving.executor.forecast.expected()
+        for pool in set(forecast) | set(self._sent):
+            value = forecast.get(pool, 0.0)
+            last, when = self._sent.get(pool, (0.0, 0.0))
+            if abs(value - last) >= 0.5 or (value > 0 and now - when >= HINT_PERIOD_S):
+                await self.pools[pool].broadcast("anticipate", self._me, value).results_async()
+                self._sent[pool] = (value, now)
+
+    async def _poll_replicas(self) -> None:
+        """Running replicas per pool, from Serve's controller (0 = scaled to zero)."""
+        while True:
+            with contextlib.suppress(Exception):
+                status = await asyncio.to_thread(serve.status)
+                deployments = status.applications[self._app].deployments
+                for name, load in self.serving.executor.load.items():
+                    states = deployments[f"pool-{name}"].replica_states
+                    load.replicas = int(states.get("RUNNING", 0))  # type: ignore[call-overload]
+            await asyncio.sleep(REPLICAS_PERIOD_S)
 
     @api.get("/v1/models")
     async def models(self) -> Response:
@@ -221,6 +278,11 @@ class Ingress:
     ) -> Response:
         decided = await self.serving.dry_run(body, body.text, wishes(body, x_switchyard_strategy))
         return Response(decided.model_dump_json(), media_type="application/json")
+
+    @api.get("/v1/metrics")
+    async def metrics_summary(self) -> JSONResponse:
+        """JSON summary of this ingress replica; Prometheus metrics are on Ray's metrics port."""
+        return JSONResponse(self.metrics.summary())
 
     @api.get("/health")
     async def health(self) -> JSONResponse:

@@ -8,10 +8,12 @@ health check Serve calls to replace a dead replica.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from ray import serve
 
+from deployments.autoscaling import ANTICIPATED, ENGINE_WAITING
 from models.catalog import ModelSpec
 from models.engines import create_engine
 from models.engines.base import (
@@ -25,6 +27,9 @@ from models.engines.fake import FakeEngineOptions
 
 logger = logging.getLogger(__name__)
 
+# An ingress re-sends its estimate every few seconds; one it stopped sending is dropped.
+HINT_TTL_S = 15.0
+
 
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class PoolServer:
@@ -34,6 +39,7 @@ class PoolServer:
         self.pool = pool
         self.spec = spec
         self.engine = create_engine(engine, spec, pool=pool, fake=fake)
+        self._hints: dict[str, tuple[float, float]] = {}  # ingress id -> (requests, when)
         await self.engine.start()
         logger.info("pool %s serving %s with the %s engine", pool, spec.id, engine)
 
@@ -49,6 +55,22 @@ class PoolServer:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    def anticipate(self, sender: str, requests: float) -> None:
+        """An ingress expects `requests` to arrive soon (escalations of running cascades).
+
+        Broadcast to every replica, so each reports the pool-wide expectation.
+        """
+        self._hints[sender] = (requests, time.monotonic())
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for `deployments.autoscaling`; Serve calls this periodically."""
+        now = time.monotonic()
+        self._hints = {k: v for k, v in self._hints.items() if now - v[1] <= HINT_TTL_S}
+        return {
+            ENGINE_WAITING: float(self.engine.stats().waiting),
+            ANTICIPATED: float(sum(requests for requests, _ in self._hints.values())),
+        }
 
     async def check_health(self) -> None:
         await self.engine.check_health()

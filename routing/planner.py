@@ -55,6 +55,7 @@ class Plan:
     fallbacks: tuple[str, ...] = ()
     scores: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    downgrade: tuple[str, str] | None = None  # (strategy asked for, reason) when downgraded
 
 
 def match_scores(
@@ -213,11 +214,14 @@ def _escalating(
     if wishes.max_cost_usd is not None and views[target].cost_per_request > wishes.max_cost_usd:
         return direct(source, f"{strategy} skipped: {target!r} exceeds max_cost_usd")
     notes: tuple[str, ...] = ()
+    downgrade = None
     if strategy == "speculative" and (views[target].saturated or not views[target].available):
         strategy = "cascade"
-        notes = (f"speculation downgraded to cascade: pool {target!r} is saturated",)
+        why = "saturated" if views[target].saturated else "unavailable"
+        notes = (f"speculation downgraded to cascade: pool {target!r} is {why}",)
+        downgrade = ("speculative", f"target_{why}")
     return Plan(
         strategy, source, decision.reason, detail,
         target=target, rule=config.cascade.rule(source, target),
-        fallbacks=_fallbacks(source, views, config), notes=notes,
+        fallbacks=_fallbacks(source, views, config), notes=notes, downgrade=downgrade,
     )  # fmt: skip

@@ -13,16 +13,18 @@ answer that gets rejected is never shown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
 from pydantic import BaseModel
 
 from deployments.config import AppConfig
-from deployments.execution import Executor, Outcome, PoolClient
+from deployments.execution import Executor, Outcome, PoolClient, PoolLimits
+from deployments.metrics import Finished, RequestMetrics, outcome_of
 from deployments.openai.errors import APIError, sse_error_event
 from deployments.openai.protocol import (
     ChatChoice,
@@ -97,8 +99,10 @@ class OpenAIServing:
         pools: PoolClient,
         semantic: SemanticClassifier | None = None,
         learned: LearnedRouter | None = None,
+        metrics: RequestMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or RequestMetrics(export=False)
         self.pools = pools
         self.semantic = semantic
         self.learned = learned
@@ -107,7 +111,13 @@ class OpenAIServing:
         chosen = [cfg.threshold if cfg else None, learned.threshold if learned else None]
         self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
         self._pool_models = config.pool_models()
-        self.executor = Executor(pools, config.routing, list(config.pools))
+        limits = {
+            name: PoolLimits(pool.max_ongoing_requests, pool.cold_start_timeout_s)
+            for name, pool in config.pools.items()
+        }
+        self.executor = Executor(pools, config.routing, limits, self.metrics)
+        large = config.pools.get(config.routing.rules.large_pool)
+        self._large_model = config.model(large.model) if large else None
         self.counters: Counter[str] = Counter()
 
     def models(self) -> ModelList:
@@ -147,7 +157,7 @@ class OpenAIServing:
                 expected_latency_s=per_token
                 * max_tokens
                 * (1 + queued / pool.max_ongoing_requests),
-                saturated=queued >= pool.max_ongoing_requests,
+                saturated=self.executor.saturated(name),
                 available=self.executor.breakers[name].state != "open",
             )
         return views
@@ -223,6 +233,25 @@ class OpenAIServing:
     # --- endpoints ----------------------------------------------------------------
 
     async def chat(self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
+        with self._failures(wishes):
+            return await self._chat(body, wishes)
+
+    async def completion(self, body: CompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
+        with self._failures(wishes):
+            return await self._completion(body, wishes)
+
+    @contextlib.contextmanager
+    def _failures(self, wishes: Wishes) -> Iterator[None]:
+        """Count a request that fails before its answer starts (successes count at the end)."""
+        started = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            strategy = wishes.strategy or self.config.routing.default_strategy
+            self.metrics.finished(Finished(strategy, outcome_of(exc), time.monotonic() - started))
+            raise
+
+    async def _chat(self, body: ChatCompletionRequest, wishes: Wishes) -> Routed:
         messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
         text = "\n".join(m.content for m in messages)
         decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 256)
@@ -238,7 +267,7 @@ class OpenAIServing:
         request = GenerationRequest(new_id("chatcmpl"), sampling, messages=messages)
         return await self._serve(body, decided, request, _chat_shaper, _chat_body)
 
-    async def completion(self, body: CompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
+    async def _completion(self, body: CompletionRequest, wishes: Wishes) -> Routed:
         text = body.prompt_text
         decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 16)
         _, sampling = self._sampling(body, decided, body.requested_max_tokens)
@@ -253,27 +282,77 @@ class OpenAIServing:
         shaper: Callable[[GenerationRequest, RouteInfo], ChunkShaper],
         whole: Callable[[GenerationRequest, RouteInfo, Outcome], BaseModel],
     ) -> Routed:
+        started = time.monotonic()
         self.counters[f"strategy.{decided.strategy}"] += 1
+        self.metrics.decided(decided.pool, decided.reason)
+        if decided.downgrade:
+            self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream and decided.strategy == "route":
             pool, first, chunks, tried = await self.executor.open_stream(decided, request)
+            ttft = time.monotonic() - started
             route = self._route_info(decided, pool, tried)
-            lines = _sse_lines(first, chunks, shaper(request, route), include_usage)
+            done = partial(self._finished, decided.strategy, pool, started, ttft, None)
+            lines = _sse_lines(first, chunks, shaper(request, route), include_usage, done)
             return Routed(route, stream=lines)
         outcome = await self.executor.execute(decided, request)
         self._count(outcome)
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
+        result = outcome.result
         if body.stream:
             chunk = GenerationChunk(
-                outcome.result.text,
-                list(range(outcome.result.completion_tokens)),
-                outcome.result.logprobs,
-                outcome.result.finish_reason,
-                outcome.result.prompt_tokens,
+                result.text,
+                list(range(result.completion_tokens)),
+                result.logprobs,
+                result.finish_reason,
+                result.prompt_tokens,
             )
-            lines = _sse_lines(chunk, _empty(), shaper(request, route), include_usage)
+            ttft = time.monotonic() - started
+            done = partial(self._finished, decided.strategy, outcome.pool, started, ttft, outcome)
+            lines = _sse_lines(chunk, _empty(), shaper(request, route), include_usage, done)
             return Routed(route, stream=lines)
+        self._finished(
+            decided.strategy, outcome.pool, started, None, outcome,
+            "ok", result.prompt_tokens, result.completion_tokens,
+        )  # fmt: skip
         return Routed(route, body=whole(request, route, outcome))
+
+    def _finished(
+        self,
+        strategy: str,
+        pool: str,
+        started: float,
+        ttft_s: float | None,
+        outcome: Outcome | None,
+        ended: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """Count a request whose answer started: at its end, or when its stream ended."""
+        spec = self.config.model(self._pool_models[pool])
+        cost = spec.cost.of(prompt_tokens, completion_tokens)
+        if outcome is not None and outcome.discarded_pool is not None:
+            lost = self.config.model(self._pool_models[outcome.discarded_pool])
+            cost += lost.cost.of(0, outcome.discarded_tokens)
+        large = (
+            self._large_model.cost.of(prompt_tokens, completion_tokens)
+            if self._large_model
+            else cost
+        )
+        self.metrics.finished(
+            Finished(
+                strategy=strategy,
+                outcome=ended,
+                latency_s=time.monotonic() - started,
+                pool=pool,
+                model=spec.id,
+                ttft_s=ttft_s,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost,
+                large_cost_usd=large,
+            )
+        )
 
     def _count(self, outcome: Outcome) -> None:
         c = self.counters
@@ -282,7 +361,17 @@ class OpenAIServing:
         c["fallbacks"] += len(outcome.tried) > 1 and outcome.strategy == "route"
         if outcome.winner:
             c[f"speculative.{outcome.winner}_won"] += 1
+            self.metrics.speculated(outcome.winner)
         c["discarded_tokens"] += outcome.discarded_tokens
+        if outcome.escalated and outcome.strategy == "cascade":
+            self.metrics.escalated(outcome.tried[0], outcome.pool)
+        if outcome.discarded_pool is not None:
+            self.metrics.discarded(
+                outcome.discarded_pool,
+                outcome.strategy,
+                outcome.discarded_tokens,
+                outcome.discarded_engine_s,
+            )
 
     def _route_info(
         self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None
@@ -304,7 +393,7 @@ class OpenAIServing:
             discarded_tokens=outcome.discarded_tokens if outcome else 0,
             discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
             speculative_winner=outcome.winner if outcome else None,
-            notes=list(decided.notes),
+            notes=[*decided.notes, *(outcome.notes if outcome else [])],
         )
 
 
@@ -316,13 +405,19 @@ async def _empty() -> AsyncIterator[GenerationChunk]:
 ChunkShaper = Callable[[GenerationChunk | None, Usage | None], BaseModel]
 
 
+StreamDone = Callable[[str, int, int], None]
+
+
 async def _sse_lines(
     first: GenerationChunk | None,
     chunks: AsyncIterator[GenerationChunk],
     shape: ChunkShaper,
     include_usage: bool,
+    done: StreamDone,
 ) -> AsyncIterator[str]:
+    """The SSE lines of an answer; `done(outcome, prompt_tokens, completion_tokens)` at the end."""
     prompt_tokens = completion_tokens = 0
+    ended = "cancelled"  # unless the loop finishes or fails: the client left
     try:
         yield sse_event(shape(None, None))
         chunk = first
@@ -333,8 +428,13 @@ async def _sse_lines(
             chunk = await anext(chunks, None)
         if include_usage:
             yield sse_event(shape(None, usage(prompt_tokens, completion_tokens)))
+        ended = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
+        ended = outcome_of(exc)
         yield sse_error_event(exc)
+    finally:
+        # NOTE: also runs when the client leaves early (the generator is closed).
+        done(ended, prompt_tokens, completion_tokens)
     yield SSE_DONE
 
 

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from deployments.config import AppConfig, ConfigError, load_app_config
+from deployments.config import (
+    POOL_AUTOSCALING_POLICY,
+    AppConfig,
+    ConfigError,
+    load_app_config,
+)
 from tests.conftest import fake_app_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,10 +50,26 @@ def test_gpu_profile_validates() -> None:
     for name in ("small", "code"):
         assert config.pools[name].ray_actor_options.num_gpus == 1
     for pool in config.pools.values():
-        assert pool.autoscaling is not None
-        assert pool.autoscaling.max_replicas > pool.autoscaling.min_replicas
-        assert "autoscaling_config" in pool.serve_options()
-        assert "num_replicas" not in pool.serve_options()
+        assert pool.autoscaling_config is not None
+        assert pool.autoscaling_config.max_replicas > pool.autoscaling_config.min_replicas
+        opts = pool.serve_options()
+        assert opts["autoscaling_config"]["policy"] == {"policy_function": POOL_AUTOSCALING_POLICY}
+        assert "num_replicas" not in opts
+    scaling = config.pools["code"].autoscaling_config
+    assert scaling is not None and scaling.min_replicas == 0, "the code pool scales to zero"
+
+
+def test_switchyard_policy_names_an_importable_function() -> None:
+    module, _, name = POOL_AUTOSCALING_POLICY.partition(":")
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_serve_policy_keeps_serves_default() -> None:
+    args = fake_app_args()
+    args["pools"]["small"]["autoscaling_config"] = {"max_replicas": 3, "policy": "serve"}
+    opts = AppConfig.model_validate(args).pools["small"].serve_options()
+    assert "policy" not in opts["autoscaling_config"]
+    assert opts["autoscaling_config"]["max_replicas"] == 3
 
 
 def test_fixed_replicas_map_to_num_replicas() -> None:
@@ -92,9 +114,19 @@ def broken(mutate: Any) -> dict[str, Any]:
         (lambda a: a["pools"].update({"Bad Name": a["pools"]["small"]}), "must match"),
         (
             lambda a: a["pools"]["small"].update(
-                autoscaling={"min_replicas": 3, "max_replicas": 2}
+                autoscaling_config={"min_replicas": 3, "max_replicas": 2}
             ),
             "min_replicas must not exceed max_replicas",
+        ),
+        (
+            lambda a: a["pools"]["small"].update(
+                autoscaling_config={"max_replicas": 2, "initial_replicas": 5}
+            ),
+            "initial_replicas must lie within",
+        ),
+        (
+            lambda a: a.update(ingress={"autoscaling_config": {"min_replicas": 0}}),
+            "the ingress cannot scale to zero",
         ),
         (
             lambda a: a["models"][1].update(engine={"tensor_parallel_size": 2}),

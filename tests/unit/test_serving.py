@@ -33,6 +33,10 @@ class InProcessPools:
             for name, p in config.pools.items()
         }
         self.calls: list[tuple[str, GenerationRequest]] = []
+        self.woken: list[str] = []
+
+    def wake(self, pool: str) -> None:
+        self.woken.append(pool)
 
     async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
         self.calls.append((pool, request))

@@ -1,0 +1,228 @@
+"""What the ingress counts: Prometheus metrics through Ray, and the `/v1/metrics` summary.
+
+Metrics go through Ray Serve's metrics API (`ray.serve.metrics`), not a second HTTP
+exporter: Ray already exports every process's metrics on each node's metrics port
+(`ray start --metrics-export-port`), prefixed `ray_`, and adds the deployment, replica
+and application labels. Counters appear as `ray_switchyard_<name>_total`.
+
+`RequestMetrics` is created in the ingress constructor (never at import) and takes
+`export=False` in unit tests, where only the in-memory summary is kept.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from deployments.openai.errors import APIError
+from models.engines.base import EngineUnavailableError, PromptError
+from routing.policy import UnknownModelError
+
+LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
+TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32]
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The `outcome` label of a request that ended with `exc` (None: success)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, APIError):
+        if exc.status == 429:
+            return "rejected"
+        if exc.status == 503:
+            return "unavailable"
+        if exc.status == 504:
+            return "timeout"
+        return "client_error" if exc.status < 500 else "error"
+    if isinstance(exc, PromptError | UnknownModelError):
+        return "client_error"
+    if isinstance(exc, EngineUnavailableError):
+        return "unavailable"
+    return "error"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One request as the metrics see it."""
+
+    strategy: str
+    outcome: str
+    latency_s: float
+    pool: str = ""  # empty when no pool answered
+    model: str = ""
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0  # served answer plus discarded work
+    large_cost_usd: float = 0.0  # the same tokens on the large pool's model
+
+
+class _Metric(Protocol):
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
+
+
+class RequestMetrics:
+    def __init__(self, export: bool = True) -> None:
+        self.requests: Counter[str] = Counter()  # outcome -> count
+        self.served: Counter[str] = Counter()  # model -> answers
+        self.escalations = 0
+        self.cost_usd = 0.0
+        self.large_cost_usd = 0.0
+        self.completion_tokens = 0
+        self._ray: dict[str, Any] = _ray_metrics() if export else {}
+
+    # --- events -------------------------------------------------------------------
+
+    def finished(self, done: Finished) -> None:
+        self.requests[done.outcome] += 1
+        if done.outcome == "ok":
+            self.served[done.model] += 1
+            self.cost_usd += done.cost_usd
+            self.large_cost_usd += done.large_cost_usd
+            self.completion_tokens += done.completion_tokens
+        if not self._ray:
+            return
+        tags = {"pool": done.pool, "model": done.model}
+        self._ray["requests"].inc(tags={**tags, "strategy": done.strategy, "outcome": done.outcome})
+        self._ray["latency"].observe(done.latency_s, tags={**tags, "strategy": done.strategy})
+        if done.ttft_s is not None:
+            self._ray["ttft"].observe(done.ttft_s, tags=tags)
+        if done.outcome == "ok":
+            self._inc("tokens", done.prompt_tokens, {**tags, "direction": "in"})
+            self._inc("tokens", done.completion_tokens, {**tags, "direction": "out"})
+            # NOTE: a saving can be negative (discarded work), a counter cannot: the
+            # dashboard subtracts the two counters.
+            self._inc("cost", done.cost_usd, tags)
+            self._inc("large_cost", done.large_cost_usd, tags)
+
+    def escalated(self, source: str, target: str) -> None:
+        self.escalations += 1
+        self._inc("escalations", 1, {"source": source, "target": target})
+
+    def speculated(self, winner: str) -> None:
+        self._inc("speculative", 1, {"winner": winner})
+
+    def discarded(self, pool: str, strategy: str, tokens: int, engine_s: float) -> None:
+        tags = {"pool": pool, "strategy": strategy}
+        self._inc("discarded_tokens", tokens, tags)
+        self._inc("discarded_engine_s", engine_s, tags)
+
+    def fell_back(self, from_pool: str, to_pool: str, reason: str) -> None:
+        self._inc("fallbacks", 1, {"from_pool": from_pool, "to_pool": to_pool, "reason": reason})
+
+    def downgraded(self, strategy: str, reason: str) -> None:
+        self._inc("downgrades", 1, {"strategy": strategy, "reason": reason})
+
+    def decided(self, pool: str, reason: str) -> None:
+        self._inc("decisions", 1, {"pool": pool, "reason": reason})
+
+    def pool_state(
+        self, pool: str, circuit: str, ongoing: float, queued: float, replicas: int | None
+    ) -> None:
+        if not self._ray:
+            return
+        tags = {"pool": pool}
+        self._ray["circuit"].set(CIRCUIT_STATES.get(circuit, 0), tags=tags)
+        self._ray["ongoing"].set(ongoing, tags=tags)
+        self._ray["queued"].set(queued, tags=tags)
+        if replicas is not None:
+            self._ray["replicas"].set(replicas, tags=tags)
+
+    def _inc(self, name: str, value: float, tags: dict[str, str]) -> None:
+        # NOTE: Ray rejects a counter increment of 0 or less.
+        if self._ray and value > 0:
+            metric: _Metric = self._ray[name]
+            metric.inc(value, tags=tags)
+
+    # --- summary ------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """`GET /v1/metrics`: this ingress replica's counts since it started."""
+        total = sum(self.requests.values())
+        ok = self.requests["ok"]
+        saved = self.large_cost_usd - self.cost_usd
+        return {
+            "requests": total,
+            "outcomes": dict(self.requests),
+            "success_rate": round(ok / total, 4) if total else None,
+            "model_distribution": {
+                model: round(n / ok, 4) for model, n in self.served.most_common()
+            },
+            "escalations": self.escalations,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+            "always_large_cost_usd": round(self.large_cost_usd, 6),
+            "cost_saved_usd": round(saved, 6),
+            "cost_saved_ratio": (
+                round(saved / self.large_cost_usd, 4) if self.large_cost_usd else None
+            ),
+        }
+
+
+def _ray_metrics() -> dict[str, Any]:
+    from ray.serve import metrics
+
+    m: Any = metrics  # NOTE: Ray annotates tag_keys as a 1-tuple; any length works.
+
+    def counter(name: str, description: str, *tags: str) -> Any:
+        return m.Counter(f"switchyard_{name}", description=description, tag_keys=tags)
+
+    return {
+        "requests": counter(
+            "requests", "Requests by outcome", "pool", "model", "strategy", "outcome"
+        ),
+        "latency": m.Histogram(
+            "switchyard_request_latency_seconds",
+            description="End-to-end request latency",
+            boundaries=LATENCY_BUCKETS_S,
+            tag_keys=("pool", "model", "strategy"),
+        ),
+        "ttft": m.Histogram(
+            "switchyard_ttft_seconds",
+            description="Time to the first token of streamed answers",
+            boundaries=TTFT_BUCKETS_S,
+            tag_keys=("pool", "model"),
+        ),
+        "tokens": counter(
+            "tokens", "Prompt (in) and completion (out) tokens", "pool", "model", "direction"
+        ),
+        "escalations": counter("escalations", "Cascade escalations", "source", "target"),
+        "speculative": counter("speculative_outcomes", "Speculative races by winner", "winner"),
+        "discarded_tokens": counter(
+            "discarded_tokens", "Tokens generated and thrown away", "pool", "strategy"
+        ),
+        "discarded_engine_s": counter(
+            "discarded_engine_seconds", "Engine time of thrown-away answers", "pool", "strategy"
+        ),
+        "fallbacks": counter(
+            "fallbacks", "Moves to the next pool", "from_pool", "to_pool", "reason"
+        ),
+        "downgrades": counter(
+            "downgrades", "Speculation or escalation skipped", "strategy", "reason"
+        ),
+        "decisions": counter("route_decisions", "Routing decisions", "pool", "reason"),
+        "cost": counter("cost_usd", "Estimated cost of served requests", "pool", "model"),
+        "large_cost": counter(
+            "always_large_cost_usd", "Estimated cost had the large pool served", "pool", "model"
+        ),
+        "circuit": m.Gauge(
+            "switchyard_circuit_state",
+            description="0 closed, 1 half-open, 2 open",
+            tag_keys=("pool",),
+        ),
+        "ongoing": m.Gauge(
+            "switchyard_pool_ongoing_requests",
+            description="Running in the engines",
+            tag_keys=("pool",),
+        ),
+        "queued": m.Gauge(
+            "switchyard_pool_queued_requests",
+            description="Waiting in the engines",
+            tag_keys=("pool",),
+        ),
+        "replicas": m.Gauge(
+            "switchyard_pool_replicas", description="Running replicas", tag_keys=("pool",)
+        ),
+    }

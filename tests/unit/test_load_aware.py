@@ -1,0 +1,130 @@
+"""Load-aware execution: pools at zero replicas, saturated targets, the escalation forecast,
+and what the metrics summary counts. In-process fake engines, no Ray."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from deployments.execution import EscalationForecast
+from deployments.openai.errors import APIError
+from models.engines.base import EngineStats
+from routing.planner import Wishes
+from tests.unit.test_serving import chat, events, serving
+
+UNSURE = {"logprobs": [-2.0]}
+CODE = "fix this python bug: def f(: pass"
+
+
+def info(routed: Any) -> dict[str, Any]:
+    return routed.body.model_dump()["switchyard"]  # type: ignore[no-any-return]
+
+
+async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> None:
+    svc, pools = serving()
+    svc.executor.load["code"].replicas = 0
+    routed = await svc.chat(chat(text=CODE))
+    assert (info(routed)["pool"], info(routed)["fallback"]) == ("large", True)
+    assert pools.woken == ["code"]
+    assert [p for p, _ in pools.calls] == ["large"]
+
+
+async def test_without_a_fallback_a_cold_pool_is_awaited_until_a_replica_runs() -> None:
+    svc, pools = serving()
+    load = svc.executor.load["code"]
+    load.replicas = 0
+    svc.config.routing.fallback.chains["code"].clear()  # nowhere else to go
+
+    async def replica_comes_up() -> None:
+        await asyncio.sleep(0.3)
+        load.replicas = 1
+
+    up = asyncio.create_task(replica_comes_up())
+    routed = await svc.chat(chat(text=CODE))
+    await up
+    assert info(routed)["pool"] == "code"
+    assert pools.woken == ["code"]
+
+
+async def test_a_cold_pool_that_does_not_start_in_time_is_a_clean_503() -> None:
+    svc, pools = serving()
+    svc.executor.load["code"].replicas = 0
+    svc.config.routing.fallback.chains["code"].clear()
+    object.__setattr__(svc.executor.limits["code"], "cold_start_timeout_s", 0.2)
+    with pytest.raises(APIError) as err:
+        await svc.chat(chat(text=CODE))
+    assert (err.value.status, err.value.code) == (503, "cold_start")
+    assert "retry-after" in err.value.headers
+    assert pools.calls == []
+    assert svc.metrics.summary()["outcomes"] == {"unavailable": 1}
+
+
+async def test_cascade_keeps_an_unsure_answer_when_the_target_is_saturated() -> None:
+    svc, pools = serving(small=UNSURE)
+    svc.executor.load["large"].stats = EngineStats(running=32, waiting=3)
+    result = info(await svc.chat(chat(), Wishes(strategy="cascade")))
+    assert (result["pool"], result["escalated"]) == ("small", False)
+    assert "escalation skipped: pool 'large' is saturated" in result["notes"]
+    assert [p for p, _ in pools.calls] == ["small"]
+
+
+async def test_speculation_downgrades_to_cascade_when_the_target_is_saturated() -> None:
+    svc, _ = serving(small={"logprobs": [-0.1]})
+    svc.executor.load["large"].stats = EngineStats(running=32, waiting=0)
+    result = info(await svc.chat(chat(), Wishes(strategy="speculative")))
+    assert (result["strategy"], result["pool"]) == ("cascade", "small")
+    assert any("downgraded to cascade" in n for n in result["notes"])
+
+
+def test_forecast_is_running_cascades_times_recent_escalation_share() -> None:
+    forecast = EscalationForecast(prior_share=0.5, weight=0.5)
+    for _ in range(4):
+        forecast.started("large")
+    assert forecast.expected() == {"large": 2.0}  # 4 running x prior 0.5
+    forecast.finished("large", escalated=True)  # share 0.5 -> 0.75
+    assert forecast.expected() == {"large": 2.25}  # 3 x 0.75
+    forecast.finished("large", escalated=None)  # a failed source teaches nothing
+    assert forecast.expected() == {"large": 1.5}
+
+
+async def test_running_cascades_feed_the_forecast() -> None:
+    svc, _ = serving(small={"token_latency_s": 0.05, **UNSURE})
+    task = asyncio.create_task(svc.chat(chat(), Wishes(strategy="cascade")))
+    await asyncio.sleep(0.05)
+    assert svc.executor.forecast.expected() == {"large": 0.5}
+    await task
+    assert svc.executor.forecast.expected() == {"large": 0.0}
+    assert svc.executor.forecast.share["large"] > 0.5  # it escalated
+
+
+async def test_metrics_summary_counts_outcomes_models_and_savings() -> None:
+    svc, _ = serving()
+    for model in svc.config.models:  # the large model costs 10x the small one
+        price = 10.0 if model.id == "big-chat" else 1.0
+        object.__setattr__(model.cost, "output_per_million", price)
+    await svc.chat(chat())
+    await svc.chat(chat(model="large"))
+    with pytest.raises(APIError):
+        await svc.chat(chat(max_tokens=100_000))
+    summary = svc.metrics.summary()
+    assert summary["requests"] == 3
+    assert summary["outcomes"] == {"ok": 2, "client_error": 1}
+    assert summary["success_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    assert summary["model_distribution"] == {"tiny-chat": 0.5, "big-chat": 0.5}
+    # small answer: 4 tokens at $1/M instead of $10/M; the large answer saves nothing
+    assert summary["cost_saved_usd"] == pytest.approx(4 * 9 / 1e6)
+    assert summary["cost_saved_ratio"] == pytest.approx(36 / 80)
+
+
+async def test_a_stream_the_client_leaves_counts_as_cancelled() -> None:
+    svc, _ = serving(small={"token_latency_s": 0.01})
+    routed = await svc.chat(chat(stream=True))
+    assert routed.stream is not None
+    await anext(routed.stream)
+    await routed.stream.aclose()  # type: ignore[attr-defined]
+    assert svc.metrics.summary()["outcomes"] == {"cancelled": 1}
+    whole = await svc.chat(chat(stream=True))
+    assert (await events(whole))[-1]["choices"][0]["finish_reason"] is not None
+    assert svc.metrics.summary()["outcomes"] == {"cancelled": 1, "ok": 1}
