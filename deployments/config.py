@@ -61,8 +61,8 @@ class AutoscalingOptions(Strict):
     look_back_period_s: float = Field(
         default=10.0, gt=0, description="Window over which load is averaged."
     )
-    metrics_interval_s: float = Field(
-        default=2.0, gt=0, description="How often replicas report their load."
+    metrics_interval_s: float | None = Field(
+        default=None, gt=0, description="How often replicas report their load (Serve's default)."
     )
     policy: Literal["switchyard", "serve"] = Field(
         default="switchyard", description="Which autoscaling policy decides the replica count."

@@ -51,6 +51,13 @@ class AllPoolsFailedError(EngineUnavailableError):
         super().__init__(f"no pool could serve the request (tried: {', '.join(tried)})")
 
 
+def counts_against_circuit(exc: BaseException) -> bool:
+    """Errors open a pool's circuit; being full (429) or starting from zero does not."""
+    if isinstance(exc, APIError) and (exc.status == 429 or exc.code == "cold_start"):
+        return False
+    return is_pool_failure(exc)
+
+
 def is_pool_failure(exc: BaseException) -> bool:
     """Should the next pool be tried? Server-side failures yes, client errors no."""
     if isinstance(exc, APIError):
@@ -196,7 +203,7 @@ class Executor:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            if is_pool_failure(exc):
+            if counts_against_circuit(exc):
                 self.breakers[pool].record_failure()
             raise
         self.breakers[pool].record_success()
@@ -253,7 +260,8 @@ class Executor:
             except BaseException as exc:
                 if not is_pool_failure(exc):
                     raise
-                self.breakers[pool].record_failure()
+                if counts_against_circuit(exc):
+                    self.breakers[pool].record_failure()
                 last = exc
                 self._fell_back(pool, chain[i + 1 : i + 2], exc)
                 continue

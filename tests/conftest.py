@@ -19,6 +19,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+METRICS_PORT = free_port()  # Ray's Prometheus export port in the test cluster
+
+
 @pytest.fixture(scope="session")
 def serve_port() -> Iterator[int]:
     """One local Ray instance and Serve HTTP proxy for all integration and e2e tests."""
@@ -26,7 +29,12 @@ def serve_port() -> Iterator[int]:
     from ray import serve
 
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
