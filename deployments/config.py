@@ -217,6 +217,7 @@ class AppConfig(Strict):
             )
         named = set(routing.fallback.chains) | set(routing.semantic.examples)
         named |= {p for chain in routing.fallback.chains.values() for p in chain}
+        named |= {p for tier in routing.tiers.values() for p in tier.pools or []}
         unknown = sorted(named - set(self.pools))
         if unknown:
             raise ValueError(f"routing names pools that are not configured: {unknown}")

@@ -298,7 +298,7 @@ class Executor:
                 raise
             self._fell_back(plan.pool, [plan.target], exc)
             pool, result = await self._with_fallback(
-                [plan.target, *self._chain(plan.target)], request, tried
+                [plan.target, *plan.target_fallbacks], request, tried
             )
             return Outcome(result, pool, "cascade", tried, escalated=True)
         finally:
@@ -312,16 +312,13 @@ class Executor:
             return Outcome(first, source, "cascade", tried, confidence=score, notes=[note])
         spent = time.monotonic() - started
         pool, result = await self._with_fallback(
-            [plan.target, *self._chain(plan.target)], request, tried
+            [plan.target, *plan.target_fallbacks], request, tried
         )
         return Outcome(
             result, pool, "cascade", tried, escalated=True, confidence=score,
             discarded_tokens=first.completion_tokens, discarded_engine_s=round(spent, 4),
             discarded_pool=source,
         )  # fmt: skip
-
-    def _chain(self, pool: str) -> list[str]:
-        return [p for p in self.config.fallback.chains.get(pool, []) if p in self.breakers]
 
     async def _speculative(self, plan: Plan, request: GenerationRequest) -> Outcome:
         """Race the cheap and the strong pool; keep the cheap answer only if confident."""

@@ -42,10 +42,13 @@ from models.engines.base import (
     GenerationResult,
     PromptError,
 )
-from routing.config import STRATEGIES
-from routing.planner import Wishes
+from routing.config import STRATEGIES, RoutingConfig
+from routing.planner import PoolNotAllowedError, Wishes
 from routing.policy import UnknownModelError
 from routing.semantic import SemanticClassifier
+from routing.tiers import UnknownTierError, apply_tier
+
+Hdr = Annotated[str | None, Header()]
 
 api = FastAPI(title="Switchyard", description="OpenAI-compatible multi-model LLM router")
 
@@ -56,7 +59,14 @@ async def _on_error(_: Request, exc: Exception) -> Response:
 
 # NOTE: expected errors get their own handlers; Starlette re-raises (and logs a traceback
 # for) whatever only the catch-all `Exception` handler catches.
-for _expected in (RequestValidationError, APIError, PromptError, UnknownModelError, EngineError):
+for _expected in (
+    RequestValidationError,
+    APIError,
+    PromptError,
+    UnknownModelError,
+    PoolNotAllowedError,
+    EngineError,
+):
     api.add_exception_handler(_expected, _on_error)
 api.add_exception_handler(Exception, _on_error)
 
@@ -148,8 +158,15 @@ def _respond(routed: Routed) -> Response:
     )
 
 
-def wishes(body: SamplingFields, strategy_header: str | None) -> Wishes:
-    """Routing wishes from the `switchyard` body field, or the `x-switchyard-strategy` header."""
+def wishes(
+    body: SamplingFields,
+    config: RoutingConfig,
+    strategy_header: str | None,
+    tenant: str | None = None,
+    tier_header: str | None = None,
+) -> Wishes:
+    """Routing wishes from the `switchyard` body field and the `x-switchyard-*` headers,
+    completed by the client's tier."""
     opts = body.switchyard or SwitchyardOptions()
     strategy = opts.strategy
     if strategy is None and strategy_header:
@@ -160,12 +177,16 @@ def wishes(body: SamplingFields, strategy_header: str | None) -> Wishes:
                 param="x-switchyard-strategy",
             )
         strategy = strategy_header
-    return Wishes(
+    asked = Wishes(
         strategy=strategy,
         min_quality=opts.min_quality,
         max_cost_usd=opts.max_cost_usd,
         latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
     )
+    try:
+        return apply_tier(config, asked, tenant, opts.tier or tier_header)
+    except UnknownTierError as exc:
+        raise APIError(400, str(exc), param="switchyard.tier", code="unknown_tier") from exc
 
 
 STATS_PERIOD_S = 1.0
@@ -250,6 +271,11 @@ class Ingress:
                     load.replicas = int(states.get("RUNNING", 0))  # type: ignore[call-overload]
             await asyncio.sleep(REPLICAS_PERIOD_S)
 
+    def _wishes(
+        self, body: SamplingFields, strategy: str | None, tenant: str | None, tier: str | None
+    ) -> Wishes:
+        return wishes(body, self.config.routing, strategy, tenant, tier)
+
     @api.get("/v1/models")
     async def models(self) -> Response:
         return Response(self.serving.models().model_dump_json(), media_type="application/json")
@@ -258,25 +284,34 @@ class Ingress:
     async def chat_completions(
         self,
         body: ChatCompletionRequest,
-        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+        x_switchyard_strategy: Hdr = None,
+        x_switchyard_tenant: Hdr = None,
+        x_switchyard_tier: Hdr = None,
     ) -> Response:
-        return _respond(await self.serving.chat(body, wishes(body, x_switchyard_strategy)))
+        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        return _respond(await self.serving.chat(body, asked))
 
     @api.post("/v1/completions")
     async def completions(
         self,
         body: CompletionRequest,
-        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+        x_switchyard_strategy: Hdr = None,
+        x_switchyard_tenant: Hdr = None,
+        x_switchyard_tier: Hdr = None,
     ) -> Response:
-        return _respond(await self.serving.completion(body, wishes(body, x_switchyard_strategy)))
+        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        return _respond(await self.serving.completion(body, asked))
 
     @api.post("/v1/route")
     async def route(
         self,
         body: RouteRequest,
-        x_switchyard_strategy: Annotated[str | None, Header()] = None,
+        x_switchyard_strategy: Hdr = None,
+        x_switchyard_tenant: Hdr = None,
+        x_switchyard_tier: Hdr = None,
     ) -> Response:
-        decided = await self.serving.dry_run(body, body.text, wishes(body, x_switchyard_strategy))
+        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        decided = await self.serving.dry_run(body, body.text, asked)
         return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/metrics")

@@ -105,6 +105,22 @@ class ScoringConfig(Strict):
     gamma_quality: float = Field(default=1.0, ge=0, description="Weight of quality x match.")
 
 
+class TierConfig(Strict):
+    """Defaults and limits for a class of clients (e.g. `free`, `pro`).
+
+    A request's own wishes win over the tier's defaults, except that the tier's
+    `max_cost_usd` is a cap and its `pools` a hard limit.
+    """
+
+    strategy: Strategy | None = Field(default=None, description="Default strategy.")
+    min_quality: float | None = Field(default=None, ge=0, le=1, description="Default floor.")
+    max_cost_usd: float | None = Field(default=None, ge=0, description="Per-request cap.")
+    latency_budget_ms: float | None = Field(default=None, gt=0, description="Default budget.")
+    pools: list[str] | None = Field(
+        default=None, min_length=1, description="Pools this tier may use; all when unset."
+    )
+
+
 class RoutingConfig(Strict):
     """Everything the routing policy reads."""
 
@@ -119,12 +135,27 @@ class RoutingConfig(Strict):
     )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    tiers: dict[str, TierConfig] = Field(
+        default_factory=dict, description="Client tiers by name (`switchyard.tier`)."
+    )
+    tenants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tenant id (`x-switchyard-tenant`) -> tier; a mapped tenant cannot "
+        "choose another tier.",
+    )
+    default_tier: str | None = Field(
+        default=None, description="Tier of requests that name neither a tenant nor a tier."
+    )
 
     @model_validator(mode="after")
     def _source_is_default(self) -> RoutingConfig:
         for rule in self.cascade.rules:
             if rule.source == rule.target:
                 raise ValueError(f"cascade rule escalates {rule.source!r} to itself")
+        named = {*self.tenants.values(), *([self.default_tier] if self.default_tier else [])}
+        unknown = sorted(named - set(self.tiers))
+        if unknown:
+            raise ValueError(f"tenants/default_tier name unknown tiers: {unknown}")
         return self
 
     def pools_named(self) -> set[str]:
@@ -133,4 +164,5 @@ class RoutingConfig(Strict):
         names |= {p for r in self.cascade.rules for p in (r.source, r.target)}
         names |= set(self.fallback.chains) | {p for c in self.fallback.chains.values() for p in c}
         names |= set(self.semantic.examples)
+        names |= {p for tier in self.tiers.values() for p in tier.pools or []}
         return names

@@ -15,11 +15,19 @@ rule and fallback chain, and records every reason so the response can explain it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from routing.config import ConfidenceRule, RoutingConfig, Strategy
 from routing.policy import AUTO_MODEL, choose_pool
 from routing.rules import RouteDecision, decide, extract_features
+
+
+class PoolNotAllowedError(ValueError):
+    """A request pinned a pool its tier may not use."""
+
+    def __init__(self, pool: str, tier: str | None) -> None:
+        super().__init__(f"tier {tier!r} may not use pool {pool!r}")
+        self.pool, self.tier = pool, tier
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class Wishes:
     min_quality: float | None = None
     max_cost_usd: float | None = None
     latency_budget_s: float | None = None
+    tier: str | None = None
+    pools: frozenset[str] | None = None  # the tier's pools; None = all
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class Plan:
     target: str | None = None  # escalation pool of cascade/speculative
     rule: ConfidenceRule | None = None
     fallbacks: tuple[str, ...] = ()
+    target_fallbacks: tuple[str, ...] = ()  # after the escalation target fails
     scores: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     downgrade: tuple[str, str] | None = None  # (strategy asked for, reason) when downgraded
@@ -129,8 +140,12 @@ def plan(
     request no rule matched goes to its strong pool when the score reaches the threshold.
     """
     wishes = wishes or Wishes()
+    if wishes.pools is not None:
+        views = {name: view for name, view in views.items() if name in wishes.pools}
     if model != AUTO_MODEL:
         pinned = choose_pool(model, text, pool_models, config.rules)
+        if pinned.pool not in views:
+            raise PoolNotAllowedError(pinned.pool, wishes.tier)
         notes = ("strategy ignored: the request pins a pool",) if wishes.strategy else ()
         return Plan(
             "route", pinned.pool, pinned.reason, pinned.detail,
@@ -195,6 +210,10 @@ def _escalating(
 ) -> Plan:
     rules = config.rules
     source = config.cascade.source_pool
+    if source not in views:  # the tier does not include the cheap pool
+        routed = _route(decision, views, config, wishes, {})
+        note = f"{strategy} skipped: pool {source!r} is not in tier {wishes.tier!r}"
+        return replace(routed, notes=(*routed.notes, note))
     wanted = rules.code_pool if decision.reason == "code_markers" else rules.large_pool
     target = wanted if wanted in views and wanted != source else None
     detail = f"{source!r} first, escalating to {target!r} ({decision.reason})"
@@ -223,5 +242,6 @@ def _escalating(
     return Plan(
         strategy, source, decision.reason, detail,
         target=target, rule=config.cascade.rule(source, target),
-        fallbacks=_fallbacks(source, views, config), notes=notes, downgrade=downgrade,
+        fallbacks=_fallbacks(source, views, config),
+        target_fallbacks=_fallbacks(target, views, config), notes=notes, downgrade=downgrade,
     )  # fmt: skip

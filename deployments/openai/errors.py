@@ -11,6 +11,7 @@ Exceptions the mapper knows (raised anywhere on the request path):
     RequestValidationError / ValidationError  malformed or wrong-typed body   -> 400
     APIError(status, ...)                     raised by the ingress itself     -> status
     PromptError (ContextLengthError)          request cannot be served as asked -> 400
+    PoolNotAllowedError                       pool outside the client's tier    -> 403
     UnknownModelError                         no such model or pool             -> 404
     NotImplementedError                       a feature we do not have          -> 501
     EngineUnavailableError                    pool down, dead or not prepared   -> 503
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from models.engines.base import EngineError, EngineUnavailableError, PromptError
+from routing.planner import PoolNotAllowedError
 from routing.policy import UnknownModelError
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class APIError(Exception):
 
 
 def _default_type(status: int) -> str:
+    if status == 403:
+        return "permission_error"
     if status == 404:
         return "not_found_error"
     if status == 429:
@@ -88,6 +92,8 @@ def to_api_error(exc: BaseException) -> APIError:
         return _validation_api_error(list(exc.errors()))
     if isinstance(exc, PromptError):
         return APIError(400, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, PoolNotAllowedError):
+        return APIError(403, str(exc), param="model", code="pool_not_allowed")
     if isinstance(exc, UnknownModelError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NotImplementedError):

@@ -56,6 +56,7 @@ class SwitchyardOptions(BaseModel):
     min_quality: float | None = Field(default=None, ge=0, le=1)
     max_cost_usd: float | None = Field(default=None, ge=0)
     latency_budget_ms: float | None = Field(default=None, gt=0)
+    tier: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class SamplingFields(WireModel):

@@ -1,0 +1,101 @@
+"""Client tiers: merging wishes, tenant mapping, and the pools a tier may use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from deployments.ingress import wishes
+from deployments.openai.errors import APIError, to_api_error
+from deployments.openai.protocol import ChatCompletionRequest
+from routing.config import RoutingConfig
+from routing.planner import PoolNotAllowedError, Wishes
+from routing.tiers import UnknownTierError, apply_tier
+from tests.unit.test_serving import chat, serving
+
+TIERS: dict[str, Any] = {
+    "tiers": {
+        "free": {"strategy": "cascade", "max_cost_usd": 0.001, "pools": ["small", "code"]},
+        "pro": {"strategy": "speculative", "min_quality": 0.7, "latency_budget_ms": 2000},
+    },
+    "tenants": {"acme": "pro", "bob": "free"},
+    "default_tier": "free",
+}
+
+
+def config() -> RoutingConfig:
+    return RoutingConfig.model_validate(TIERS)
+
+
+def test_tier_defaults_fill_what_the_request_leaves_open() -> None:
+    got = apply_tier(config(), Wishes(), tenant="acme", asked=None)
+    assert got == Wishes(
+        strategy="speculative", min_quality=0.7, latency_budget_s=2.0, tier="pro", pools=None
+    )
+    own = apply_tier(config(), Wishes(strategy="route", min_quality=0.2), "acme", None)
+    assert (own.strategy, own.min_quality) == ("route", 0.2)  # the request's wishes win
+
+
+def test_tier_cost_cap_and_pools_are_limits_not_defaults() -> None:
+    got = apply_tier(config(), Wishes(max_cost_usd=1.0), tenant=None, asked="free")
+    assert got.max_cost_usd == 0.001  # a request cannot raise its tier's cap
+    assert got.pools == frozenset({"small", "code"})
+    assert apply_tier(config(), Wishes(max_cost_usd=0.0001), None, "free").max_cost_usd == 0.0001
+
+
+def test_a_mapped_tenant_cannot_pick_another_tier() -> None:
+    assert apply_tier(config(), Wishes(), tenant="bob", asked="pro").tier == "free"
+    assert apply_tier(config(), Wishes(), tenant="unknown-co", asked="pro").tier == "pro"
+    assert apply_tier(config(), Wishes(), tenant=None, asked=None).tier == "free"  # default
+    assert apply_tier(RoutingConfig(), Wishes(), None, None) == Wishes()  # no tiers at all
+
+
+def test_unknown_tier_is_a_400() -> None:
+    with pytest.raises(UnknownTierError):
+        apply_tier(config(), Wishes(), None, "platinum")
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+            "switchyard": {"tier": "platinum"},
+        }
+    )
+    with pytest.raises(APIError) as err:
+        wishes(body, config(), None)
+    assert (err.value.status, err.value.param) == (400, "switchyard.tier")
+
+
+def test_config_rejects_tenants_of_unknown_tiers() -> None:
+    with pytest.raises(ValueError, match="unknown tiers"):
+        RoutingConfig.model_validate({"tenants": {"acme": "gold"}})
+
+
+async def test_a_tier_routes_only_to_its_pools() -> None:
+    svc, pools = serving()
+    free = apply_tier(config(), Wishes(strategy="route"), "bob", None)
+    complex_task = chat(text="Compare Rome and Athens in depth.")
+    everyone = await svc.chat(complex_task, Wishes(strategy="route"))
+    assert everyone.body is not None and everyone.body.model_dump()["switchyard"]["pool"] == "large"
+    routed = await svc.chat(complex_task, free)
+    assert routed.body is not None
+    assert routed.body.model_dump()["switchyard"]["pool"] in {"small", "code"}
+    assert pools.calls[-1][0] != "large"
+
+
+async def test_a_cascade_without_its_target_in_the_tier_stays_on_the_cheap_pool() -> None:
+    svc, pools = serving(small={"logprobs": [-3.0]})
+    free = apply_tier(config(), Wishes(), "bob", None)  # cascade by tier default
+    routed = await svc.chat(chat(), free)
+    assert routed.body is not None
+    assert routed.body.model_dump()["switchyard"]["pool"] == "small"
+    assert [p for p, _ in pools.calls] == ["small"]
+
+
+async def test_pinning_a_pool_outside_the_tier_is_a_403() -> None:
+    svc, pools = serving()
+    with pytest.raises(PoolNotAllowedError) as err:
+        await svc.chat(chat(model="large"), apply_tier(config(), Wishes(), "bob", None))
+    api = to_api_error(err.value)
+    assert (api.status, api.type, api.code) == (403, "permission_error", "pool_not_allowed")
+    assert pools.calls == []
