@@ -40,9 +40,23 @@ test-e2e: models
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 check: install
-	$(VENV)/bin/ruff check models routing deployments tests
-	$(VENV)/bin/ruff format --check models routing deployments tests
+	$(VENV)/bin/ruff check models routing deployments tests bench cluster
+	$(VENV)/bin/ruff format --check models routing deployments tests bench cluster
 	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Load test against an app that is already running (here or on a cluster); reports go
+# to reports/loadtest/ (CSV + HTML). Mix and max_tokens: see tests/load/locustfile.py.
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 4
+LOAD_SPAWN_RATE ?= 1
+LOAD_TIME ?= 60s
+
+.PHONY: loadtest
+loadtest: install
+	mkdir -p reports/loadtest
+	$(VENV)/bin/locust -f tests/load/locustfile.py --headless -u $(LOAD_USERS) \
+		-r $(LOAD_SPAWN_RATE) -t $(LOAD_TIME) --host $(LOAD_HOST) \
+		--csv reports/loadtest/switchyard --html reports/loadtest/report.html --only-summary

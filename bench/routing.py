@@ -53,7 +53,9 @@ def decisions(embed: bool, n: int = 2000) -> None:
         t = time.perf_counter()
         plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config)
         times.append((time.perf_counter() - t) * 1000)
-    print(f"decision, rules only:        p50 {pct(times, .5):.3f} ms  p99 {pct(times, .99):.3f} ms")
+    print(
+        f"decision, rules only:        p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+    )
     if not embed:
         return
     from routing.embedding import MiniLMEmbedder
@@ -70,7 +72,9 @@ def decisions(embed: bool, n: int = 2000) -> None:
         sims = classifier.similarities(PROMPTS[i % len(PROMPTS)])
         plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config, similarities=sims)
         times.append((time.perf_counter() - t) * 1000)
-    print(f"decision, rules + embedding: p50 {pct(times, .5):.3f} ms  p99 {pct(times, .99):.3f} ms")
+    print(
+        f"decision, rules + embedding: p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+    )
 
 
 async def strategies() -> None:

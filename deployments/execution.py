@@ -431,6 +431,8 @@ def _exhausted(chain: list[str], tried: list[str], last: BaseException | None) -
     """The error for a fallback chain where no pool answered."""
     if last is None:
         return AllPoolsFailedError(chain)
+    if isinstance(last, APIError) and last.status == 429:
+        return last  # every pool tried was full: the client should retry, not give up
     if len(tried) <= 1:
         return last  # one pool tried (or all circuits open): its own error says most
     return AllPoolsFailedError(tried)

@@ -114,22 +114,28 @@ class HandlePoolClient:
             await self.handles[pool].stats.remote()
 
     async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
-        response = self.handles[pool].generate.remote(request)
+        response = None
         try:
+            # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
+            response = self.handles[pool].generate.remote(request)
             async with asyncio.timeout(self.timeout_s):
                 result: GenerationResult = await response
         except TimeoutError as exc:
             # NOTE: cancelling the call makes the replica's engine abort the request.
-            response.cancel()  # type: ignore[no-untyped-call]
+            if response is not None:
+                with contextlib.suppress(Exception):
+                    response.cancel()  # type: ignore[no-untyped-call]
             raise _timeout_error(pool, self.timeout_s) from exc
         except Exception as exc:
             raise translate(pool, exc) from exc
         return result
 
     async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        chunks: DeploymentResponseGenerator[GenerationChunk]
-        chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
+        chunks: DeploymentResponseGenerator[GenerationChunk] | None = None
         try:
+            # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
+            chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
+            assert chunks is not None
             while True:
                 # NOTE: never `yield` inside the timeout: it would cancel the consumer.
                 # For streams the limit is on the wait for each next chunk.
@@ -144,7 +150,11 @@ class HandlePoolClient:
             raise translate(pool, exc) from exc
         finally:
             # Client gone, timeout or error: the replica's engine aborts the request.
-            chunks.cancel()  # type: ignore[no-untyped-call]
+            # NOTE: cancel() re-raises a failed assignment (back-pressure); that error was
+            # already handled above.
+            if chunks is not None:
+                with contextlib.suppress(Exception):
+                    chunks.cancel()  # type: ignore[no-untyped-call]
 
 
 def _respond(routed: Routed) -> Response:

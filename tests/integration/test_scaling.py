@@ -109,12 +109,14 @@ def test_a_pool_scales_up_under_load_and_back_down(serve_port: int, app: Any) ->
     assert set(load.codes) == {200}, load.errors[:3]
 
 
-def test_overload_is_a_clean_429_with_retry_after(serve_port: int, app: Any) -> None:
-    args = fake_app_args(small=SLOW)
-    args["pools"]["small"].update(max_ongoing_requests=1, max_queued_requests=1)
-    args["routing"] = {"fallback": {"chains": {}}}  # nowhere to spill over
-    name = app("overload", args)
-    with Load(url(serve_port, name), chat_body("small"), workers=6) as load:
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_overload_is_a_clean_429_with_retry_after(serve_port: int, app: Any, stream: bool) -> None:
+    args = fake_app_args(small=SLOW, large=SLOW)
+    for pool in ("small", "large"):
+        args["pools"][pool].update(max_ongoing_requests=1, max_queued_requests=1)
+    name = app(f"overload-{stream}", args)  # small falls back to large, also full
+    body = {**chat_body("small"), "stream": stream}
+    with Load(url(serve_port, name), body, workers=6) as load:
         time.sleep(6)
     assert load.codes[200] > 0 and load.codes[429] > 0, load.codes
     assert set(load.codes) == {200, 429}, load.errors[:3]
