@@ -271,14 +271,21 @@ class Ingress:
                 self._sent[pool] = (value, now)
 
     async def _poll_replicas(self) -> None:
-        """Running replicas per pool, from Serve's controller (0 = scaled to zero)."""
+        """Running replicas per pool, from Serve's controller (0 = scaled to zero).
+
+        While a deployment is being (re)deployed its replicas are starting, not scaled
+        to zero: the count stays unknown (None) so requests wait for them instead of
+        falling back.
+        """
         while True:
             with contextlib.suppress(Exception):
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[self._app].deployments
                 for name, load in self.serving.executor.load.items():
-                    states = deployments[f"pool-{name}"].replica_states
-                    load.replicas = int(states.get("RUNNING", 0))  # type: ignore[call-overload]
+                    pool = deployments[f"pool-{name}"]
+                    running = int(pool.replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
+                    updating = running == 0 and str(pool.status).endswith("UPDATING")
+                    load.replicas = None if updating else running
             await asyncio.sleep(REPLICAS_PERIOD_S)
 
     def _wishes(
