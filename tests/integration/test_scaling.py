@@ -193,14 +193,20 @@ def test_running_cascades_reach_the_large_pools_autoscaler(serve_port: int, app:
     print(f"\nlarge pool's anticipated escalations while cascades ran: {max(seen)}")
 
 
-def kill_one_replica(app: str, deployment: str) -> None:
+def replica_actors(app: str, deployment: str) -> set[str]:
     import ray
 
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     actors = ray.util.list_named_actors(all_namespaces=True)
-    name = next(
-        a["name"] for a in actors if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#")
-    )
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return {a["name"] for a in actors if a["name"].startswith(prefix)}
+
+
+def kill_one_replica(app: str, deployment: str) -> str:
+    import ray
+
+    victim = sorted(replica_actors(app, deployment))[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    return victim
 
 
 @pytest.mark.parametrize("fallback", [True, False], ids=["with-fallback", "no-fallback"])
@@ -212,15 +218,20 @@ def test_killing_a_replica_under_load(serve_port: int, app: Any, fallback: bool)
     name = app(f"drill-{'fb' if fallback else 'nofb'}", args)
     with Load(url(serve_port, name), chat_body("small"), workers=4) as load:
         time.sleep(1.5)
-        kill_one_replica(name, "pool-small")
+        victim = kill_one_replica(name, "pool-small")
         time.sleep(3)
-    restored = wait_for(lambda: deployment_replicas(name, "pool-small") == 2, timeout_s=90)
+
+    def replaced() -> bool:
+        actors = replica_actors(name, "pool-small")
+        return victim not in actors and deployment_replicas(name, "pool-small") == 2
+
+    restored = wait_for(replaced, timeout_s=90)
     print(f"\ndrill fallback={fallback}: {load.codes}; replica restored in {restored:.1f} s")
     if fallback:
         assert set(load.codes) == {200}, load.errors[:3]
     else:
+        # Whether the kill catches a request in flight is a race; what it may cost is fixed.
         assert set(load.codes) <= {200, 503}, load.errors[:3]
-        assert load.codes[503] >= 1, "the kill hit no in-flight request"
         for _, error, _ in load.errors:
             assert set(error["error"]) == {"message", "type", "param", "code"}
             assert "Traceback" not in error["error"]["message"]
