@@ -66,8 +66,8 @@ class TokenCost(StrictModel):
     input_per_million: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens.")
     output_per_million: float = Field(default=0.0, ge=0, description="USD per 1M generated tokens.")
 
-    def of(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one request."""
+    def of(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for one request (token counts may be estimates)."""
         return (
             prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
         ) / 1e6

@@ -150,10 +150,7 @@ class OpenAIServing:
             views[name] = PoolView(
                 name=name,
                 quality=pool.quality,
-                cost_per_request=(
-                    prompt_tokens * cost.input_per_million + max_tokens * cost.output_per_million
-                )
-                / 1e6,
+                cost_per_request=cost.of(prompt_tokens, max_tokens),
                 expected_latency_s=per_token
                 * max_tokens
                 * (1 + queued / pool.max_ongoing_requests),
