@@ -164,6 +164,43 @@ class PoolConfig(DeploymentOptions):
     )
 
 
+class ApiConfig(Strict):
+    """Limits and exposure of the HTTP API: what one client may cost the ingress.
+
+    Every request is held to these before any routing work: a body larger than
+    `max_body_bytes` is a 413 (refused from its Content-Length before it is read), a body
+    not received within `body_timeout_s` a 408, headers above `max_header_bytes` a 431.
+    Beyond `max_active_requests` requests in the ingress replica a request gets a 429 with
+    Retry-After at once instead of waiting in a queue; `/health` is never counted.
+    """
+
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, description="Largest total size of request headers (bytes)."
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time a client has to send its whole body (408 after)."
+    )
+    max_active_requests: int = Field(
+        default=512,
+        ge=1,
+        description="Requests one ingress replica works on at once (waiting for a pool "
+        "included); beyond it a 429 with Retry-After, immediately.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=1, description="Retry-After (seconds) sent with a 429 from the ingress."
+    )
+    docs: bool = Field(
+        default=True, description="Serve /docs, /redoc and /openapi.json (the API schema)."
+    )
+    metrics_summary: bool = Field(
+        default=True,
+        description="Serve GET /v1/metrics (traffic, cost and model mix of this replica).",
+    )
+
+
 class AppConfig(Strict):
     """The whole application."""
 
@@ -176,8 +213,11 @@ class AppConfig(Strict):
         default_factory=RoutingConfig, description="Routing policy: strategies and rules."
     )
     ingress: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256),
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=1024),
         description="The OpenAI ingress deployment.",
+    )
+    api: ApiConfig = Field(
+        default_factory=ApiConfig, description="HTTP limits and which endpoints are exposed."
     )
     request_timeout_s: float = Field(
         default=300.0,
@@ -201,6 +241,11 @@ class AppConfig(Strict):
                     f"(known: {', '.join(ids)})"
                 )
             _check_gpus(name, pool, self.model(pool.model))
+        if self.ingress.max_ongoing_requests <= self.api.max_active_requests:
+            raise ValueError(
+                "ingress.max_ongoing_requests must exceed api.max_active_requests: the "
+                "ingress refuses excess requests itself (429) and needs headroom for /health"
+            )
         scaling = self.ingress.autoscaling_config
         if scaling is not None and scaling.min_replicas < 1:
             raise ValueError("the ingress cannot scale to zero: it receives every request")

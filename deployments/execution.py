@@ -89,6 +89,7 @@ class PoolLoad:
     stats: EngineStats = field(default_factory=lambda: EngineStats(running=0, waiting=0))
     seconds_per_token: float | None = None  # EWMA over finished requests
     replicas: int | None = None  # running replicas; None until Serve's status is read
+    stats_at: float | None = None  # monotonic time of the last stats sample
 
     def observe(self, seconds: float, tokens: int, weight: float = 0.2) -> None:
         if tokens <= 0:

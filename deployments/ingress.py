@@ -22,20 +22,34 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import AppConfig
 from deployments.metrics import RequestMetrics
 from deployments.openai.errors import APIError, create_error_response
+from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
     ChatCompletionRequest,
+    ChatCompletionResponse,
     CompletionRequest,
+    CompletionResponse,
+    ModelList,
+    RoutePlanResponse,
     RouteRequest,
     SamplingFields,
     SwitchyardOptions,
 )
+from deployments.openai.schema import (
+    GENERATION_ERRORS,
+    READ_ERRORS,
+    ROUTE_ERRORS,
+    openapi_with_errors,
+    responses,
+)
 from deployments.openai.serving import OpenAIServing, Routed
 from models.engines.base import (
     EngineError,
+    EngineStats,
     EngineUnavailableError,
     GenerationChunk,
     GenerationRequest,
@@ -46,11 +60,13 @@ from routing.config import STRATEGIES, RoutingConfig
 from routing.planner import PoolNotAllowedError, Wishes
 from routing.policy import UnknownModelError
 from routing.semantic import SemanticClassifier
-from routing.tiers import UnknownTierError, apply_tier
+from routing.tiers import TierNotAllowedError, UnknownTierError, apply_tier
 
 Hdr = Annotated[str | None, Header()]
 
 api = FastAPI(title="Switchyard", description="OpenAI-compatible multi-model LLM router")
+api.add_middleware(GuardMiddleware)
+api.openapi = lambda: openapi_with_errors(api)  # type: ignore[method-assign]
 
 
 async def _on_error(_: Request, exc: Exception) -> Response:
@@ -60,11 +76,14 @@ async def _on_error(_: Request, exc: Exception) -> Response:
 # NOTE: expected errors get their own handlers; Starlette re-raises (and logs a traceback
 # for) whatever only the catch-all `Exception` handler catches.
 for _expected in (
+    StarletteHTTPException,
     RequestValidationError,
     APIError,
     PromptError,
     UnknownModelError,
     PoolNotAllowedError,
+    UnknownTierError,
+    TierNotAllowedError,
     EngineError,
 ):
     api.add_exception_handler(_expected, _on_error)
@@ -176,7 +195,7 @@ def wishes(
     tier_header: str | None = None,
 ) -> Wishes:
     """Routing wishes from the `switchyard` body field and the `x-switchyard-*` headers,
-    completed by the client's tier."""
+    completed by the client's tier (routing/tiers.py says what is trusted)."""
     opts = body.switchyard or SwitchyardOptions()
     strategy = opts.strategy
     if strategy is None and strategy_header:
@@ -187,19 +206,28 @@ def wishes(
                 param="x-switchyard-strategy",
             )
         strategy = strategy_header
+    if tenant is not None and not config.trust_tenant_header:
+        raise APIError(
+            400,
+            "x-switchyard-tenant is not accepted from clients here: tenants are set by the "
+            "operator's gateway (routing.trust_tenant_header)",
+            param="x-switchyard-tenant",
+        )
+    for name, value in (("x-switchyard-tenant", tenant), ("x-switchyard-tier", tier_header)):
+        if value is not None and not 0 < len(value) <= HEADER_VALUE_CHARS:
+            raise APIError(400, f"{name} must be 1 to {HEADER_VALUE_CHARS} characters", param=name)
     asked = Wishes(
         strategy=strategy,
         min_quality=opts.min_quality,
         max_cost_usd=opts.max_cost_usd,
         latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
     )
-    try:
-        return apply_tier(config, asked, tenant, opts.tier or tier_header)
-    except UnknownTierError as exc:
-        raise APIError(400, str(exc), param="switchyard.tier", code="unknown_tier") from exc
+    return apply_tier(config, asked, tenant, opts.tier or tier_header)
 
 
+HEADER_VALUE_CHARS = 64
 STATS_PERIOD_S = 1.0
+HEALTH_WAIT_S = 0.5  # longest /health waits for a pool's stats
 REPLICAS_PERIOD_S = 2.0
 HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
@@ -225,6 +253,10 @@ class Ingress:
                 )
             if routing.learned is not None:
                 learned = LearnedRouter.load(routing.learned.path, embedder=embedder)
+        # NOTE: the guard must be in place before the first request: the middleware
+        # passes everything through while `api.state` has none.
+        self.guard = RequestGuard(config.api)
+        api.state.guard = self.guard
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         self.serving = OpenAIServing(config, client, semantic, learned, self.metrics)
@@ -247,7 +279,7 @@ class Ingress:
                 if load.replicas != 0:  # a call would wake a pool scaled to zero
                     with contextlib.suppress(Exception):
                         stats = await asyncio.wait_for(handle.stats.remote(), STATS_PERIOD_S)
-                        load.stats = stats
+                        load.stats, load.stats_at = stats, time.monotonic()
                 self.metrics.pool_state(
                     name,
                     executor.breakers[name].state,
@@ -293,11 +325,14 @@ class Ingress:
     ) -> Wishes:
         return wishes(body, self.config.routing, strategy, tenant, tier)
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=responses(ModelList, READ_ERRORS))
     async def models(self) -> Response:
         return Response(self.serving.models().model_dump_json(), media_type="application/json")
 
-    @api.post("/v1/chat/completions")
+    @api.post(
+        "/v1/chat/completions",
+        responses=responses(ChatCompletionResponse, GENERATION_ERRORS, stream=True),
+    )
     async def chat_completions(
         self,
         body: ChatCompletionRequest,
@@ -308,7 +343,9 @@ class Ingress:
         asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
         return _respond(await self.serving.chat(body, asked))
 
-    @api.post("/v1/completions")
+    @api.post(
+        "/v1/completions", responses=responses(CompletionResponse, GENERATION_ERRORS, stream=True)
+    )
     async def completions(
         self,
         body: CompletionRequest,
@@ -319,7 +356,7 @@ class Ingress:
         asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
         return _respond(await self.serving.completion(body, asked))
 
-    @api.post("/v1/route")
+    @api.post("/v1/route", responses=responses(RoutePlanResponse, ROUTE_ERRORS))
     async def route(
         self,
         body: RouteRequest,
@@ -331,22 +368,54 @@ class Ingress:
         decided = await self.serving.dry_run(body, body.text, asked)
         return Response(decided.model_dump_json(), media_type="application/json")
 
-    @api.get("/v1/metrics")
+    @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
     async def metrics_summary(self) -> JSONResponse:
         """JSON summary of this ingress replica; Prometheus metrics are on Ray's metrics port."""
         return JSONResponse(self.metrics.summary())
 
-    @api.get("/health")
+    @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:
+        """Pool health in bounded time: never waits behind requests.
+
+        Each pool is asked for fresh stats, all at once, for at most `HEALTH_WAIT_S`. A
+        pool that does not answer in time is busy (its replicas' slots are full), not
+        dead: it is judged by its running replicas (from Serve's controller) and its
+        last stats sample. A pool scaled to zero is healthy and is not woken.
+        """
+        executor = self.serving.executor
+        names = list(self.pools)
+        asked = [n for n in names if executor.load[n].replicas != 0]
+        answers = await asyncio.gather(*(self._fresh_stats(n) for n in asked))
+        fresh = dict(zip(asked, answers, strict=True))
         status: dict[str, Any] = {}
-        for name, handle in self.pools.items():
-            try:
-                stats = await handle.stats.remote()
-                status[name] = {"ok": True, **asdict(stats)}
-            except Exception:  # noqa: BLE001 - any failure means the pool is not healthy
-                status[name] = {"ok": False}
-        for name, breaker in self.serving.executor.breakers.items():
-            status[name]["circuit"] = breaker.state
+        for name in names:
+            load, answer = executor.load[name], fresh.get(name)
+            if load.replicas == 0:
+                entry: dict[str, Any] = {"ok": True, "state": "scaled_to_zero"}
+            elif isinstance(answer, EngineStats):
+                entry = {"ok": True, **asdict(answer)}
+            elif answer == "busy":
+                entry = {"ok": bool(load.replicas), "state": "busy", **asdict(load.stats)}
+                if load.stats_at is not None:
+                    entry["stats_age_s"] = round(time.monotonic() - load.stats_at, 1)
+            else:
+                entry = {"ok": False}
+            entry["circuit"] = executor.breakers[name].state
+            status[name] = entry
         healthy = all(s["ok"] for s in status.values())
         body = {"ok": healthy, "pools": status, "counters": dict(self.serving.counters)}
+        if self.guard.refused:
+            body["refused"] = {str(k): v for k, v in sorted(self.guard.refused.items())}
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def _fresh_stats(self, pool: str) -> EngineStats | str:
+        try:
+            async with asyncio.timeout(HEALTH_WAIT_S):
+                stats: EngineStats = await self.pools[pool].stats.remote()
+        except TimeoutError:
+            return "busy"
+        except Exception:  # noqa: BLE001 - any failure means the pool is not healthy
+            return "failed"
+        load = self.serving.executor.load[pool]
+        load.stats, load.stats_at = stats, time.monotonic()
+        return stats

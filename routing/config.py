@@ -119,6 +119,11 @@ class TierConfig(Strict):
     pools: list[str] | None = Field(
         default=None, min_length=1, description="Pools this tier may use; all when unset."
     )
+    selectable: bool = Field(
+        default=False,
+        description="A request may ask for this tier itself (`switchyard.tier` or "
+        "`x-switchyard-tier`); otherwise only tenants mapped to it and default_tier get it.",
+    )
 
 
 class RoutingConfig(Strict):
@@ -146,6 +151,12 @@ class RoutingConfig(Strict):
     default_tier: str | None = Field(
         default=None, description="Tier of requests that name neither a tenant nor a tier."
     )
+    trust_tenant_header: bool = Field(
+        default=False,
+        description="Read the tenant id from `x-switchyard-tenant`. Set it only when a "
+        "gateway you trust sets that header and strips it from clients; otherwise the "
+        "header is refused (400), since any client could claim any tenant.",
+    )
 
     @model_validator(mode="after")
     def _source_is_default(self) -> RoutingConfig:
@@ -156,6 +167,11 @@ class RoutingConfig(Strict):
         unknown = sorted(named - set(self.tiers))
         if unknown:
             raise ValueError(f"tenants/default_tier name unknown tiers: {unknown}")
+        if self.tenants and not self.trust_tenant_header:
+            raise ValueError(
+                "tenants are identified by the x-switchyard-tenant header, which a gateway "
+                "must set: add trust_tenant_header: true once yours does"
+            )
         return self
 
     def pools_named(self) -> set[str]:

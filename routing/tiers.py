@@ -1,8 +1,11 @@
 """Client tiers: what a tenant's or a tier's config adds to a request's own wishes.
 
-Switchyard does not authenticate: put the tenant id in `x-switchyard-tenant` at a
-gateway you trust. A tenant mapped to a tier gets that tier whatever the request says;
-an unmapped request may name a tier (`switchyard.tier`) or gets `default_tier`.
+What is trusted: Switchyard does not authenticate. The tenant id is read from
+`x-switchyard-tenant` only when `routing.trust_tenant_header` says a gateway in front sets
+that header (and strips it from clients); otherwise the header is refused, because any
+client could claim any tenant. A mapped tenant always gets its tier. A request may ask
+for a tier only if that tier is `selectable` (none is by default): tiers are limits
+chosen by the operator, not options a client picks for itself.
 """
 
 from __future__ import annotations
@@ -15,16 +18,30 @@ from routing.planner import Wishes
 
 class UnknownTierError(ValueError):
     def __init__(self, tier: str, known: list[str]) -> None:
-        super().__init__(f"unknown tier {tier!r} (known: {', '.join(known) or 'none'})")
+        super().__init__(f"unknown tier {tier[:64]!r} (known: {', '.join(known) or 'none'})")
+
+
+class TierNotAllowedError(PermissionError):
+    """The request asked for a tier it may not choose."""
 
 
 def tier_of(config: RoutingConfig, tenant: str | None, asked: str | None) -> str | None:
     if tenant is not None and tenant in config.tenants:
-        return config.tenants[tenant]
-    tier = asked or config.default_tier
-    if tier is not None and tier not in config.tiers:
-        raise UnknownTierError(tier, sorted(config.tiers))
-    return tier
+        mapped = config.tenants[tenant]
+        if asked is not None and asked != mapped:
+            raise TierNotAllowedError(
+                f"this tenant is on tier {mapped!r} and cannot choose tier {asked[:64]!r}"
+            )
+        return mapped
+    if asked is None:
+        return config.default_tier
+    if asked not in config.tiers:
+        raise UnknownTierError(asked, sorted(config.tiers))
+    if not config.tiers[asked].selectable:
+        raise TierNotAllowedError(
+            f"tier {asked!r} is assigned by the operator, not chosen by a request"
+        )
+    return asked
 
 
 def apply_tier(

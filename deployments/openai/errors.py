@@ -8,10 +8,14 @@ tracebacks and internal paths and never reach a client (they are logged instead)
 
 Exceptions the mapper knows (raised anywhere on the request path):
 
+    Starlette's HTTPException                 unknown path, wrong method, body
+                                              FastAPI could not parse           -> its status
     RequestValidationError / ValidationError  malformed or wrong-typed body   -> 400
     APIError(status, ...)                     raised by the ingress itself     -> status
     PromptError (ContextLengthError)          request cannot be served as asked -> 400
+    UnknownTierError                          no such tier                      -> 400
     PoolNotAllowedError                       pool outside the client's tier    -> 403
+    TierNotAllowedError                       a tier the client may not choose  -> 403
     UnknownModelError                         no such model or pool             -> 404
     NotImplementedError                       a feature we do not have          -> 501
     EngineUnavailableError                    pool down, dead or not prepared   -> 503
@@ -27,12 +31,16 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from models.engines.base import EngineError, EngineUnavailableError, PromptError
 from routing.planner import PoolNotAllowedError
 from routing.policy import UnknownModelError
+from routing.tiers import TierNotAllowedError, UnknownTierError
 
 logger = logging.getLogger(__name__)
+
+MESSAGE_CHARS = 1024  # longer messages are cut: they may quote what the client sent
 
 
 class APIError(Exception):
@@ -48,6 +56,8 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if len(message) > MESSAGE_CHARS:
+            message = message[: MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.status = status
         self.message = message
@@ -58,7 +68,7 @@ class APIError(Exception):
 
 
 def _default_type(status: int) -> str:
-    if status == 403:
+    if status in (401, 403):
         return "permission_error"
     if status == 404:
         return "not_found_error"
@@ -73,7 +83,7 @@ def _validation_api_error(errors: list[Any]) -> APIError:
     first = errors[0] if errors else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid request"))
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return APIError(400, "request body is not valid JSON", code="invalid_json")
     message = f"{param}: {msg}" if param else msg
@@ -82,16 +92,35 @@ def _validation_api_error(errors: list[Any]) -> APIError:
     return APIError(400, message, param=param)
 
 
+def _http_api_error(exc: HTTPException) -> APIError:
+    """Starlette/FastAPI's own refusals (routing, method, body parsing) in our shape."""
+    if exc.status_code == 400:  # FastAPI: not UTF-8, nested too deep, ...
+        return APIError(400, "request body is not valid JSON", code="invalid_json")
+    if exc.status_code == 404:
+        return APIError(404, "no such endpoint", code="not_found")
+    if exc.status_code == 405:
+        return APIError(
+            405, "method not allowed", code="method_not_allowed", headers=dict(exc.headers or {})
+        )
+    return APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+
 def to_api_error(exc: BaseException) -> APIError:
     """Translate any exception into the APIError the client will see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, HTTPException):
+        return _http_api_error(exc)
     if isinstance(exc, RequestValidationError):
         return _validation_api_error(list(exc.errors()))
     if isinstance(exc, ValidationError):
         return _validation_api_error(list(exc.errors()))
     if isinstance(exc, PromptError):
         return APIError(400, exc.message, param=exc.param, code=exc.code)
+    if isinstance(exc, UnknownTierError):
+        return APIError(400, str(exc), param="switchyard.tier", code="unknown_tier")
+    if isinstance(exc, TierNotAllowedError):
+        return APIError(403, str(exc), param="switchyard.tier", code="tier_not_allowed")
     if isinstance(exc, PoolNotAllowedError):
         return APIError(403, str(exc), param="model", code="pool_not_allowed")
     if isinstance(exc, UnknownModelError):

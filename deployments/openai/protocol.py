@@ -12,7 +12,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# Sanity bounds on what a client sends: limits that depend on the model (max_tokens
+# against its context) are checked once the pool is known; these only keep absurd values
+# (10**30 tokens, a megabyte-long model name) from reaching routing, logs or an engine.
+MAX_TOKENS_BOUND = 1_048_576
+NAME_CHARS = 256
+MAX_STOP = 4
+STOP_CHARS = 256
 
 
 def new_id(prefix: str) -> str:
@@ -62,31 +70,40 @@ class SwitchyardOptions(BaseModel):
 class SamplingFields(WireModel):
     """Fields shared by chat and text completions."""
 
-    model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    model: str = Field(min_length=1, max_length=NAME_CHARS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = Field(default=1, ge=1)
+    n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=NAME_CHARS)
     switchyard: SwitchyardOptions | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    @model_validator(mode="after")
-    def _only_one_choice(self) -> SamplingFields:
-        if self.n != 1:
+    @field_validator("n")
+    @classmethod
+    def _only_one_choice(cls, n: int) -> int:
+        if n != 1:
             raise ValueError("only n=1 is supported")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise ValueError("stop accepts at most 4 sequences")
-        return self
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"stop accepts at most {MAX_STOP} sequences")
+        if any(len(s) > STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may have at most {STOP_CHARS} characters")
+        return stop
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -96,17 +113,23 @@ class SamplingFields(WireModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
     tools: list[Any] | None = None
     logprobs: bool | None = None
 
-    @model_validator(mode="after")
-    def _supported(self) -> ChatCompletionRequest:
-        if self.tools:
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
+        if tools:
             raise ValueError("tools are not supported")
-        if self.logprobs:
+        return tools
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
+        if logprobs:
             raise ValueError("logprobs are not supported yet")
-        return self
+        return logprobs
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -117,13 +140,14 @@ class RouteRequest(SamplingFields):
     """`POST /v1/route`: a chat or completion body; only what routing reads matters."""
 
     messages: list[ChatMessageIn] | None = None
-    prompt: str | list[str] | None = None
+    prompt: str | list[str] | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _has_text(self) -> RouteRequest:
-        if not self.messages and not self.prompt:
+    @field_validator("prompt")
+    @classmethod
+    def _has_text(cls, prompt: str | list[str] | None, info: ValidationInfo) -> Any:
+        if not info.data.get("messages") and not prompt:
             raise ValueError("give messages or prompt")
-        return self
+        return prompt
 
     @property
     def text(self) -> str:
@@ -137,15 +161,21 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_BOUND)
 
-    @model_validator(mode="after")
-    def _supported(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
             raise ValueError("prompt must be one string (batched prompts are not supported)")
-        if self.echo or self.suffix or self.logprobs:
-            raise ValueError("echo, suffix and logprobs are not supported")
-        return self
+        return prompt
+
+    @field_validator("echo", "suffix", "logprobs")
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value:
+            raise ValueError(f"{info.field_name} is not supported")
+        return value
 
     @property
     def prompt_text(self) -> str:
@@ -269,3 +299,16 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx answer: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorDetail

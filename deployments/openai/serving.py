@@ -187,6 +187,7 @@ class OpenAIServing:
         """`POST /v1/route`: the decision for a request, without generating."""
         max_tokens = body.requested_max_tokens or 256
         decided, similarities = await self.plan(body, text, wishes, max_tokens)
+        self._sampling(body, decided, body.requested_max_tokens)  # refused as chat would be
         return RoutePlanResponse(
             strategy=decided.strategy,
             pool=decided.pool,

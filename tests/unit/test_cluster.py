@@ -4,7 +4,8 @@ Pure checks (no Ray runtime, no Kubernetes, no network) of mistakes a real clust
 only show late: a RayService whose embedded Serve config drifted from
 cluster/serve_config.gpu.yaml, a pool whose replica fits on no node type, node limits the
 autoscaler cannot reach max_replicas with, a launcher YAML `ray up` rejects, an image
-that misses part of the package. The Grafana dashboard has its own file, test_dashboard.py.
+that misses part of the package, a Ray dashboard reachable from outside the cluster. The
+Grafana dashboard has its own file, test_dashboard.py.
 """
 
 from __future__ import annotations
@@ -354,6 +355,172 @@ def test_image_and_launcher_install_what_the_package_needs() -> None:
     (ray_image,) = re.findall(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu$", dockerfile, re.M)
     assert ray_image == rayservice()["spec"]["rayClusterConfig"]["rayVersion"]
     assert launcher()["docker"]["image"] == f"rayproject/ray:{ray_image}-py311-gpu"
+
+
+# --- exposure: what outsiders can reach ------------------------------------------------
+
+DASHBOARD_PORT = 8265  # Ray's dashboard: jobs and Serve deploys, without authentication
+SERVE_PORT = 8000
+OPERATOR_LABEL = "kuberay-operator"  # app.kubernetes.io/name of the operator's pods
+# What KubeRay adds to the labels of a RayCluster's head pod template.
+KUBERAY_HEAD_LABELS = {"ray.io/is-ray-node": "yes", "ray.io/node-type": "head"}
+PORT_KEYS = ("port", "targetPort", "nodePort")
+
+
+def manifests() -> list[dict[str, Any]]:
+    return [
+        doc
+        for path in sorted(CLUSTER.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and "kind" in doc
+    ]
+
+
+def published_dashboards(docs: list[dict[str, Any]]) -> list[str]:
+    """Services and Ingresses that carry the dashboard port out of the cluster.
+
+    KubeRay's head service carries every port of the head container, dashboard included,
+    with the group's `serviceType` (ClusterIP unless set); a RayService's serveService and
+    a headService override are Services of their own.
+    """
+    problems: list[str] = []
+
+    def check(name: str, kind: str, ports: set[int | str]) -> None:
+        if kind in {"LoadBalancer", "NodePort"} and ports & {DASHBOARD_PORT, "dashboard"}:
+            problems.append(f"{name}: a {kind} service publishes the dashboard")
+
+    def check_service(name: str, spec: dict[str, Any]) -> None:
+        ports = {p[key] for p in spec.get("ports", []) for key in PORT_KEYS if key in p}
+        check(name, spec.get("type", "ClusterIP"), ports)
+
+    for doc in docs:
+        name, spec = f"{doc['kind']} {doc['metadata']['name']}", doc.get("spec", {})
+        if doc["kind"] == "Service":
+            check_service(name, spec)
+        if doc["kind"] in {"RayService", "RayCluster"}:
+            head = spec.get("rayClusterConfig", spec)["headGroupSpec"]
+            head_ports = {p["containerPort"] for p in ray_container(head).get("ports", [])}
+            check(f"{name} head", head.get("serviceType", "ClusterIP"), head_ports)
+            for override in (head.get("headService"), spec.get("serveService")):
+                if override:
+                    check_service(name, override["spec"])
+        if doc["kind"] == "Ingress":
+            for rule in spec.get("rules", []):
+                for path in rule.get("http", {}).get("paths", []):
+                    port = path["backend"]["service"]["port"]
+                    if {port.get("number"), port.get("name")} & {DASHBOARD_PORT, "dashboard"}:
+                        problems.append(f"{name}: routes to the dashboard")
+    return problems
+
+
+def network_policy() -> dict[str, Any]:
+    (policy,) = [doc for doc in manifests() if doc["kind"] == "NetworkPolicy"]
+    return policy
+
+
+def peers_reaching(policy: dict[str, Any], port: int) -> list[dict[str, Any]] | None:
+    """The `from` peers an Ingress NetworkPolicy admits on `port`; None: anyone."""
+    head = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]
+    named = {p["name"]: p["containerPort"] for p in ray_container(head)["ports"]}
+    peers: list[dict[str, Any]] = []
+    for rule in policy["spec"].get("ingress", []):
+        for entry in rule.get("ports") or [{}]:  # no ports: every port
+            first = named.get(entry.get("port"), entry.get("port", port))  # a name or a number
+            if first <= port <= entry.get("endPort", first):
+                if not rule.get("from"):
+                    return None
+                peers.extend(rule["from"])
+                break
+    return peers
+
+
+def peer_kind(peer: dict[str, Any]) -> str:
+    """`ray`: this RayService's own pods; `operator`: KubeRay's pods in one namespace."""
+    pods = peer.get("podSelector", {})
+    namespaces = peer.get("namespaceSelector")
+    if set(peer) == {"podSelector"} and set(pods) == {"matchLabels"}:
+        labels = pods["matchLabels"]
+        ray_pod = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+        ours = {**ray_pod["metadata"]["labels"], "ray.io/is-ray-node": "yes"}
+        if "app.kubernetes.io/name" in labels and labels.items() <= ours.items():
+            return "ray"
+    if (
+        set(peer) == {"namespaceSelector", "podSelector"}
+        and set(namespaces) == {"matchLabels"}
+        and set(namespaces["matchLabels"]) == {"kubernetes.io/metadata.name"}
+        and pods.get("matchLabels", {}).get("app.kubernetes.io/name") == OPERATOR_LABEL
+    ):
+        return "operator"
+    return "other"
+
+
+def test_launcher_keeps_the_dashboard_on_the_head_loopback() -> None:
+    config = launcher()
+    start = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", start)
+    # `ray dashboard` forwards it over SSH; 0.0.0.0 would serve it to the whole network.
+    assert hosts and set(hosts) <= {"127.0.0.1", "localhost"}, hosts
+    options = " ".join(config["docker"].get("run_options", []))
+    assert not re.search(r"(^|\s)(-p|--publish)[\s=]", options), options
+
+
+def test_no_service_publishes_the_dashboard_outside_the_cluster() -> None:
+    head = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP"
+    assert published_dashboards(manifests()) == []
+
+
+def test_dashboard_check_rejects_a_public_head_service_and_an_ingress() -> None:
+    doc = copy.deepcopy(rayservice())
+    doc["spec"]["rayClusterConfig"]["headGroupSpec"]["serviceType"] = "LoadBalancer"
+    ingress = {
+        "kind": "Ingress",
+        "metadata": {"name": "ray"},
+        "spec": {"rules": [{"http": {"paths": [{"backend": {"service": {
+            "name": "switchyard-head-svc", "port": {"number": DASHBOARD_PORT}}}}]}}]},
+    }  # fmt: skip
+    assert published_dashboards([doc, ingress]) == [
+        "RayService switchyard head: a LoadBalancer service publishes the dashboard",
+        "Ingress ray: routes to the dashboard",
+    ]
+
+
+def test_networkpolicy_selects_the_ray_head() -> None:
+    policy = network_policy()
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    selector = policy["spec"]["podSelector"]
+    assert set(selector) == {"matchLabels"}, "matchExpressions are not checked here"
+    head = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]
+    head_labels = {**head["template"]["metadata"]["labels"], **KUBERAY_HEAD_LABELS}
+    assert selector["matchLabels"].items() <= head_labels.items()
+
+
+def test_networkpolicy_lets_only_the_operator_and_ray_pods_reach_the_dashboard() -> None:
+    policy = network_policy()
+    dashboard = peers_reaching(policy, DASHBOARD_PORT)
+    assert dashboard is not None, "the dashboard is open to anyone"
+    # The operator deploys serveConfigV2 through the dashboard: without it, no app.
+    assert sorted({peer_kind(peer) for peer in dashboard}) == ["operator", "ray"], dashboard
+    for name, port in (("gcs-server", 6379), ("client", 10001)):
+        peers = peers_reaching(policy, port)
+        assert peers is not None and {peer_kind(peer) for peer in peers} == {"ray"}, name
+
+
+def test_networkpolicy_keeps_the_api_open_and_the_cluster_whole() -> None:
+    policy = network_policy()
+    assert peers_reaching(policy, SERVE_PORT) is None, "clients must reach the API"
+    metrics = peers_reaching(policy, METRICS_PORT)
+    assert metrics is None or {"namespaceSelector": {}} in metrics, "Prometheus must scrape"
+    # Ray's own traffic (GCS, raylets, object transfers) uses many, partly random ports.
+    for port in (6379, 8076, 10001, 52365, 61234):
+        peers = peers_reaching(policy, port)
+        assert peers is None or "ray" in {peer_kind(peer) for peer in peers}, port
+
+
+def test_gpu_profile_serves_no_operator_endpoints() -> None:
+    api = gpu_config().api
+    assert (api.docs, api.metrics_summary) == (False, False)
 
 
 # --- Prometheus ------------------------------------------------------------------------

@@ -125,7 +125,9 @@ def broken(mutate: Any) -> dict[str, Any]:
             "initial_replicas must lie within",
         ),
         (
-            lambda a: a.update(ingress={"autoscaling_config": {"min_replicas": 0}}),
+            lambda a: a.update(
+                ingress={"max_ongoing_requests": 1024, "autoscaling_config": {"min_replicas": 0}}
+            ),
             "the ingress cannot scale to zero",
         ),
         (

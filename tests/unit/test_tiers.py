@@ -11,16 +11,18 @@ from deployments.openai.errors import APIError, to_api_error
 from deployments.openai.protocol import ChatCompletionRequest
 from routing.config import RoutingConfig
 from routing.planner import PoolNotAllowedError, Wishes
-from routing.tiers import UnknownTierError, apply_tier
+from routing.tiers import TierNotAllowedError, UnknownTierError, apply_tier
 from tests.unit.test_serving import chat, serving
 
 TIERS: dict[str, Any] = {
     "tiers": {
         "free": {"strategy": "cascade", "max_cost_usd": 0.001, "pools": ["small", "code"]},
         "pro": {"strategy": "speculative", "min_quality": 0.7, "latency_budget_ms": 2000},
+        "batch": {"strategy": "cascade", "selectable": True},
     },
     "tenants": {"acme": "pro", "bob": "free"},
     "default_tier": "free",
+    "trust_tenant_header": True,
 }
 
 
@@ -38,17 +40,53 @@ def test_tier_defaults_fill_what_the_request_leaves_open() -> None:
 
 
 def test_tier_cost_cap_and_pools_are_limits_not_defaults() -> None:
-    got = apply_tier(config(), Wishes(max_cost_usd=1.0), tenant=None, asked="free")
+    got = apply_tier(config(), Wishes(max_cost_usd=1.0), tenant=None, asked=None)
     assert got.max_cost_usd == 0.001  # a request cannot raise its tier's cap
     assert got.pools == frozenset({"small", "code"})
-    assert apply_tier(config(), Wishes(max_cost_usd=0.0001), None, "free").max_cost_usd == 0.0001
+    assert apply_tier(config(), Wishes(max_cost_usd=0.0001), None, None).max_cost_usd == 0.0001
 
 
-def test_a_mapped_tenant_cannot_pick_another_tier() -> None:
-    assert apply_tier(config(), Wishes(), tenant="bob", asked="pro").tier == "free"
-    assert apply_tier(config(), Wishes(), tenant="unknown-co", asked="pro").tier == "pro"
+def test_a_mapped_tenant_gets_its_tier_and_cannot_pick_another() -> None:
+    assert apply_tier(config(), Wishes(), tenant="bob", asked=None).tier == "free"
+    assert apply_tier(config(), Wishes(), tenant="bob", asked="free").tier == "free"
+    with pytest.raises(TierNotAllowedError):
+        apply_tier(config(), Wishes(), tenant="bob", asked="pro")
+    with pytest.raises(TierNotAllowedError):  # even a selectable one
+        apply_tier(config(), Wishes(), tenant="acme", asked="batch")
     assert apply_tier(config(), Wishes(), tenant=None, asked=None).tier == "free"  # default
     assert apply_tier(RoutingConfig(), Wishes(), None, None) == Wishes()  # no tiers at all
+
+
+def test_tiers_are_not_self_service() -> None:
+    """Regression: an unmapped client sending `switchyard.tier: pro` got the pro pools."""
+    for tenant in (None, "unknown-co"):
+        with pytest.raises(TierNotAllowedError):
+            apply_tier(config(), Wishes(), tenant=tenant, asked="pro")
+        assert apply_tier(config(), Wishes(), tenant, "batch").tier == "batch"  # selectable
+    body = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    with pytest.raises(TierNotAllowedError) as err:
+        wishes(body, config(), None, tier_header="pro")
+    api = to_api_error(err.value)
+    assert (api.status, api.code, api.type) == (403, "tier_not_allowed", "permission_error")
+
+
+def test_the_tenant_header_is_refused_unless_a_gateway_sets_it() -> None:
+    """Regression: any client could claim a mapped tenant in x-switchyard-tenant."""
+    body = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    untrusted = RoutingConfig.model_validate({**TIERS, "tenants": {}, "trust_tenant_header": False})
+    with pytest.raises(APIError) as err:
+        wishes(body, untrusted, None, tenant="acme")
+    assert (err.value.status, err.value.param) == (400, "x-switchyard-tenant")
+    assert wishes(body, config(), None, tenant="acme").tier == "pro"  # behind a gateway
+    with pytest.raises(APIError) as err:
+        wishes(body, config(), None, tenant="x" * 65)
+    assert err.value.status == 400
+    with pytest.raises(ValueError, match="trust_tenant_header"):
+        RoutingConfig.model_validate({**TIERS, "trust_tenant_header": False})
 
 
 def test_unknown_tier_is_a_400() -> None:
@@ -61,9 +99,10 @@ def test_unknown_tier_is_a_400() -> None:
             "switchyard": {"tier": "platinum"},
         }
     )
-    with pytest.raises(APIError) as err:
+    with pytest.raises(UnknownTierError) as err:
         wishes(body, config(), None)
-    assert (err.value.status, err.value.param) == (400, "switchyard.tier")
+    api = to_api_error(err.value)
+    assert (api.status, api.param, api.code) == (400, "switchyard.tier", "unknown_tier")
 
 
 def test_config_rejects_tenants_of_unknown_tiers() -> None:

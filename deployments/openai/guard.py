@@ -1,0 +1,203 @@
+"""What one HTTP request may cost the ingress, enforced before any of our code runs.
+
+An ASGI middleware in front of the FastAPI routes. Serve's proxy hands every request to
+an ingress replica, where it holds one of the replica's `max_ongoing_requests` slots
+until it is answered; so a client that trickles its body, sends a huge one, or simply
+arrives when the replica is busy must be answered here, fast, never queued:
+
+- headers above `max_header_bytes`                         -> 431
+- `Content-Length` above `max_body_bytes` (nothing read)   -> 413; a longer chunked body
+  is cut off at the limit                                   -> 413
+- body not complete within `body_timeout_s`                -> 408
+- `max_active_requests` already in this replica            -> 429 + Retry-After, at once
+- `/docs`, `/openapi.json`, `/v1/metrics` when the config hides them -> 404
+
+`/health` skips the admission count: it must answer while the replica is full. Every
+refusal is an OpenAI-shaped error (`errors.error_body`). The middleware reads the whole
+body (bounded) and replays it to the app, so the routes never wait on the network.
+
+The `RequestGuard` instance is live state owned by the ingress replica; the middleware
+finds it on the app's `state` (set when the replica starts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.config import ApiConfig
+from deployments.openai.errors import APIError, error_body
+
+__all__ = ["GuardMiddleware", "RequestGuard"]
+
+HEALTH_PATHS = frozenset({"/health"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+METRICS_PATHS = frozenset({"/v1/metrics"})
+
+
+class RequestGuard:
+    """Admission and limits of one ingress replica."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self.active = 0
+        self.refused: dict[int, int] = {}  # status -> count, for /health and tests
+        hidden: set[str] = set()
+        if not config.docs:
+            hidden |= DOCS_PATHS
+        if not config.metrics_summary:
+            hidden |= METRICS_PATHS
+        self.hidden = frozenset(hidden)
+
+    def check_headers(self, scope: Scope) -> APIError | None:
+        size = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+        if size > self.config.max_header_bytes:
+            return APIError(
+                431,
+                f"request headers exceed {self.config.max_header_bytes} bytes",
+                code="headers_too_large",
+            )
+        return None
+
+    def check_length(self, scope: Scope) -> APIError | None:
+        """Refuse from the announced Content-Length, before reading a byte of the body."""
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                if not value.isdigit() or len(value) > 18:
+                    return APIError(400, "invalid Content-Length header", code="invalid_header")
+                if int(value) > self.config.max_body_bytes:
+                    return self.too_large()
+        return None
+
+    def too_large(self) -> APIError:
+        return APIError(
+            413,
+            f"request body exceeds {self.config.max_body_bytes} bytes",
+            code="body_too_large",
+        )
+
+    def busy(self) -> APIError:
+        return APIError(
+            429,
+            "the router is at capacity; retry shortly",
+            code="router_overloaded",
+            headers={"retry-after": str(self.config.retry_after_s)},
+        )
+
+    def count(self, status: int) -> None:
+        self.refused[status] = self.refused.get(status, 0) + 1
+
+
+def _relative_path(scope: Scope) -> str:
+    """The path inside the app (Serve mounts it under its route prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/") or "/"
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
+    """The whole body, or raise 413 past `limit`. Returns the body and a disconnect, if any."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(parts), message
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise OverflowError
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts), None
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app the buffered body, then the real connection events
+    (so a streaming response still learns that the client left)."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+class GuardMiddleware:
+    """Pure ASGI middleware applying the replica's `RequestGuard` (see module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app_state = getattr(scope.get("app"), "state", None)
+        guard: RequestGuard | None = getattr(app_state, "guard", None)
+        if scope["type"] != "http" or guard is None:
+            await self.app(scope, receive, send)
+            return
+        path = _relative_path(scope)
+        refusal = guard.check_headers(scope)
+        if refusal is None and path in guard.hidden:
+            refusal = APIError(404, "not found", code="not_found")
+        if refusal is None and path in HEALTH_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if refusal is None:
+            refusal = guard.check_length(scope)
+        if refusal is None and guard.active >= guard.config.max_active_requests:
+            refusal = guard.busy()
+        if refusal is not None:
+            guard.count(refusal.status)
+            await _send_error(send, refusal)
+            return
+        guard.active += 1
+        try:
+            await self._admitted(scope, receive, send, guard)
+        finally:
+            guard.active -= 1
+
+    async def _admitted(
+        self, scope: Scope, receive: Receive, send: Send, guard: RequestGuard
+    ) -> None:
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(guard.config.body_timeout_s):
+                body, disconnect = await _read_body(receive, guard.config.max_body_bytes)
+        except TimeoutError:
+            refusal = APIError(
+                408,
+                f"request body not received within {guard.config.body_timeout_s:g} s",
+                code="body_timeout",
+            )
+        except OverflowError:
+            refusal = guard.too_large()
+        else:
+            if disconnect is not None:
+                return  # the client left before sending its request: nothing to answer
+            await self.app(scope, _replay(body, receive), send)
+            return
+        guard.count(refusal.status)
+        await _send_error(send, refusal, close=True)
+
+
+async def _send_error(send: Send, err: APIError, *, close: bool = False) -> None:
+    payload = json.dumps(error_body(err)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    headers += [(k.encode(), v.encode()) for k, v in (err.headers or {}).items()]
+    if close:  # the rest of the body may still be on its way: do not reuse the connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
