@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 models: install
 	$(PY) -m models.prepare --config $(CONFIG)
 
+# The proxy edge (deployments/proxy.py) runs inside Serve's HTTP proxy: body and header
+# limits before routing, OpenAI-shaped errors for Serve's own failures.
 serve: models
-	$(VENV)/bin/serve run $(CONFIG)
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy:middlewares \
+		$(VENV)/bin/serve run $(CONFIG)
 
 test: models
 	$(PY) -m pytest $(PYTEST_ARGS)

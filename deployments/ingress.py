@@ -404,6 +404,7 @@ class Ingress:
             status[name] = entry
         healthy = all(s["ok"] for s in status.values())
         body = {"ok": healthy, "pools": status, "counters": dict(self.serving.counters)}
+        body["active_requests"] = self.guard.active
         if self.guard.refused:
             body["refused"] = {str(k): v for k, v in sorted(self.guard.refused.items())}
         return JSONResponse(body, status_code=200 if healthy else 503)

@@ -5,6 +5,7 @@ Ray is imported inside the fixtures only, so unit tests never start or import it
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PROXY_CALLBACK = "deployments.proxy:middlewares"
 METRICS_PORT = free_port()  # Ray's Prometheus export port in the test cluster
 
 
@@ -28,6 +30,9 @@ def serve_port() -> Iterator[int]:
     import ray
     from ray import serve
 
+    # The proxy edge (deployments/proxy.py), as `make serve` runs it: Ray's processes
+    # inherit this environment.
+    os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = PROXY_CALLBACK
     port = free_port()
     ray.init(
         num_cpus=2,

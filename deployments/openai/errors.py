@@ -86,6 +86,10 @@ def _validation_api_error(errors: list[Any]) -> APIError:
     msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return APIError(400, "request body is not valid JSON", code="invalid_json")
+    if not loc and first.get("type") == "missing":
+        return APIError(400, "request body is missing: send a JSON object", code="invalid_json")
+    if not loc and first.get("type") == "model_attributes_type":
+        return APIError(400, "request body must be a JSON object", code="invalid_json")
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

@@ -1,4 +1,4 @@
-"""What one HTTP request may cost the ingress, enforced before any of our code runs.
+"""What one HTTP request may cost the ingress, enforced before any route runs.
 
 An ASGI middleware in front of the FastAPI routes. Serve's proxy hands every request to
 an ingress replica, where it holds one of the replica's `max_ongoing_requests` slots
@@ -13,8 +13,9 @@ arrives when the replica is busy must be answered here, fast, never queued:
 - `/docs`, `/openapi.json`, `/v1/metrics` when the config hides them -> 404
 
 `/health` skips the admission count: it must answer while the replica is full. Every
-refusal is an OpenAI-shaped error (`errors.error_body`). The middleware reads the whole
-body (bounded) and replays it to the app, so the routes never wait on the network.
+refusal is an OpenAI-shaped error (`errors.error_body`). The body is read whole (bounded)
+and replayed to the app, so routes never wait on the network. The proxy edge
+(`deployments/proxy.py`) applies the same body and header limits one hop earlier.
 
 The `RequestGuard` instance is live state owned by the ingress replica; the middleware
 finds it on the app's `state` (set when the replica starts).
@@ -24,42 +25,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.config import ApiConfig
 from deployments.openai.errors import APIError, error_body
 
-__all__ = ["GuardMiddleware", "RequestGuard"]
+__all__ = ["BodyReader", "GuardMiddleware", "RequestGuard", "send_error"]
 
 HEALTH_PATHS = frozenset({"/health"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 METRICS_PATHS = frozenset({"/v1/metrics"})
+BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
-class RequestGuard:
-    """Admission and limits of one ingress replica."""
+class BodyReader:
+    """Reads a request body whole, within `max_body_bytes` and `body_timeout_s`."""
 
-    def __init__(self, config: ApiConfig) -> None:
-        self.config = config
-        self.active = 0
-        self.refused: dict[int, int] = {}  # status -> count, for /health and tests
-        hidden: set[str] = set()
-        if not config.docs:
-            hidden |= DOCS_PATHS
-        if not config.metrics_summary:
-            hidden |= METRICS_PATHS
-        self.hidden = frozenset(hidden)
-
-    def check_headers(self, scope: Scope) -> APIError | None:
-        size = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
-        if size > self.config.max_header_bytes:
-            return APIError(
-                431,
-                f"request headers exceed {self.config.max_header_bytes} bytes",
-                code="headers_too_large",
-            )
-        return None
+    def __init__(self, config: ApiConfig, refused: Callable[[int], None] | None = None) -> None:
+        self.limit = config.max_body_bytes
+        self.timeout_s = config.body_timeout_s
+        self.refused = refused or (lambda status: None)
 
     def check_length(self, scope: Scope) -> APIError | None:
         """Refuse from the announced Content-Length, before reading a byte of the body."""
@@ -67,53 +54,53 @@ class RequestGuard:
             if key == b"content-length":
                 if not value.isdigit() or len(value) > 18:
                     return APIError(400, "invalid Content-Length header", code="invalid_header")
-                if int(value) > self.config.max_body_bytes:
+                if int(value) > self.limit:
                     return self.too_large()
         return None
 
     def too_large(self) -> APIError:
-        return APIError(
-            413,
-            f"request body exceeds {self.config.max_body_bytes} bytes",
-            code="body_too_large",
-        )
+        return APIError(413, f"request body exceeds {self.limit} bytes", code="body_too_large")
 
-    def busy(self) -> APIError:
-        return APIError(
-            429,
-            "the router is at capacity; retry shortly",
-            code="router_overloaded",
-            headers={"retry-after": str(self.config.retry_after_s)},
-        )
+    async def forward(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Call `app` with the body already read, or answer 400/408/413 instead."""
+        if scope.get("method") in BODYLESS:
+            await app(scope, receive, send)
+            return
+        refusal = self.check_length(scope)
+        if refusal is None:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    body = await self._read(receive)
+            except TimeoutError:
+                refusal = APIError(
+                    408,
+                    f"request body not received within {self.timeout_s:g} s",
+                    code="body_timeout",
+                )
+            except OverflowError:
+                refusal = self.too_large()
+            else:
+                if body is not None:  # None: the client left before sending its request
+                    await app(scope, _replay(body, receive), send)
+                return
+        self.refused(refusal.status)
+        # NOTE: the rest of the body may still be on its way: do not reuse the connection.
+        await send_error(send, refusal, close=True)
 
-    def count(self, status: int) -> None:
-        self.refused[status] = self.refused.get(status, 0) + 1
-
-
-def _relative_path(scope: Scope) -> str:
-    """The path inside the app (Serve mounts it under its route prefix)."""
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path.rstrip("/") or "/"
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, Message | None]:
-    """The whole body, or raise 413 past `limit`. Returns the body and a disconnect, if any."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(parts), message
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise OverflowError
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(parts), None
+    async def _read(self, receive: Receive) -> bytes | None:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                raise OverflowError
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -131,6 +118,54 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+class RequestGuard:
+    """Admission and limits of one ingress replica."""
+
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self.active = 0
+        self.refused: dict[int, int] = {}  # status -> count, shown in /health
+        self.body = BodyReader(config, self.count)
+        hidden: set[str] = set()
+        if not config.docs:
+            hidden |= DOCS_PATHS
+        if not config.metrics_summary:
+            hidden |= METRICS_PATHS
+        self.hidden = frozenset(hidden)
+
+    def check(self, scope: Scope, path: str) -> APIError | None:
+        """A refusal that needs no body: headers, hidden paths, admission."""
+        size = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+        if size > self.config.max_header_bytes:
+            return APIError(
+                431,
+                f"request headers exceed {self.config.max_header_bytes} bytes",
+                code="headers_too_large",
+            )
+        if path in self.hidden:
+            return APIError(404, "no such endpoint", code="not_found")
+        if path not in HEALTH_PATHS and self.active >= self.config.max_active_requests:
+            return APIError(
+                429,
+                "the router is at capacity; retry shortly",
+                code="router_overloaded",
+                headers={"retry-after": str(self.config.retry_after_s)},
+            )
+        return None
+
+    def count(self, status: int) -> None:
+        self.refused[status] = self.refused.get(status, 0) + 1
+
+
+def _relative_path(scope: Scope) -> str:
+    """The path inside the app (Serve mounts it under its route prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/") or "/"
+
+
 class GuardMiddleware:
     """Pure ASGI middleware applying the replica's `RequestGuard` (see module docstring)."""
 
@@ -144,60 +179,30 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = _relative_path(scope)
-        refusal = guard.check_headers(scope)
-        if refusal is None and path in guard.hidden:
-            refusal = APIError(404, "not found", code="not_found")
-        if refusal is None and path in HEALTH_PATHS:
-            await self.app(scope, receive, send)
-            return
-        if refusal is None:
-            refusal = guard.check_length(scope)
-        if refusal is None and guard.active >= guard.config.max_active_requests:
-            refusal = guard.busy()
+        refusal = guard.check(scope, path)
         if refusal is not None:
             guard.count(refusal.status)
-            await _send_error(send, refusal)
+            await send_error(send, refusal)
+            return
+        if path in HEALTH_PATHS:
+            await self.app(scope, receive, send)
             return
         guard.active += 1
         try:
-            await self._admitted(scope, receive, send, guard)
+            await guard.body.forward(self.app, scope, receive, send)
         finally:
             guard.active -= 1
 
-    async def _admitted(
-        self, scope: Scope, receive: Receive, send: Send, guard: RequestGuard
-    ) -> None:
-        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
-            await self.app(scope, receive, send)
-            return
-        try:
-            async with asyncio.timeout(guard.config.body_timeout_s):
-                body, disconnect = await _read_body(receive, guard.config.max_body_bytes)
-        except TimeoutError:
-            refusal = APIError(
-                408,
-                f"request body not received within {guard.config.body_timeout_s:g} s",
-                code="body_timeout",
-            )
-        except OverflowError:
-            refusal = guard.too_large()
-        else:
-            if disconnect is not None:
-                return  # the client left before sending its request: nothing to answer
-            await self.app(scope, _replay(body, receive), send)
-            return
-        guard.count(refusal.status)
-        await _send_error(send, refusal, close=True)
 
-
-async def _send_error(send: Send, err: APIError, *, close: bool = False) -> None:
+async def send_error(send: Send, err: APIError, *, close: bool = False) -> None:
+    """Answer with an OpenAI-shaped error straight from ASGI (no framework involved)."""
     payload = json.dumps(error_body(err)).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(payload)).encode()),
     ]
     headers += [(k.encode(), v.encode()) for k, v in (err.headers or {}).items()]
-    if close:  # the rest of the body may still be on its way: do not reuse the connection
+    if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})

@@ -96,3 +96,32 @@ def test_sse_error_event_shape() -> None:
     event = sse_error_event(EngineError())
     assert event.startswith("data: ") and event.endswith("\n\n")
     assert json.loads(event[6:])["error"]["type"] == "server_error"
+
+
+def test_framework_refusals_are_openai_shaped() -> None:
+    """Regression: FastAPI/Starlette answered `{"detail": ...}` for these."""
+    from starlette.exceptions import HTTPException
+
+    status, error = body(HTTPException(400, "There was an error parsing the body"))
+    assert (status, error["code"]) == (400, "invalid_json")
+    status, error = body(HTTPException(404))
+    assert (status, error["type"], error["code"]) == (404, "not_found_error", "not_found")
+    response = create_error_response(HTTPException(405, headers={"Allow": "POST"}))
+    assert (response.status_code, response.headers["allow"]) == (405, "POST")
+
+
+def test_messages_never_echo_unbounded_client_input() -> None:
+    status, error = body(UnknownModelError("m" * 1_000_000, ["auto"]))
+    assert status == 404 and len(str(error["message"])) <= 1024
+
+
+def test_validation_messages_name_the_field_not_pydantic() -> None:
+    cases = {"n": 5, "tools": [{"type": "function"}], "stop": ["a"] * 5, "logprobs": True}
+    for field, value in cases.items():
+        with pytest.raises(Exception) as err:
+            ChatCompletionRequest.model_validate(
+                {"model": "auto", "messages": [{"role": "user", "content": "hi"}], field: value}
+            )
+        status, error = body(err.value)
+        assert (status, error["param"]) == (400, field)
+        assert not str(error["message"]).split(": ", 1)[1].startswith("Value error")

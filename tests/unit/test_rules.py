@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import pytest
 from pydantic import ValidationError
 
@@ -100,3 +102,49 @@ def test_unknown_model_lists_choices() -> None:
     with pytest.raises(UnknownModelError) as err:
         choose_pool("gpt-4", "hi", POOLS, RULES)
     assert "auto, small, large, code, tiny-chat, big-chat, coder" in str(err.value)
+
+
+PATHOLOGICAL = [
+    "\n" * 1_000_000,  # `^\s*import` backtracked over every line start: quadratic
+    " " * 1_000_000,
+    "function" + " " * 1_000_000,  # `\bfunction\s*\w*\s*\(`
+    "\n import" * 150_000,
+    "a" * 1_000_000,
+]
+
+
+@pytest.mark.parametrize("text", PATHOLOGICAL, ids=["newlines", "spaces", "fn", "imports", "word"])
+def test_pathological_prompts_finish(text: str) -> None:
+    """Regression: 80 KB of newlines took 22 s with Python's `re` (quadratic).
+
+    A hang guard, not a speed target (bench/rule_features.py measures speed): the old
+    patterns would need hours on these 1 MB prompts; here each takes milliseconds.
+    """
+    done = threading.Event()
+    found: list[RouteDecision] = []
+    whole = RulesConfig(scan_chars=len(text))  # every character, not just the window
+
+    def run() -> None:
+        found.append(route(text, whole))
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(60), "rule matching did not finish: is it backtracking again?"
+    assert found[0].pool in {"small", "large", "code"}
+
+
+def test_rules_read_a_bounded_window_head_and_tail() -> None:
+    rules = RulesConfig(scan_chars=1024)
+    filler = "plain words " * 10_000
+    assert route(filler + "```", rules).reason == "code_markers"  # in the tail
+    assert route("```" + filler, rules).reason == "code_markers"  # in the head
+    middle = filler + "```" + filler
+    assert route(middle, rules).reason == "long_prompt"  # not scanned; length still counts
+    decision = route("```" + " " * 100 + "x" * 5000)
+    assert len(decision.detail) < 100  # markers are shown short
+
+
+def test_patterns_re2_cannot_run_linearly_are_refused() -> None:
+    for pattern in (r"(a)\1", r"foo(?=bar)", r"(?<!x)y"):
+        with pytest.raises(ValidationError, match="RE2 syntax"):
+            RulesConfig(code_patterns=[pattern])

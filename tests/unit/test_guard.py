@@ -1,0 +1,249 @@
+"""The request guard and the proxy edge, driven as plain ASGI apps (no Ray, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from deployments.config import ApiConfig
+from deployments.openai.guard import GuardMiddleware, RequestGuard
+from deployments.proxy import EdgeBody, EdgeErrors, EdgeHeaders, edge_config
+
+Message = dict[str, Any]
+LIMITS = ApiConfig(max_body_bytes=2048, max_header_bytes=1024, body_timeout_s=0.2)
+
+
+def scope(
+    path: str = "/v1/chat/completions",
+    method: str = "POST",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    app: Any = None,
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": "",
+        "headers": headers or [(b"content-type", b"application/json")],
+        "app": app,
+    }
+
+
+def receiving(*parts: bytes, stall: bool = False) -> Callable[[], Awaitable[Message]]:
+    """A client that sends `parts`, then stalls (or waits for nothing more)."""
+    queue = [
+        {"type": "http.request", "body": p, "more_body": stall or i < len(parts) - 1}
+        for i, p in enumerate(parts)
+    ]
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def __call__(self, message: Message) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.messages[0]["status"])
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.messages[0]["headers"])
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+    def error(self) -> dict[str, Any]:
+        assert self.headers[b"content-type"] == b"application/json"
+        error: dict[str, Any] = json.loads(self.body)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        return error
+
+
+class Echo:
+    """The app behind the middleware: answers with the body it got."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.calls += 1
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message.get("body", b"")})
+
+
+def guarded(config: ApiConfig = LIMITS) -> tuple[GuardMiddleware, RequestGuard, Echo]:
+    echo = Echo()
+    guard = RequestGuard(config)
+    return GuardMiddleware(echo), guard, echo
+
+
+def app_scope(guard: RequestGuard, **kwargs: Any) -> dict[str, Any]:
+    return scope(app=SimpleNamespace(state=SimpleNamespace(guard=guard)), **kwargs)
+
+
+async def test_a_body_within_limits_reaches_the_app_whole() -> None:
+    middleware, guard, echo = guarded()
+    sent = Sent()
+    await middleware(app_scope(guard), receiving(b'{"a":', b" 1}"), sent)
+    assert (sent.status, sent.body, echo.calls) == (200, b'{"a": 1}', 1)
+    assert guard.active == 0
+
+
+async def test_announced_oversize_body_is_413_without_reading() -> None:
+    middleware, guard, echo = guarded()
+    sent = Sent()
+    headers = [(b"content-length", b"999999")]
+    await middleware(app_scope(guard, headers=headers), receiving(stall=True), sent)
+    assert (sent.status, sent.error()["code"], echo.calls) == (413, "body_too_large", 0)
+    assert sent.headers[b"connection"] == b"close"
+
+
+async def test_chunked_body_past_the_limit_is_413() -> None:
+    middleware, guard, echo = guarded()
+    sent = Sent()
+    await middleware(app_scope(guard), receiving(b"x" * 1500, b"x" * 1500), sent)
+    assert (sent.status, echo.calls) == (413, 0)
+
+
+async def test_a_stalled_body_is_408_after_the_timeout() -> None:
+    middleware, guard, echo = guarded()
+    sent = Sent()
+    await middleware(app_scope(guard), receiving(b"{", stall=True), sent)
+    assert (sent.status, sent.error()["code"], echo.calls) == (408, "body_timeout", 0)
+    assert guard.active == 0 and guard.refused == {408: 1}
+
+
+async def test_headers_past_the_limit_are_431() -> None:
+    middleware, guard, _ = guarded()
+    sent = Sent()
+    headers = [(b"x-padding", b"p" * 2000)]
+    await middleware(app_scope(guard, headers=headers), receiving(b"{}"), sent)
+    assert (sent.status, sent.error()["code"]) == (431, "headers_too_large")
+
+
+async def test_beyond_max_active_requests_is_429_and_health_still_passes() -> None:
+    middleware, guard, echo = guarded(ApiConfig(max_active_requests=1))
+    guard.active = 1  # one request in flight
+    sent = Sent()
+    await middleware(app_scope(guard), receiving(b"{}"), sent)
+    assert (sent.status, sent.headers[b"retry-after"], echo.calls) == (429, b"1", 0)
+    health = Sent()
+    await middleware(app_scope(guard, path="/health", method="GET"), receiving(b""), health)
+    assert (health.status, echo.calls) == (200, 1)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/v1/metrics", "/v1/metrics/"])
+async def test_hidden_endpoints_are_404(path: str) -> None:
+    middleware, guard, echo = guarded(ApiConfig(docs=False, metrics_summary=False))
+    sent = Sent()
+    await middleware(app_scope(guard, path=path, method="GET"), receiving(b""), sent)
+    assert (sent.status, echo.calls) == (404, 0)
+
+
+async def test_paths_are_judged_inside_the_route_prefix() -> None:
+    middleware, guard, echo = guarded(ApiConfig(docs=False))
+    sent = Sent()
+    s = app_scope(guard, path="/app/docs", method="GET")
+    s["root_path"] = "/app"
+    await middleware(s, receiving(b""), sent)
+    assert sent.status == 404
+
+
+# --- the proxy edge ----------------------------------------------------------------------
+
+
+async def test_edge_strips_privileged_serve_headers_and_limits_size() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["headers"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    edge = EdgeHeaders(app, LIMITS)
+    headers = [(b"x-request-timeout-seconds", b"0"), (b"x-request-disconnect-disabled", b"?1")]
+    await edge(scope(headers=[*headers, (b"x-ok", b"1")]), receiving(b""), Sent())
+    assert seen == [[(b"x-ok", b"1")]]
+    sent = Sent()
+    await edge(scope(headers=[(b"x-padding", b"p" * 2000)]), receiving(b""), sent)
+    assert (sent.status, len(seen)) == (431, 1)
+
+
+async def test_edge_reads_the_body_before_routing() -> None:
+    echo = Echo()
+    sent = Sent()
+    await EdgeBody(echo, LIMITS)(scope(), receiving(b"{", stall=True), sent)
+    assert (sent.status, echo.calls) == (408, 0)  # Serve never saw the request
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(500, "internal_error"), (503, "router_unavailable"), (408, "timeout")]
+)
+async def test_edge_turns_serve_plain_text_into_openai_errors(status: int, code: str) -> None:
+    async def serve_says(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"Request abc-123 on replica x"})
+
+    sent = Sent()
+    await EdgeErrors(serve_says)(scope(), receiving(b""), sent)
+    error = sent.error()
+    assert (sent.status, error["code"]) == (status, code)
+    assert "abc-123" not in error["message"]  # Serve's internals stay inside
+
+
+async def test_edge_answers_when_the_replica_died_before_answering() -> None:
+    async def died(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("actor died")
+
+    sent = Sent()
+    await EdgeErrors(died)(scope(), receiving(b""), sent)
+    assert (sent.status, sent.headers[b"retry-after"]) == (503, b"1")
+    assert sent.error()["type"] == "server_error"
+
+
+async def test_edge_ends_a_broken_stream_with_an_error_event_and_done() -> None:
+    async def cut(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+
+    sent = Sent()
+    await EdgeErrors(cut)(scope(), receiving(b""), sent)
+    text = sent.body.decode()
+    assert text.endswith("data: [DONE]\n\n")
+    event = json.loads(text.split("data: ")[2].strip())
+    assert event["error"]["code"] == "interrupted"
+
+
+async def test_edge_leaves_complete_answers_alone() -> None:
+    echo = Echo()
+    sent = Sent()
+    await EdgeErrors(echo)(scope(), receiving(b"hello"), sent)
+    assert (sent.status, sent.body) == (200, b"hello")
+
+
+def test_edge_limits_come_from_the_environment() -> None:
+    assert edge_config({}) == ApiConfig()
+    got = edge_config({"SWITCHYARD_MAX_BODY_BYTES": "4096", "SWITCHYARD_BODY_TIMEOUT_S": "2.5"})
+    assert (got.max_body_bytes, got.body_timeout_s) == (4096, 2.5)
+    with pytest.raises(ValueError):
+        edge_config({"SWITCHYARD_MAX_BODY_BYTES": "tiny"})
