@@ -90,6 +90,7 @@ class PoolLoad:
     seconds_per_token: float | None = None  # EWMA over finished requests
     replicas: int | None = None  # running replicas; None until Serve's status is read
     stats_at: float | None = None  # monotonic time of the last stats sample
+    polled: str = "pending"  # last stats call: "ok", "busy" (no answer in time), "failed"
 
     def observe(self, seconds: float, tokens: int, weight: float = 0.2) -> None:
         if tokens <= 0:

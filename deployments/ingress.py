@@ -227,7 +227,6 @@ def wishes(
 
 HEADER_VALUE_CHARS = 64
 STATS_PERIOD_S = 1.0
-HEALTH_WAIT_S = 0.5  # longest /health waits for a pool's stats
 REPLICAS_PERIOD_S = 2.0
 HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
@@ -272,14 +271,17 @@ class Ingress:
         ]
 
     async def _poll_stats(self) -> None:
+        """Every second, each pool's engine stats (all pools at once, each call bounded).
+
+        The only place pools are asked for stats: routing and `/health` read the result.
+        """
         executor = self.serving.executor
         while True:
-            for name, handle in self.pools.items():
-                load = executor.load[name]
-                if load.replicas != 0:  # a call would wake a pool scaled to zero
-                    with contextlib.suppress(Exception):
-                        stats = await asyncio.wait_for(handle.stats.remote(), STATS_PERIOD_S)
-                        load.stats, load.stats_at = stats, time.monotonic()
+            # NOTE: a call to a pool scaled to zero would wake it, and one to a pool whose
+            # replica count is not known yet may be such a call: both are skipped.
+            awake = [name for name, load in executor.load.items() if load.replicas]
+            await asyncio.gather(*(self._poll_pool(name) for name in awake))
+            for name, load in executor.load.items():
                 self.metrics.pool_state(
                     name,
                     executor.breakers[name].state,
@@ -289,7 +291,20 @@ class Ingress:
                 )
             with contextlib.suppress(Exception):
                 await self._send_forecast()
-            await asyncio.sleep(STATS_PERIOD_S)
+            known = any(load.replicas is not None for load in executor.load.values())
+            await asyncio.sleep(STATS_PERIOD_S if known else 0.1)  # first sample soon
+
+    async def _poll_pool(self, name: str) -> None:
+        load = self.serving.executor.load[name]
+        try:
+            async with asyncio.timeout(STATS_PERIOD_S):
+                stats: EngineStats = await self.pools[name].stats.remote()
+        except TimeoutError:
+            load.polled = "busy"  # its replicas' slots are full: the call waited in line
+        except Exception:  # noqa: BLE001 - dead replica, unavailable deployment
+            load.polled = "failed"
+        else:
+            load.stats, load.stats_at, load.polled = stats, time.monotonic(), "ok"
 
     async def _send_forecast(self) -> None:
         """Tell escalation targets how many escalations to expect (their autoscaler reads it)."""
@@ -375,48 +390,32 @@ class Ingress:
 
     @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:
-        """Pool health in bounded time: never waits behind requests.
+        """Pool health from what the stats poller last saw: never waits on a pool.
 
-        Each pool is asked for fresh stats, all at once, for at most `HEALTH_WAIT_S`. A
-        pool that does not answer in time is busy (its replicas' slots are full), not
-        dead: it is judged by its running replicas (from Serve's controller) and its
-        last stats sample. A pool scaled to zero is healthy and is not woken.
+        A pool is healthy when Serve runs a replica of it and its last stats call did
+        not fail (a call that found every slot busy counts as busy, not dead), or when
+        it is scaled to zero on purpose. Stats are at most about a second old
+        (`stats_age_s`).
         """
         executor = self.serving.executor
-        names = list(self.pools)
-        asked = [n for n in names if executor.load[n].replicas != 0]
-        answers = await asyncio.gather(*(self._fresh_stats(n) for n in asked))
-        fresh = dict(zip(asked, answers, strict=True))
+        now = time.monotonic()
         status: dict[str, Any] = {}
-        for name in names:
-            load, answer = executor.load[name], fresh.get(name)
+        for name, load in executor.load.items():
+            entry: dict[str, Any]
             if load.replicas == 0:
-                entry: dict[str, Any] = {"ok": True, "state": "scaled_to_zero"}
-            elif isinstance(answer, EngineStats):
-                entry = {"ok": True, **asdict(answer)}
-            elif answer == "busy":
-                entry = {"ok": bool(load.replicas), "state": "busy", **asdict(load.stats)}
-                if load.stats_at is not None:
-                    entry["stats_age_s"] = round(time.monotonic() - load.stats_at, 1)
+                entry = {"ok": True, "state": "scaled_to_zero"}
             else:
-                entry = {"ok": False}
+                ok = load.polled in ("ok", "busy") and load.replicas is not None
+                entry = {"ok": ok, "state": load.polled, **asdict(load.stats)}
+                if load.stats_at is not None:
+                    entry["stats_age_s"] = round(now - load.stats_at, 2)
+            entry["replicas"] = load.replicas
             entry["circuit"] = executor.breakers[name].state
             status[name] = entry
         healthy = all(s["ok"] for s in status.values())
-        body = {"ok": healthy, "pools": status, "counters": dict(self.serving.counters)}
+        body: dict[str, Any] = {"ok": healthy, "pools": status}
+        body["counters"] = dict(self.serving.counters)
         body["active_requests"] = self.guard.active
         if self.guard.refused:
             body["refused"] = {str(k): v for k, v in sorted(self.guard.refused.items())}
         return JSONResponse(body, status_code=200 if healthy else 503)
-
-    async def _fresh_stats(self, pool: str) -> EngineStats | str:
-        try:
-            async with asyncio.timeout(HEALTH_WAIT_S):
-                stats: EngineStats = await self.pools[pool].stats.remote()
-        except TimeoutError:
-            return "busy"
-        except Exception:  # noqa: BLE001 - any failure means the pool is not healthy
-            return "failed"
-        load = self.serving.executor.load[pool]
-        load.stats, load.stats_at = stats, time.monotonic()
-        return stats

@@ -134,6 +134,7 @@ def test_speculative_aborts_the_loser(api: openai.OpenAI, serve_port: int) -> No
         pools = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health").json()["pools"]
         return {name: pools[name]["aborted"] for name in ("small", "large")}
 
+    time.sleep(1.5)  # /health shows the stats poller's last sample (every second)
     before = aborted()
     raw = chat(
         api,

@@ -136,7 +136,7 @@ SWITCHYARD = st.fixed_dictionaries(
         "latency_budget_ms": st.floats(-10, 1e6),
     },
 )
-HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+HEADER_TEXT = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=80)
 HEADERS = st.fixed_dictionaries(
     {},
     optional={

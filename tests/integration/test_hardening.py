@@ -301,21 +301,28 @@ def test_docs_and_metrics_can_be_switched_off(locked: str, base: str) -> None:
 
 
 def test_health_does_not_wait_for_a_busy_pool(base: str) -> None:
-    """Regression: /health called pools without a timeout and waited behind requests."""
+    """Regression: /health called pools without a timeout and waited behind requests.
+
+    Every slot of `slow` is taken (2 running, 2 queued, 4 s each): /health must answer
+    before any of those requests finishes, and call the pool healthy.
+    """
     slow = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], **BATCH}
-    results: list[int] = []
+    finished: list[int] = []
 
     def hold() -> None:
-        results.append(httpx.post(f"{base}/v1/chat/completions", json=slow, timeout=30).status_code)
+        resp = httpx.post(f"{base}/v1/chat/completions", json=slow, timeout=30)
+        finished.append(resp.status_code)
 
     threads = [threading.Thread(target=hold) for _ in range(MAX_ACTIVE)]
     for t in threads:
         t.start()
     time.sleep(1.0)
     health = httpx.get(f"{base}/health", timeout=30)
+    answered_before = len(finished)
     for t in threads:
         t.join()
+    assert answered_before == 0  # not queued behind the pool's requests
     assert health.status_code == 200
     slow_pool = health.json()["pools"]["slow"]
-    assert (slow_pool["ok"], slow_pool["state"]) == (True, "busy")
-    assert results == [200] * MAX_ACTIVE
+    assert slow_pool["ok"] is True and slow_pool["state"] in ("ok", "busy")
+    assert finished == [200] * MAX_ACTIVE

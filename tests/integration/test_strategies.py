@@ -68,6 +68,7 @@ def test_cascade_escalates_low_confidence(apps: dict[str, openai.OpenAI]) -> Non
 def test_speculative_aborts_the_loser_in_its_engine(
     serve_port: int, apps: dict[str, openai.OpenAI]
 ) -> None:
+    time.sleep(1.5)  # /health shows the stats poller's last sample (every second)
     before = health(serve_port, "confident")["pools"]["large"]["aborted"]
     raw = apps["confident"].chat.completions.with_raw_response.create(
         model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "speculative"}}

@@ -4,16 +4,19 @@ Pure checks (no Ray runtime, no Kubernetes, no network) of mistakes a real clust
 only show late: a RayService whose embedded Serve config drifted from
 cluster/serve_config.gpu.yaml, a pool whose replica fits on no node type, node limits the
 autoscaler cannot reach max_replicas with, a launcher YAML `ray up` rejects, an image
-that misses part of the package, a Ray dashboard reachable from outside the cluster. The
-Grafana dashboard has its own file, test_dashboard.py.
+that misses part of the package, a Ray dashboard reachable from outside the cluster, a
+node whose Serve proxy starts without the proxy edge. The Grafana dashboard has its own
+file, test_dashboard.py.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import re
+import shlex
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from typing import Any
 import pytest
 import ray
 import yaml
+from starlette.middleware import Middleware
 
 from cluster.render_rayservice import KEY, render
 from deployments.config import AppConfig, DeploymentOptions, load_app_config
@@ -32,6 +36,9 @@ CLUSTER = ROOT / "cluster"
 RAY_MINOR = ".".join(ray.__version__.split(".")[:2])
 METRICS_PORT = 8080
 RAY_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"  # on the Ray head node
+# Serve's proxy calls this at start, read from its node's environment (deployments/proxy.py).
+PROXY_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "deployments.proxy:middlewares"
 
 
 def load_yaml(name: str) -> Any:
@@ -355,6 +362,83 @@ def test_image_and_launcher_install_what_the_package_needs() -> None:
     (ray_image,) = re.findall(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu$", dockerfile, re.M)
     assert ray_image == rayservice()["spec"]["rayClusterConfig"]["rayVersion"]
     assert launcher()["docker"]["image"] == f"rayproject/ray:{ray_image}-py311-gpu"
+
+
+# --- proxy edge: every Serve proxy loads deployments.proxy ------------------------------
+
+
+def ray_start_envs(command: str) -> list[dict[str, str]]:
+    """For each `ray start` in a shell command line, the variables it runs with: set by
+    `NAME=value` in front of it or by an `export NAME=value` earlier in the line. A bare
+    `NAME=value;` sets a shell variable that `ray start` does not see, so it counts not."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    exported: dict[str, str] = {}
+    starts: list[dict[str, str]] = []
+    segment: list[str] = []
+    for token in [*lexer, ";"]:
+        if token.strip(";&|"):
+            segment.append(token)
+            continue
+        assigned: dict[str, str] = {}
+        while segment and re.fullmatch(r"[A-Za-z_]\w*=.*", segment[0]):
+            name, _, value = segment.pop(0).partition("=")
+            assigned[name] = value
+        if segment[:1] == ["export"]:
+            for arg in segment[1:]:
+                name, equals, value = arg.partition("=")
+                if equals:
+                    exported[name] = value
+        if segment[:2] == ["ray", "start"]:
+            starts.append({**exported, **assigned})
+        segment = []
+    return starts
+
+
+def test_ray_start_env_parser() -> None:
+    var = f"{PROXY_ENV}={PROXY_CALLBACK}"
+    assert ray_start_envs(f"ulimit -n 65536; {var} ray start --head") == [
+        {PROXY_ENV: PROXY_CALLBACK}
+    ]
+    assert ray_start_envs(f"export {var} && ray start --head") == [{PROXY_ENV: PROXY_CALLBACK}]
+    assert ray_start_envs(f"{var}; ray start --head") == [{}]  # not exported
+    assert ray_start_envs(f"{var} ray stop; ray start --head") == [{}]
+    assert ray_start_envs("ray stop") == []
+
+
+def test_every_rayservice_ray_container_loads_the_proxy_edge() -> None:
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert len(groups) == 3
+    for group in groups:
+        env = [var for var in ray_container(group).get("env", []) if var["name"] == PROXY_ENV]
+        name = group.get("groupName", "head")
+        assert env == [{"name": PROXY_ENV, "value": PROXY_CALLBACK}], name
+
+
+def test_launcher_starts_every_ray_node_with_the_proxy_edge() -> None:
+    config = launcher()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [env for command in config[key] for env in ray_start_envs(command)]
+        assert len(starts) == 1, (key, starts)
+        assert starts[0].get(PROXY_ENV) == PROXY_CALLBACK, key
+
+
+def test_proxy_callback_resolves_to_middlewares_serve_accepts() -> None:
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+
+    module, _, attribute = PROXY_CALLBACK.partition(":")
+    # The image and the launcher install the package roots pyproject.toml lists (checked
+    # above), so the proxy finds the module there too.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    roots = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert module.split(".")[0] in roots
+    callback = getattr(importlib.import_module(module), attribute)
+    assert callable(callback)
+    middlewares = callback()
+    assert isinstance(middlewares, list) and middlewares
+    assert all(isinstance(m, Middleware) for m in middlewares)
+    assert validate_http_proxy_callback_return(middlewares) == middlewares  # Serve's own check
 
 
 # --- exposure: what outsiders can reach ------------------------------------------------
