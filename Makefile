@@ -25,9 +25,13 @@ models: install
 	$(PY) -m models.prepare --config $(CONFIG)
 
 # The proxy edge (deployments/proxy.py) runs inside Serve's HTTP proxy: body and header
-# limits before routing, OpenAI-shaped errors for Serve's own failures.
+# limits before routing, OpenAI-shaped errors for Serve's own failures, and immediate
+# 429s while the pools are full. Its concurrency cap defaults to what the embedded
+# profile's pools hold: 3 pools x (16 running + 32 queued).
+EDGE_MAX_ACTIVE ?= 144
 serve: models
 	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy:middlewares \
+	SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS=$(EDGE_MAX_ACTIVE) \
 		$(VENV)/bin/serve run $(CONFIG)
 
 test: models

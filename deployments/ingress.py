@@ -299,7 +299,7 @@ class Ingress:
         try:
             async with asyncio.timeout(STATS_PERIOD_S):
                 stats: EngineStats = await self.pools[name].stats.remote()
-        except TimeoutError:
+        except (TimeoutError, BackPressureError):
             load.polled = "busy"  # its replicas' slots are full: the call waited in line
         except Exception:  # noqa: BLE001 - dead replica, unavailable deployment
             load.polled = "failed"

@@ -15,7 +15,10 @@ Loaded by the proxy through Serve's hook, set in the environment Ray starts with
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy:middlewares
 
 (`make serve`, the tests and the cluster manifests set it). Then every request gets
-its headers checked (431) and Serve's privileged headers removed, its whole body read in
+its headers checked (431) and Serve's privileged headers removed; it is refused at once
+(429) while the pools are known to be full (an adaptive concurrency limit learnt from
+the answers, `deployments/admission.py`, at most `SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS`,
+default 1024); its whole body is read in
 the proxy under a size cap (413) and a deadline (408) before any replica is involved,
 and every answer Serve itself produces becomes an OpenAI-shaped error; a stream that
 breaks ends with an error event and `data: [DONE]`. The limits are `ApiConfig`'s
@@ -29,15 +32,25 @@ import contextlib
 import json
 import logging
 import os
+import time
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.admission import AdaptiveLimit
 from deployments.config import ApiConfig
 from deployments.openai.errors import APIError, error_body
 from deployments.openai.guard import BodyReader, send_error
 
-__all__ = ["EdgeBody", "EdgeErrors", "EdgeHeaders", "edge_config", "middlewares"]
+__all__ = [
+    "EdgeAdmission",
+    "EdgeBody",
+    "EdgeErrors",
+    "EdgeHeaders",
+    "edge_config",
+    "edge_limit",
+    "middlewares",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +76,54 @@ def edge_config(env: dict[str, str] | None = None) -> ApiConfig:
     return ApiConfig.model_validate(given)
 
 
+def edge_limit(env: dict[str, str] | None = None) -> AdaptiveLimit:
+    """The edge's concurrency limit, at most `SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS`."""
+    env = dict(os.environ) if env is None else env
+    raw = env.get("SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS", "1024")
+    if not raw.isdigit() or not 8 <= int(raw) <= 1_000_000:
+        raise ValueError("SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS must be an integer, 8 or more")
+    return AdaptiveLimit(limit=int(raw), maximum=int(raw))
+
+
+class EdgeAdmission:
+    """Refuses at once (429) what the pools would refuse anyway (`deployments/admission`).
+
+    `/health` and Serve's `/-/` paths are never refused or counted.
+    """
+
+    def __init__(self, app: ASGIApp, limit: AdaptiveLimit) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/-/") or path.endswith("/health"):
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        if not limit.admit():
+            err = APIError(
+                429,
+                "the router is at capacity; retry shortly",
+                code="router_overloaded",
+                headers={"retry-after": "1"},
+            )
+            await send_error(send, err)
+            return
+        admitted_at = time.monotonic()
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                limit.answered(message["status"], admitted_at, time.monotonic())
+            await send(message)
+
+        limit.inflight += 1
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            limit.inflight -= 1
+
+
 class EdgeHeaders:
     """Outermost: drop Serve's privileged headers, refuse oversized ones (431)."""
 
@@ -72,8 +133,10 @@ class EdgeHeaders:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            headers = [(k, v) for k, v in scope["headers"] if k not in PRIVILEGED_HEADERS]
-            scope["headers"] = headers
+            headers = scope["headers"]
+            if any(k in PRIVILEGED_HEADERS for k, _ in headers):
+                headers = [(k, v) for k, v in headers if k not in PRIVILEGED_HEADERS]
+                scope["headers"] = headers
             if scope["type"] == "http" and sum(len(k) + len(v) for k, v in headers) > self.limit:
                 err = APIError(
                     431, f"request headers exceed {self.limit} bytes", code="headers_too_large"
@@ -84,7 +147,7 @@ class EdgeHeaders:
 
 
 class EdgeBody:
-    """Innermost: the whole body in the proxy (bounded, with a deadline) before routing."""
+    """The whole body in the proxy (bounded, with a deadline) before admission and routing."""
 
     def __init__(self, app: ASGIApp, config: ApiConfig) -> None:
         self.app = app
@@ -173,8 +236,11 @@ class _Response:
 def middlewares() -> list[Middleware]:
     """Serve's proxy callback. Serve wraps in list order, so the last is outermost."""
     config = edge_config()
+    # NOTE: the body is read before admission, so uploads still arriving (or stalled)
+    # never hold one of the admitted places.
     return [
-        Middleware(EdgeBody, config=config),
         Middleware(EdgeErrors),
+        Middleware(EdgeAdmission, limit=edge_limit()),
+        Middleware(EdgeBody, config=config),
         Middleware(EdgeHeaders, config=config),
     ]

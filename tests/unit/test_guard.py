@@ -247,3 +247,29 @@ def test_edge_limits_come_from_the_environment() -> None:
     assert (got.max_body_bytes, got.body_timeout_s) == (4096, 2.5)
     with pytest.raises(ValueError):
         edge_config({"SWITCHYARD_MAX_BODY_BYTES": "tiny"})
+
+
+async def test_edge_admission_refuses_at_once_while_the_pools_are_full() -> None:
+    from deployments.proxy import EdgeAdmission, edge_limit
+
+    answers = [429, 200]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": answers.pop(0), "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    limit = edge_limit({"SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS": "8"})
+    edge = EdgeAdmission(app, limit)
+    limit.inflight = 8  # full
+    sent = Sent()
+    await edge(scope(), receiving(b"{}"), sent)
+    assert (sent.status, sent.error()["code"], len(answers)) == (429, "router_overloaded", 2)
+    health = Sent()
+    await edge(scope(path="/app/health", method="GET"), receiving(b""), health)
+    assert health.status == 429 and len(answers) == 1  # passed through, not refused
+    limit.inflight = 0
+    ok = Sent()
+    await edge(scope(), receiving(b"{}"), ok)
+    assert ok.status == 200 and limit.inflight == 0
+    with pytest.raises(ValueError):
+        edge_limit({"SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS": "3"})
