@@ -40,7 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from routing.config import RoutingConfig  # noqa: E402
 from routing.planner import PoolView, plan  # noqa: E402
-from routing.rules import RulesConfig, decide, extract_features  # noqa: E402
+from routing.rules import (  # noqa: E402
+    DEFAULT_CODE_PATTERNS,
+    DEFAULT_COMPLEX_PATTERNS,
+    RulesConfig,
+    decide,
+    extract_features,
+)
 
 GOAL_MS = 50.0
 MB = 1024 * 1024
@@ -59,22 +65,9 @@ KINDS = {
     "\\n import mix": "\n import",
 }
 
-# The rule patterns before RE2 (routing/rules.py up to the switch), for `--python-re`.
-OLD_PATTERNS = [
-    r"```",
-    r"\bdef\s+\w+\s*\(",
-    r"\bclass\s+\w+\s*[:(]",
-    r"^\s*(import|from)\s+\w+",
-    r"#include\s*<",
-    r"\bfunction\s*\w*\s*\(",
-    r"=>\s*\{",
-    r"\b(python|javascript|typescript|golang|rust|java|c\+\+|sql|bash|regex)\b",
-    r"\b(code|function|compile[rs]?|debug|stack ?trace|traceback|refactor|unit tests?)\b",
-    r"\bstep[- ]by[- ]step\b",
-    r"\b(prove|proof|derive|analy[sz]e|compare|contrast|evaluate|critique)\b",
-    r"\bexplain (why|how)\b",
-    r"\b(essay|in detail|in depth|detailed|thorough|trade-?offs?)\b",
-]
+# The patterns did not change when the rules moved to RE2, only the engine running them:
+# `--python-re` runs the same ones with Python's backtracking `re`, as before.
+OLD_PATTERNS = [*DEFAULT_CODE_PATTERNS, *DEFAULT_COMPLEX_PATTERNS]
 
 # Pool name -> (quality, USD per million input tokens, per million output, tokens/s):
 # the shape of a three-pool profile; the numbers only feed the score.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from overload import raise_open_files  # bench/ is the script's own folder
 
 GOAL_S = 1.0
 MAX_TOKENS = 8
@@ -71,20 +71,6 @@ class Stalled:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def raise_open_files() -> int:
-    """Lift the soft limit on open files to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for target in (hard, 1 << 20, 1 << 16):
-        if target == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and target > hard):
-            continue
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
-            break
-        except (ValueError, OSError):
-            continue
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def timed(
