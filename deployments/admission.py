@@ -6,9 +6,11 @@ each (measured: ~170 requests/s through both on 2 cores, so at 2,000 clients eve
 refusal waited 8 s in line). The edge can refuse in microseconds, but only if it knows
 when to: this limit learns it from the answers, the way TCP learns a window (AIMD):
 
-- an answer of 429 (or Serve's 503) means the pools are full: the limit drops to 90% of
+- an answer of 429 means the pools (or the ingress) are full: the limit drops to 90% of
   what was in flight, at most once per round trip (only a request admitted after the
-  last drop can cause the next one, so a burst of refusals counts once);
+  last drop can cause the next one, so a burst of refusals counts once). A 503 does not
+  count: it says a replica died or is starting, not that the pools are full, and
+  shrinking on it turned away requests for 8-12 s after an ingress replica was killed;
 - every successful answer raises it by 1/limit, so it grows by about one per round
   trip of a full window and finds the pools' capacity again.
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 __all__ = ["AdaptiveLimit"]
 
-OVERLOAD_STATUSES = frozenset({429, 503})
+OVERLOAD_STATUSES = frozenset({429})
 
 
 @dataclass

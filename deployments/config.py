@@ -213,7 +213,9 @@ class AppConfig(Strict):
         default_factory=RoutingConfig, description="Routing policy: strategies and rules."
     )
     ingress: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=1024),
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=1024, max_queued_requests=256
+        ),
         description="The OpenAI ingress deployment.",
     )
     api: ApiConfig = Field(

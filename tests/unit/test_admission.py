@@ -14,7 +14,9 @@ def test_refusals_lower_the_limit_once_per_round_trip() -> None:
     assert limit.limit == pytest.approx(72)  # 90% of what was in flight
     limit.answered(429, admitted_at=1.5, now=2.1)  # admitted before the drop: same burst
     assert limit.limit == pytest.approx(72)
-    limit.answered(503, admitted_at=2.05, now=3.0)  # admitted after it: a new signal
+    limit.answered(429, admitted_at=2.05, now=3.0)  # admitted after it: a new signal
+    assert limit.limit == pytest.approx(72 * 0.9)
+    limit.answered(503, admitted_at=3.5, now=4.0)  # a dead replica is not a full pool
     assert limit.limit == pytest.approx(72 * 0.9)
 
 
