@@ -13,6 +13,7 @@ Two fuzzers, both kept in the repository so a regression shows up in `make test`
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,8 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import delete_app, fake_app_args, run_app
 
 APP = "fuzzed"
+# Bounded for CI; raise for a longer hunt, e.g. SWITCHYARD_FUZZ_SCALE=20 make test-integration
+SCALE = max(1, int(os.environ.get("SWITCHYARD_FUZZ_SCALE", "1")))
 OK_OR_REFUSED = {200, 400, 403, 404, 405, 408, 413, 422, 429, 431}
 
 
@@ -93,7 +96,7 @@ def test_schemathesis(base: str, mode: GenerationMode) -> None:
             continue  # nothing to make invalid in a GET without parameters
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=25 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
         def call(case: Any) -> None:
             case.call_and_validate(base_url=base, timeout=30, checks=CHECKS)
 
@@ -173,7 +176,7 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
 
 
 @given(request=requests())
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300 * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
 def test_property_fuzzer(base: str, request: tuple[str, bytes, dict[str, str]]) -> None:
     path, raw, headers = request
     headers = {"content-type": "application/json", **headers}
