@@ -294,6 +294,12 @@ class Ingress:
             known = any(load.replicas is not None for load in executor.load.values())
             await asyncio.sleep(STATS_PERIOD_S if known else 0.1)  # first sample soon
 
+    def _may_sleep(self, name: str) -> bool:
+        """Whether the pool may be at zero replicas while its count is not known yet."""
+        scaling = self.config.pools[name].autoscaling_config
+        known = self.serving.executor.load[name].replicas is not None
+        return not known and scaling is not None and scaling.min_replicas == 0
+
     async def _poll_pool(self, name: str) -> None:
         load = self.serving.executor.load[name]
         try:
@@ -392,12 +398,21 @@ class Ingress:
     async def health(self) -> JSONResponse:
         """Pool health from what the stats poller last saw: never waits on a pool.
 
-        A pool is healthy when Serve runs a replica of it and its last stats call did
-        not fail (a call that found every slot busy counts as busy, not dead), or when
-        it is scaled to zero on purpose. Stats are at most about a second old
+        A pool is healthy when its last stats call answered, or found every slot busy
+        while Serve runs a replica of it (busy, not dead), or when it is scaled to zero
+        on purpose. Stats are at most about a second old
         (`stats_age_s`).
         """
         executor = self.serving.executor
+        # NOTE: right after start the poller may not have sampled a pool yet: sample it
+        # here once (bounded like every poll), unless that call could wake a pool that
+        # may be scaled to zero.
+        unsampled = [
+            name
+            for name, load in executor.load.items()
+            if load.polled == "pending" and load.replicas != 0 and not self._may_sleep(name)
+        ]
+        await asyncio.gather(*(self._poll_pool(name) for name in unsampled))
         now = time.monotonic()
         status: dict[str, Any] = {}
         for name, load in executor.load.items():
@@ -405,7 +420,7 @@ class Ingress:
             if load.replicas == 0:
                 entry = {"ok": True, "state": "scaled_to_zero"}
             else:
-                ok = load.polled in ("ok", "busy") and load.replicas is not None
+                ok = load.polled == "ok" or (load.polled == "busy" and bool(load.replicas))
                 entry = {"ok": ok, "state": load.polled, **asdict(load.stats)}
                 if load.stats_at is not None:
                     entry["stats_age_s"] = round(now - load.stats_at, 2)
