@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from overload import stream_end  # bench/ is the script's own folder
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 MAX_RETRY_AFTER_S = 5.0
@@ -79,20 +80,7 @@ def error_outcome(r: httpx.Response, body: bytes) -> tuple[str, str | None]:
 
 def stream_outcome(lines: list[str]) -> str:
     """How a 200 event stream ended, from its `data:` lines."""
-    done = error = False
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            done = True
-            continue
-        try:
-            event = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and "error" in event:
-            error = True
+    done, error = stream_end(lines)
     if done:
         return "stream error+[DONE]" if error else "stream [DONE]"
     return "stream error, no [DONE]" if error else "stream CUT (no error, no [DONE])"

@@ -101,6 +101,26 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
+def stream_end(lines: list[str]) -> tuple[bool, bool]:
+    """How an event stream ended: (saw `data: [DONE]`, saw an error event)."""
+    done = errored = False
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            done = True
+            continue
+        try:
+            event = json.loads(data)
+        except ValueError:
+            errored = True
+            continue
+        errored |= isinstance(event, dict) and "error" in event
+    return done, errored
+
+
 def raise_open_files() -> int:
     """Lift the soft limit on open files as far as the hard limit allows."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -133,22 +153,7 @@ class Load:
             self.tally.samples.append(text[:200])
 
     async def read_stream(self, resp: aiohttp.ClientResponse) -> None:
-        done = errored = False
-        async for raw in resp.content:
-            line = raw.decode(errors="replace").strip()
-            if not line.startswith("data:"):
-                continue
-            data = line.removeprefix("data:").strip()
-            if data == "[DONE]":
-                done = True
-                continue
-            try:
-                event = json.loads(data)
-            except ValueError:
-                errored = True
-                continue
-            if isinstance(event, dict) and "error" in event:
-                errored = True
+        done, errored = stream_end([raw.decode(errors="replace") async for raw in resp.content])
         self.tally.streams += 1
         self.tally.streams_without_done += not done
         self.tally.streams_with_error += errored

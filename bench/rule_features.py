@@ -179,7 +179,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    scan = getattr(RulesConfig(), "scan_chars", None)
+    scan = RulesConfig().scan_chars
     print(
         f"routing rules, default RulesConfig (scan_chars={scan}); median of {args.repeats} runs\n"
     )

@@ -396,12 +396,12 @@ class Ingress:
 
     @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:
-        """Pool health from what the stats poller last saw: never waits on a pool.
+        """Pool health from what the stats poller last saw: never queues behind requests.
 
         A pool is healthy when its last stats call answered, or found every slot busy
         while Serve runs a replica of it (busy, not dead), or when it is scaled to zero
-        on purpose. Stats are at most about a second old
-        (`stats_age_s`).
+        on purpose. Stats are at most about a second old (`stats_age_s`); only a pool
+        not sampled yet (just after start) is asked here, bounded like every poll.
         """
         executor = self.serving.executor
         # NOTE: right after start the poller may not have sampled a pool yet: sample it

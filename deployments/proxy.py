@@ -40,7 +40,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.admission import AdaptiveLimit
 from deployments.config import ApiConfig
 from deployments.openai.errors import APIError, error_body
-from deployments.openai.guard import BodyReader, send_error
+from deployments.openai.guard import (
+    BodyReader,
+    header_bytes,
+    headers_too_large,
+    router_overloaded,
+    send_error,
+)
 
 __all__ = [
     "EdgeAdmission",
@@ -102,13 +108,7 @@ class EdgeAdmission:
             return
         limit = self.limit
         if not limit.admit():
-            err = APIError(
-                429,
-                "the router is at capacity; retry shortly",
-                code="router_overloaded",
-                headers={"retry-after": "1"},
-            )
-            await send_error(send, err)
+            await send_error(send, router_overloaded(retry_after_s=1))
             return
         admitted_at = time.monotonic()
 
@@ -137,11 +137,8 @@ class EdgeHeaders:
             if any(k in PRIVILEGED_HEADERS for k, _ in headers):
                 headers = [(k, v) for k, v in headers if k not in PRIVILEGED_HEADERS]
                 scope["headers"] = headers
-            if scope["type"] == "http" and sum(len(k) + len(v) for k, v in headers) > self.limit:
-                err = APIError(
-                    431, f"request headers exceed {self.limit} bytes", code="headers_too_large"
-                )
-                await send_error(send, err, close=True)
+            if scope["type"] == "http" and header_bytes(scope) > self.limit:
+                await send_error(send, headers_too_large(self.limit), close=True)
                 return
         await self.app(scope, receive, send)
 

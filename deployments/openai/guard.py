@@ -32,12 +32,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.config import ApiConfig
 from deployments.openai.errors import APIError, error_body
 
-__all__ = ["BodyReader", "GuardMiddleware", "RequestGuard", "send_error"]
+__all__ = [
+    "BodyReader",
+    "GuardMiddleware",
+    "RequestGuard",
+    "header_bytes",
+    "headers_too_large",
+    "router_overloaded",
+    "send_error",
+]
 
 HEALTH_PATHS = frozenset({"/health"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 METRICS_PATHS = frozenset({"/v1/metrics"})
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+def header_bytes(scope: Scope) -> int:
+    return sum(len(k) + len(v) for k, v in scope.get("headers", ()))
+
+
+def headers_too_large(limit: int) -> APIError:
+    return APIError(431, f"request headers exceed {limit} bytes", code="headers_too_large")
+
+
+def router_overloaded(retry_after_s: int) -> APIError:
+    return APIError(
+        429,
+        "the router is at capacity; retry shortly",
+        code="router_overloaded",
+        headers={"retry-after": str(retry_after_s)},
+    )
 
 
 class BodyReader:
@@ -135,22 +160,12 @@ class RequestGuard:
 
     def check(self, scope: Scope, path: str) -> APIError | None:
         """A refusal that needs no body: headers, hidden paths, admission."""
-        size = sum(len(k) + len(v) for k, v in scope.get("headers", ()))
-        if size > self.config.max_header_bytes:
-            return APIError(
-                431,
-                f"request headers exceed {self.config.max_header_bytes} bytes",
-                code="headers_too_large",
-            )
+        if header_bytes(scope) > self.config.max_header_bytes:
+            return headers_too_large(self.config.max_header_bytes)
         if path in self.hidden:
             return APIError(404, "no such endpoint", code="not_found")
         if path not in HEALTH_PATHS and self.active >= self.config.max_active_requests:
-            return APIError(
-                429,
-                "the router is at capacity; retry shortly",
-                code="router_overloaded",
-                headers={"retry-after": str(self.config.retry_after_s)},
-            )
+            return router_overloaded(self.config.retry_after_s)
         return None
 
     def count(self, status: int) -> None:
