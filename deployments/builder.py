@@ -21,7 +21,7 @@ def build_app(args: dict[str, Any]) -> Application:
     pool_server, ingress = cast(Deployment, PoolServer), cast(Deployment, Ingress)
     pools = {
         name: pool_server.options(name=f"pool-{name}", **pool.serve_options()).bind(
-            name, config.model(pool.model), config.engine, pool.fake
+            name, config.model(pool.model), config.engine, pool.fake, pool.stream_interval_ms
         )
         for name, pool in config.pools.items()
     }

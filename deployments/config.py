@@ -158,6 +158,15 @@ class PoolConfig(DeploymentOptions):
         description="With no replica up (scaled to zero) and no fallback pool, how long a "
         "request waits for the pool to start before a 503.",
     )
+    stream_interval_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=1000,
+        description="After the first token, a streaming answer leaves the replica at most "
+        "once per this interval, carrying every token produced meanwhile (0: every engine "
+        "output separately). Fewer, larger chunks cost less per token between processes; "
+        "the first token and the end of an answer are never held back.",
+    )
     fake: FakeEngineOptions = Field(
         default_factory=FakeEngineOptions,
         description="Behaviour of the fake engine (used only when `engine: fake`).",

@@ -23,6 +23,7 @@ from models.engines.base import (
     GenerationResult,
     collect,
 )
+from models.engines.coalesce import coalesce
 from models.engines.fake import FakeEngineOptions
 
 logger = logging.getLogger(__name__)
@@ -34,10 +35,16 @@ HINT_TTL_S = 15.0
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
 class PoolServer:
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, pool: str, spec: ModelSpec, engine: str, fake: FakeEngineOptions | None = None
+        self,
+        pool: str,
+        spec: ModelSpec,
+        engine: str,
+        fake: FakeEngineOptions | None = None,
+        stream_interval_ms: float = 0.0,
     ) -> None:
         self.pool = pool
         self.spec = spec
+        self.stream_interval_s = stream_interval_ms / 1000
         self.engine = create_engine(engine, spec, pool=pool, fake=fake)
         self._hints: dict[str, tuple[float, float]] = {}  # ingress id -> (requests, when)
         await self.engine.start()
@@ -47,7 +54,8 @@ class PoolServer:
         return await collect(self.engine.generate(request))
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        async for chunk in self.engine.generate(request):
+        """Token chunks, coalesced (models/engines/coalesce.py): fewer items cross Ray."""
+        async for chunk in coalesce(self.engine.generate(request), self.stream_interval_s):
             yield chunk
 
     async def abort(self, request_id: str) -> None:

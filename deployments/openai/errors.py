@@ -90,6 +90,11 @@ def _validation_api_error(errors: list[Any]) -> APIError:
         return APIError(400, "request body is missing: send a JSON object", code="invalid_json")
     if not loc and first.get("type") == "model_attributes_type":
         return APIError(400, "request body must be a JSON object", code="invalid_json")
+    if first.get("type") == "extra_forbidden":
+        msg = (
+            "unsupported parameter: Switchyard does not implement it, so it is refused, not ignored"
+        )
+        return APIError(400, f"{param}: {msg}", param=param, code="unsupported_parameter")
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

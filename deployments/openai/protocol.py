@@ -1,8 +1,10 @@
 """OpenAI wire models: what clients send and what Switchyard answers.
 
-Requests are lenient the way OpenAI's own server is: unknown fields are accepted and
-logged, so a newer client never breaks; fields we know but cannot honour (tools, n > 1,
-images) are refused with a 400 naming the field. Limits that depend on the model (like
+Every field a client sends is honoured or refused with a 400 naming it, never dropped:
+an unknown field is refused too (`unsupported_parameter`), since a parameter that is
+silently ignored (say `ignore_eos` in a benchmark) gives the client a wrong answer
+without telling it. Fields we know but cannot honour (tools, n > 1, echo) are refused
+the same way. Limits that depend on the model (like
 `max_tokens` against its context) are checked later, once the pool is known.
 """
 
@@ -21,6 +23,8 @@ MAX_TOKENS_BOUND = 1_048_576
 NAME_CHARS = 256
 MAX_STOP = 4
 STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_TOP_LOGPROBS = 20  # OpenAI's chat limit; vLLM's default limit too
 
 
 def new_id(prefix: str) -> str:
@@ -28,7 +32,7 @@ def new_id(prefix: str) -> str:
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
 
 class TextPart(WireModel):
@@ -83,10 +87,28 @@ class SamplingFields(WireModel):
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=NAME_CHARS)
     switchyard: SwitchyardOptions | None = None
+    # vLLM's sampling extensions (what `vllm bench serve` and vLLM users send).
+    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_BOUND)
+    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def requested_logprobs(self) -> int | None:
+        """Top alternatives per token the client wants back (None: no logprobs)."""
+        return None
+
+    @field_validator("stop_token_ids")
+    @classmethod
+    def _token_ids(cls, ids: list[int] | None) -> list[int] | None:
+        if ids and any(not 0 <= i < 2**31 for i in ids):
+            raise ValueError("token ids must be between 0 and 2**31 - 1")
+        return ids
 
     @field_validator("n")
     @classmethod
@@ -116,6 +138,7 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
     tools: list[Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("tools")
     @classmethod
@@ -124,20 +147,30 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("tools are not supported")
         return tools
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, logprobs: bool | None) -> bool | None:
-        if logprobs:
-            raise ValueError("logprobs are not supported yet")
-        return logprobs
+    def _top_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs: true")
+        return top
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def requested_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class RouteRequest(SamplingFields):
-    """`POST /v1/route`: a chat or completion body; only what routing reads matters."""
+    """`POST /v1/route`: a chat or completion body; only what routing reads matters.
+
+    A dry run takes either endpoint's body as is, so fields it does not read are ignored
+    here (the real request refuses what it cannot honour).
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     messages: list[ChatMessageIn] | None = None
     prompt: str | list[str] | None = Field(default=None, validate_default=True)
@@ -160,7 +193,7 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[str]
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_BOUND)
 
     @field_validator("prompt")
@@ -170,12 +203,16 @@ class CompletionRequest(SamplingFields):
             raise ValueError("prompt must be one string (batched prompts are not supported)")
         return prompt
 
-    @field_validator("echo", "suffix", "logprobs")
+    @field_validator("echo", "suffix")
     @classmethod
     def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
         if value:
             raise ValueError(f"{info.field_name} is not supported")
         return value
+
+    @property
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs
 
     @property
     def prompt_text(self) -> str:
@@ -232,11 +269,37 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat `logprobs`: one entry per generated token."""
+
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's (legacy) completions `logprobs`."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessageOut
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -258,7 +321,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -275,7 +338,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -33,8 +33,11 @@ from deployments.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
+    ChatLogprobs,
     ChatMessageOut,
+    ChatTokenLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
@@ -42,6 +45,7 @@ from deployments.openai.protocol import (
     RouteInfo,
     RoutePlanResponse,
     SamplingFields,
+    TopLogprob,
     Usage,
     new_id,
 )
@@ -51,6 +55,7 @@ from models.engines.base import (
     GenerationChunk,
     GenerationRequest,
     SamplingOptions,
+    TokenLogprob,
 )
 from routing.learned import LearnedRouter
 from routing.planner import Plan, PoolView, Wishes, plan
@@ -218,6 +223,11 @@ class OpenAIServing:
                     f"{s.id!r}",
                     param="max_tokens",
                 )
+        if body.min_tokens > max_tokens:
+            raise APIError(
+                400, f"min_tokens={body.min_tokens} exceeds max_tokens={max_tokens}",
+                param="min_tokens",
+            )  # fmt: skip
         return spec, SamplingOptions(
             max_tokens=max_tokens,
             temperature=body.temperature if body.temperature is not None else spec.temperature,
@@ -226,6 +236,14 @@ class OpenAIServing:
             seed=body.seed,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            top_k=body.top_k if body.top_k not in (None, -1, 0) else None,
+            min_tokens=body.min_tokens,
+            repetition_penalty=body.repetition_penalty,
+            ignore_eos=body.ignore_eos,
+            stop_token_ids=tuple(body.stop_token_ids or ()),
+            logprobs=body.requested_logprobs,
+            # Cascade and speculative judge the cheap answer by its tokens' logprobs.
+            confidence=decided.strategy != "route",
         )
 
     # --- endpoints ----------------------------------------------------------------
@@ -298,13 +316,7 @@ class OpenAIServing:
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
         result = outcome.result
         if body.stream:
-            chunk = GenerationChunk(
-                result.text,
-                list(range(result.completion_tokens)),
-                result.logprobs,
-                result.finish_reason,
-                result.prompt_tokens,
-            )
+            chunk = result.as_chunk()
             ttft = time.monotonic() - started
             done = partial(self._finished, decided.strategy, outcome.pool, started, ttft, outcome)
             lines = _sse_lines(chunk, _empty(), shaper(request, route), include_usage, done)
@@ -436,6 +448,42 @@ async def _sse_lines(
     yield SSE_DONE
 
 
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    if tokens is None:
+        return None
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=tok, logprob=lp, bytes=list(tok.encode())) for tok, lp in t.top
+                ],
+            )
+            for t in tokens
+        ]
+    )
+
+
+def _completion_logprobs(
+    tokens: list[TokenLogprob] | None, offset: int = 0
+) -> CompletionLogprobs | None:
+    """`offset`: characters of the answer before these tokens (a stream's earlier chunks)."""
+    if tokens is None:
+        return None
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t.token)
+    return CompletionLogprobs(
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[dict(t.top) for t in tokens],
+        text_offset=offsets,
+    )
+
+
 def _chat_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
     result = outcome.result
     return ChatCompletionResponse(
@@ -443,7 +491,9 @@ def _chat_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -
         model=route.model,
         choices=[
             ChatChoice(
-                message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+                message=ChatMessageOut(content=result.text),
+                finish_reason=result.finish_reason,
+                logprobs=_chat_logprobs(result.tokens),
             )
         ],
         usage=usage(result.prompt_tokens, result.completion_tokens),
@@ -456,7 +506,13 @@ def _completion_body(request: GenerationRequest, route: RouteInfo, outcome: Outc
     return CompletionResponse(
         id=request.request_id,
         model=route.model,
-        choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+        choices=[
+            CompletionChoice(
+                text=result.text,
+                finish_reason=result.finish_reason,
+                logprobs=_completion_logprobs(result.tokens),
+            )
+        ],
         usage=usage(result.prompt_tokens, result.completion_tokens),
         switchyard=route,
     )
@@ -474,7 +530,9 @@ def _chat_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
             delta = ChatDelta(role="assistant", content="")
             return make(choices=[ChatChunkChoice(delta=delta)], switchyard=route)
         choice = ChatChunkChoice(
-            delta=ChatDelta(content=chunk.text), finish_reason=chunk.finish_reason
+            delta=ChatDelta(content=chunk.text),
+            finish_reason=chunk.finish_reason,
+            logprobs=_chat_logprobs(chunk.tokens),
         )
         return make(choices=[choice])
 
@@ -485,13 +543,19 @@ def _completion_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkSha
     make = partial(
         CompletionResponse, id=request.request_id, created=int(time.time()), model=route.model
     )
+    sent = 0  # characters streamed so far: where the next chunk's text_offset starts
 
     def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
+        nonlocal sent
         if final_usage is not None:
             return make(choices=[], usage=final_usage)
         if chunk is None:
             return make(choices=[CompletionChoice(text="", finish_reason=None)], switchyard=route)
-        choice = CompletionChoice(text=chunk.text, finish_reason=chunk.finish_reason)
+        logprobs = _completion_logprobs(chunk.tokens, sent)
+        sent += len(chunk.text)
+        choice = CompletionChoice(
+            text=chunk.text, finish_reason=chunk.finish_reason, logprobs=logprobs
+        )
         return make(choices=[choice])
 
     return shape

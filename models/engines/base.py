@@ -68,7 +68,13 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """The sampling knobs Switchyard passes through to every engine."""
+    """The sampling knobs Switchyard passes through to every engine.
+
+    Logprobs cost engine time (about a tenth of the throughput of a small model), so
+    they are computed only when someone reads them: `logprobs` is what the client asked
+    for (None: nothing; k: the chosen token and the k most likely), `confidence` says a
+    strategy (cascade, speculative) scores the answer by its tokens' logprobs.
+    """
 
     max_tokens: int
     temperature: float = 1.0
@@ -77,6 +83,20 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int | None = None  # None: no top-k filtering
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None
+    confidence: bool = False
+
+    @property
+    def engine_logprobs(self) -> int | None:
+        """How many top logprobs the engine computes per token (None: none at all)."""
+        if self.logprobs is not None:
+            return self.logprobs
+        return 0 if self.confidence else None
 
 
 @dataclass(frozen=True)
@@ -89,15 +109,49 @@ class GenerationRequest:
     prompt: str | None = None
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as the client asked to see it: text, logprob, alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 @dataclass
 class GenerationChunk:
-    """New output since the previous chunk of the same request."""
+    """New output since the previous chunk of the same request.
+
+    `logprobs` holds the chosen tokens' logprobs whenever the engine computed them;
+    `tokens` is filled only when the client asked for logprobs (`SamplingOptions.logprobs`).
+    """
 
     text: str
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
+    tokens: list[TokenLogprob] | None = None
+
+    def extend(self, other: GenerationChunk) -> None:
+        """Append a later chunk of the same request (coalescing keeps order and totals)."""
+        self.text += other.text
+        self.token_ids.extend(other.token_ids)
+        self.logprobs.extend(other.logprobs)
+        self.tokens = _joined(self.tokens, other.tokens)
+        self.finish_reason = other.finish_reason or self.finish_reason
+        self.prompt_tokens = other.prompt_tokens or self.prompt_tokens
+
+
+def _joined(
+    have: list[TokenLogprob] | None, more: list[TokenLogprob] | None
+) -> list[TokenLogprob] | None:
+    if more is None:
+        return have
+    if have is None:
+        return list(more)
+    have.extend(more)
+    return have
 
 
 @dataclass
@@ -109,6 +163,26 @@ class GenerationResult:
     completion_tokens: int
     logprobs: list[float] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    tokens: list[TokenLogprob] | None = None
+
+    def add(self, chunk: GenerationChunk) -> None:
+        self.text += chunk.text
+        self.completion_tokens += len(chunk.token_ids)
+        self.logprobs.extend(chunk.logprobs)
+        self.tokens = _joined(self.tokens, chunk.tokens)
+        self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+
+    def as_chunk(self) -> GenerationChunk:
+        """The whole answer as one chunk (a held-back stream releases it at once)."""
+        return GenerationChunk(
+            self.text,
+            list(range(self.completion_tokens)),
+            list(self.logprobs),
+            self.finish_reason,
+            self.prompt_tokens,
+            self.tokens,
+        )
 
     @property
     def mean_logprob(self) -> float | None:
@@ -167,14 +241,7 @@ def check_context_length(prompt_tokens: int, max_tokens: int, max_model_len: int
 
 async def collect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
     """Drain a chunk stream into one result."""
-    parts: list[str] = []
     result = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
     async for chunk in chunks:
-        parts.append(chunk.text)
-        result.completion_tokens += len(chunk.token_ids)
-        result.logprobs.extend(chunk.logprobs)
-        result.prompt_tokens = chunk.prompt_tokens or result.prompt_tokens
-        if chunk.finish_reason is not None:
-            result.finish_reason = chunk.finish_reason
-    result.text = "".join(parts)
+        result.add(chunk)
     return result

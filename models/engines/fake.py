@@ -22,6 +22,7 @@ from models.engines.base import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,
+    TokenLogprob,
     check_context_length,
 )
 
@@ -70,10 +71,15 @@ class FakeEngine(Engine):
         opts = self.options
         if opts.fail_requests:
             raise EngineError("fake engine failure")
+        sampling = request.sampling
         prompt_tokens = len(self.render(request).split())
-        limit = request.sampling.max_tokens
+        limit = sampling.max_tokens
         check_context_length(prompt_tokens, limit, self.max_model_len)
         words = self.reply.split() or [""]
+        # The reply ends where a model would emit EOS; like vLLM, `ignore_eos` and
+        # `min_tokens` keep going (here: the reply again).
+        wanted = limit + 1 if sampling.ignore_eos else max(len(words), sampling.min_tokens)
+        words = [words[i % len(words)] for i in range(min(wanted, limit + 1))]
         self._running.add(request.request_id)
         finished = False
         try:
@@ -92,12 +98,16 @@ class FakeEngine(Engine):
                 if last:
                     finish = "stop" if len(words) <= limit else "length"
                     finished = True
+                text = word if i == 0 else " " + word
+                logprob = opts.logprobs[i % len(opts.logprobs)]
+                shown = sampling.logprobs
                 yield GenerationChunk(
-                    text=word if i == 0 else " " + word,
+                    text=text,
                     token_ids=[i],
-                    logprobs=[opts.logprobs[i % len(opts.logprobs)]],
+                    logprobs=[logprob] if sampling.engine_logprobs is not None else [],
                     finish_reason=finish,
                     prompt_tokens=prompt_tokens,
+                    tokens=None if shown is None else [_token(text, logprob, shown)],
                 )
         finally:
             self._running.discard(request.request_id)
@@ -115,3 +125,9 @@ class FakeEngine(Engine):
 
     async def check_health(self) -> None:
         return None
+
+
+def _token(text: str, logprob: float, top: int) -> TokenLogprob:
+    """The chosen word first, then made-up, less likely alternatives."""
+    alternatives = [(text, logprob)] + [(f"{text}~{k}", logprob - k) for k in range(1, top)]
+    return TokenLogprob(text, logprob, tuple(alternatives[:top]))

@@ -24,6 +24,7 @@ from models.engines.base import (
     GenerationChunk,
     GenerationRequest,
     PromptError,
+    TokenLogprob,
     check_context_length,
 )
 
@@ -97,11 +98,17 @@ class VLLMEngine(Engine):
             max_tokens=s.max_tokens,
             temperature=s.temperature,
             top_p=s.top_p,
+            top_k=s.top_k if s.top_k is not None else 0,
+            min_tokens=s.min_tokens,
+            repetition_penalty=s.repetition_penalty,
+            ignore_eos=s.ignore_eos,
             stop=list(s.stop) or None,
+            stop_token_ids=list(s.stop_token_ids) or None,
             seed=s.seed,
             presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty,
-            logprobs=0,
+            # NOTE: None, not 0, when nobody reads them: computing logprobs costs ~10% here.
+            logprobs=s.engine_logprobs,
             output_kind=RequestOutputKind.DELTA,
         )
 
@@ -113,6 +120,7 @@ class VLLMEngine(Engine):
         from vllm.inputs import TokensPrompt
 
         rid = request.request_id
+        shown = request.sampling.logprobs  # top alternatives the client asked to see
         finished = False
         self._waiting.add(rid)
         try:
@@ -123,17 +131,15 @@ class VLLMEngine(Engine):
                 self._waiting.discard(rid)
                 self._running.add(rid)
                 out = output.outputs[0]
-                logprobs = [
-                    entry[token].logprob
-                    for token, entry in zip(out.token_ids, out.logprobs or [], strict=False)
-                ]
+                entries = list(zip(out.token_ids, out.logprobs or [], strict=False))
                 finished = output.finished
                 yield GenerationChunk(
                     text=out.text,
                     token_ids=list(out.token_ids),
-                    logprobs=logprobs,
+                    logprobs=[entry[token].logprob for token, entry in entries],
                     finish_reason=_finish_reason(out.finish_reason) if finished else None,
                     prompt_tokens=len(ids),
+                    tokens=None if shown is None else [_token(t, e, shown) for t, e in entries],
                 )
         except (PromptError, EngineError):
             raise
@@ -175,6 +181,20 @@ class VLLMEngine(Engine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _token(token: int, entry: Any, top: int) -> TokenLogprob:
+    """vLLM's logprobs of one position (chosen token plus the `top` most likely)."""
+    chosen = entry[token]
+    ranked = sorted(
+        (lp for lp in entry.values() if lp.rank is not None and lp.rank <= top),
+        key=lambda lp: lp.rank,
+    )
+    return TokenLogprob(
+        token=chosen.decoded_token or "",
+        logprob=chosen.logprob,
+        top=tuple((lp.decoded_token or "", lp.logprob) for lp in ranked),
+    )
 
 
 def _finish_reason(reason: str | None) -> Any:

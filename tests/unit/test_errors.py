@@ -116,7 +116,7 @@ def test_messages_never_echo_unbounded_client_input() -> None:
 
 
 def test_validation_messages_name_the_field_not_pydantic() -> None:
-    cases = {"n": 5, "tools": [{"type": "function"}], "stop": ["a"] * 5, "logprobs": True}
+    cases = {"n": 5, "tools": [{"type": "function"}], "stop": ["a"] * 5, "top_logprobs": 2}
     for field, value in cases.items():
         with pytest.raises(Exception) as err:
             ChatCompletionRequest.model_validate(
@@ -125,3 +125,15 @@ def test_validation_messages_name_the_field_not_pydantic() -> None:
         status, error = body(err.value)
         assert (status, error["param"]) == (400, field)
         assert not str(error["message"]).split(": ", 1)[1].startswith("Value error")
+
+
+def test_unknown_parameters_are_refused_by_name_not_dropped() -> None:
+    for extra in ({"best_of": 2}, {"logit_bias": {"1": 5}}):
+        with pytest.raises(Exception) as err:
+            ChatCompletionRequest.model_validate(
+                {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **extra}
+            )
+        status, error = body(err.value)
+        (name,) = extra
+        assert (status, error["param"], error["code"]) == (400, name, "unsupported_parameter")
+        assert "refused, not ignored" in str(error["message"])

@@ -8,9 +8,40 @@ from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
 MSG = [{"role": "user", "content": "hi"}]
 
 
-def test_unknown_fields_are_accepted() -> None:
-    req = ChatCompletionRequest.model_validate({"model": "auto", "messages": MSG, "foo": 1})
-    assert req.model_extra == {"foo": 1}
+def test_unknown_fields_are_refused_everywhere() -> None:
+    for body in (
+        {"model": "auto", "messages": MSG, "foo": 1},
+        {"model": "auto", "messages": [{"role": "user", "content": "hi", "foo": 1}]},
+        {"model": "auto", "messages": MSG, "stream_options": {"include_obfuscation": True}},
+    ):
+        with pytest.raises(ValidationError) as err:
+            ChatCompletionRequest.model_validate(body)
+        assert err.value.errors()[0]["type"] == "extra_forbidden"
+
+
+def test_vllm_sampling_extensions_are_read() -> None:
+    req = CompletionRequest.model_validate(
+        {"model": "small", "prompt": "x", "ignore_eos": True, "min_tokens": 3, "top_k": 5,
+         "repetition_penalty": 1.1, "stop_token_ids": [2], "logprobs": 2}
+    )  # fmt: skip
+    assert (req.ignore_eos, req.min_tokens, req.top_k) == (True, 3, 5)
+    assert (req.repetition_penalty, req.stop_token_ids, req.requested_logprobs) == (1.1, [2], 2)
+
+
+def test_chat_logprobs_and_top_logprobs() -> None:
+    plain = ChatCompletionRequest.model_validate({"model": "auto", "messages": MSG})
+    assert plain.requested_logprobs is None
+    chosen = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": MSG, "logprobs": True}
+    )
+    assert chosen.requested_logprobs == 0
+    top = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": MSG, "logprobs": True, "top_logprobs": 3}
+    )
+    assert top.requested_logprobs == 3
+    for bad in ({"top_logprobs": 3}, {"logprobs": True, "top_logprobs": 21}):
+        with pytest.raises(ValidationError):
+            ChatCompletionRequest.model_validate({"model": "auto", "messages": MSG, **bad})
 
 
 def test_content_parts_are_flattened() -> None:

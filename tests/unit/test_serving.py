@@ -21,6 +21,7 @@ from models.engines.base import (
     GenerationResult,
     collect,
 )
+from routing.planner import Wishes
 from tests.conftest import fake_app_args
 
 
@@ -81,7 +82,9 @@ async def test_chat_answer_usage_and_route() -> None:
     # "user: What is the capital of France?" is 7 words in the fake's rendering
     assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
     assert body["switchyard"]["reason"] == "default"
-    assert body["switchyard"]["mean_logprob"] == pytest.approx(-0.1)
+    # `route` never reads logprobs, so the engine was not asked for them.
+    assert body["switchyard"]["mean_logprob"] is None
+    assert body["choices"][0]["logprobs"] is None
     assert routed.headers()["x-switchyard-pool"] == "small"
     assert routed.headers()["x-switchyard-model"] == "tiny-chat"
     assert pools.calls[0][1].sampling.max_tokens == 64  # model default: min(256, cap)
@@ -219,3 +222,63 @@ def test_models_lists_auto_pools_and_served_models() -> None:
     svc, _ = serving()
     ids = [card.id for card in svc.models().data]
     assert ids == ["auto", "small", "large", "code", "tiny-chat", "big-chat", "coder"]
+
+
+async def test_logprobs_in_openai_shape_only_when_asked() -> None:
+    svc, pools = serving()
+    routed = await svc.chat(chat(model="small", logprobs=True, top_logprobs=2))
+    choice = routed.body.model_dump()["choices"][0]  # type: ignore[union-attr]
+    content = choice["logprobs"]["content"]
+    assert [t["token"] for t in content] == ["small", " answer", " from", " tiny-chat"]
+    assert content[0]["logprob"] == pytest.approx(-0.1)
+    assert content[0]["bytes"] == list(b"small")
+    assert [t["token"] for t in content[0]["top_logprobs"]] == ["small", "small~1"]
+    assert pools.calls[-1][1].sampling.logprobs == 2
+
+    routed = await svc.completion(CompletionRequest(model="small", prompt="hi", logprobs=1))
+    lp = routed.body.model_dump()["choices"][0]["logprobs"]  # type: ignore[union-attr]
+    assert lp["tokens"] == ["small", " answer", " from", " tiny-chat"]
+    assert lp["text_offset"] == [0, 5, 12, 17]
+    assert lp["top_logprobs"][1] == {" answer": pytest.approx(-0.1)}
+
+
+async def test_streamed_completion_logprobs_keep_offsets_across_chunks() -> None:
+    svc, _ = serving()
+    routed = await svc.completion(
+        CompletionRequest(model="small", prompt="hi", logprobs=0, stream=True)
+    )
+    chunks = [e for e in await events(routed) if e["choices"] and e["choices"][0]["text"]]
+    offsets = [o for e in chunks for o in e["choices"][0]["logprobs"]["text_offset"]]
+    assert offsets == [0, 5, 12, 17]
+
+
+async def test_cascade_asks_the_engine_for_logprobs_route_does_not() -> None:
+    svc, pools = serving()
+    await svc.chat(chat(model="small"))
+    assert pools.calls[-1][1].sampling.engine_logprobs is None
+    routed = await svc.chat(chat(), Wishes(strategy="cascade"))
+    assert routed.route.strategy == "cascade"
+    assert all(req.sampling.engine_logprobs == 0 for _, req in pools.calls[1:])
+    assert routed.body.model_dump()["switchyard"]["mean_logprob"] is not None  # type: ignore[union-attr]
+
+
+async def test_vllm_sampling_extensions_reach_the_engine() -> None:
+    svc, pools = serving()
+    routed = await svc.completion(
+        CompletionRequest(
+            model="small", prompt="hi", max_tokens=10, ignore_eos=True, min_tokens=2,
+            top_k=-1, repetition_penalty=1.2, stop_token_ids=[7],
+        )
+    )  # fmt: skip
+    sampling = pools.calls[-1][1].sampling
+    assert (sampling.ignore_eos, sampling.min_tokens, sampling.top_k) == (True, 2, None)
+    assert (sampling.repetition_penalty, sampling.stop_token_ids) == (1.2, (7,))
+    # the fake engine, like vLLM, keeps generating past its end of answer
+    assert routed.body.model_dump()["usage"]["completion_tokens"] == 10  # type: ignore[union-attr]
+
+
+async def test_min_tokens_above_max_tokens_is_refused() -> None:
+    svc, _ = serving()
+    with pytest.raises(APIError) as err:
+        await svc.chat(chat(model="small", max_tokens=4, min_tokens=5))
+    assert (err.value.status, err.value.param) == (400, "min_tokens")
