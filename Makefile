@@ -9,7 +9,7 @@ CONFIG ?= serve_config.yaml
 STAMP := $(VENV)/.switchyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install models serve test test-unit test-integration test-e2e check clean
+.PHONY: install models serve test test-unit test-integration test-e2e check clean bench-vllm
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ test-integration: install
 
 test-e2e: models
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Switchyard against vLLM's own OpenAI server, same weights and engine settings, driven
+# by `vllm bench serve`: one table with ratios, JSON under reports/bench-vllm/. Takes
+# about 25 minutes here; BENCH_ARGS="--targets vllm pinned --concurrency 8" for less.
+BENCH_ARGS ?=
+bench-vllm: models
+	$(PY) bench/vllm_peer.py $(BENCH_ARGS)
 
 check: install
 	$(VENV)/bin/ruff check models routing deployments tests bench cluster

@@ -60,7 +60,10 @@ ENDPOINTS = {
     "chat": ("openai-chat", "/v1/chat/completions"),
     "completions": ("openai", "/v1/completions"),
 }
-KEYS = ("output_throughput", "median_tpot_ms", "median_ttft_ms", "median_itl_ms", "completed")
+KEYS = (
+    "output_throughput", "median_tpot_ms", "median_ttft_ms", "median_itl_ms", "completed",
+    "failed",
+)  # fmt: skip
 
 
 def _app_args(config_path: Path) -> dict[str, Any]:
@@ -269,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                     }
                     rows.append(row)
                     print(
-                        f"  {label:9} {model:6} {endpoint:11} c={c:<3} {r['output_throughput']:7.1f} tok/s  "
-                        f"TPOT {r['median_tpot_ms']:6.1f} ms  TTFT {r['median_ttft_ms']:7.1f} ms  "
-                        f"tokens {r['total_output_tokens']}",
+                        f"  {label:9} {model:6} {endpoint:11} c={c:<3} "
+                        f"{r['output_throughput']:7.1f} tok/s  TPOT {r['median_tpot_ms']:6.1f} ms  "
+                        f"TTFT {r['median_ttft_ms']:7.1f} ms  tokens {r['total_output_tokens']}"
+                        f" failed {r['failed']}",
                         flush=True,
                     )
 
@@ -279,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     for target in args.targets:
         if target == "vllm":
             flags = _vllm_flags(engine_args(spec, str(weights)) | {"served_model_name": args.pool})
-            argv_ = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights),
-                     "--host", "127.0.0.1", "--port", str(VLLM_PORT), *flags]  # fmt: skip
+            argv_ = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                     "--model", str(weights), "--host", "127.0.0.1", "--port", str(VLLM_PORT),
+                     *flags]  # fmt: skip
             server = Server("vllm", argv_, env_vars, f"http://127.0.0.1:{VLLM_PORT}/health")
             port, models = VLLM_PORT, [args.pool]
         else:
@@ -292,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             path = REPORTS / f"serve_{target}.yaml"
             path.write_text(yaml.safe_dump(raw, sort_keys=False))
             argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
-            server = Server(target, argv_, serve_env, f"http://127.0.0.1:{SWITCHYARD_PORT}/health")
+            ready = f"http://127.0.0.1:{SWITCHYARD_PORT}/health"
+            server = Server(target, argv_, serve_env, ready)
             port = SWITCHYARD_PORT
             models = [args.pool] + ([] if target == "pinned" or args.no_auto else ["auto"])
         print(f"starting {target} ...", flush=True)
@@ -313,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = REPORTS / f"peer-{stamp}.json"
-    out.write_text(json.dumps({"settings": vars(args) | {"config": str(args.config.name)},
-                               "servers": servers, "rows": rows}, indent=2, default=str))  # fmt: skip
+    settings = vars(args) | {"config": str(args.config.name)}
+    report = {"settings": settings, "servers": servers, "rows": rows}
+    out.write_text(json.dumps(report, indent=2, default=str))
     (REPORTS / f"peer-{stamp}.md").write_text(table + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")
     return 0
@@ -323,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 def _table(rows: list[dict[str, Any]], pool: str) -> str:
     base = {(r["endpoint"], r["concurrency"]): r for r in rows if r["target"] == "vllm"}
     lines = [
-        "| target | model | endpoint | conc. | output tok/s | vs vLLM | median TPOT ms | vs vLLM | median TTFT ms | Δ vs vLLM |",
+        "| target | model | endpoint | conc. | output tok/s | vs vLLM | median TPOT ms "
+        "| vs vLLM | median TTFT ms | Δ vs vLLM |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -115,6 +115,12 @@ class DeploymentOptions(Strict):
         description="Environment of the replica and the engine processes it starts "
         "(e.g. vLLM's CPU thread binding).",
     )
+    access_log: bool = Field(
+        default=True,
+        description="Serve's one log line per call to this deployment. Pools default to "
+        "off: the ingress already logs every request, and a pool's calls include the "
+        "stats poll every second.",
+    )
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options`."""
@@ -125,6 +131,7 @@ class DeploymentOptions(Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "ray_actor_options": actor,
+            "logging_config": {"enable_access_log": self.access_log},
         }
         if self.autoscaling_config is not None:
             opts["autoscaling_config"] = self.autoscaling_config.serve_config()
@@ -140,6 +147,9 @@ class PoolConfig(DeploymentOptions):
     """One pool: a catalog model served by a set of identical replicas."""
 
     model: str = Field(description="Catalog id of the model this pool serves.")
+    access_log: bool = Field(
+        default=False, description="Serve's log line per call (stats polls included)."
+    )
     quality: float = Field(
         default=0.5,
         ge=0,

@@ -25,8 +25,8 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import AppConfig
-from deployments.metrics import RequestMetrics
-from deployments.openai.errors import APIError, create_error_response
+from deployments.metrics import Finished, RequestMetrics, outcome_of
+from deployments.openai.errors import APIError, create_error_response, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
     ChatCompletionRequest,
@@ -46,7 +46,7 @@ from deployments.openai.schema import (
     openapi_with_errors,
     responses,
 )
-from deployments.openai.serving import OpenAIServing, Routed
+from deployments.openai.serving import OpenAIServing, Routed, is_counted
 from models.engines.base import (
     EngineError,
     EngineStats,
@@ -69,8 +69,20 @@ api.add_middleware(GuardMiddleware)
 api.openapi = lambda: openapi_with_errors(api)  # type: ignore[method-assign]
 
 
-async def _on_error(_: Request, exc: Exception) -> Response:
-    return create_error_response(exc)
+GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    """Map every error to the OpenAI shape; count refused generation requests.
+
+    Requests refused before `OpenAIServing` saw them (a body that fails validation, a
+    bad header) are counted here, so `/v1/metrics` sees every request it answered.
+    """
+    err = to_api_error(exc)
+    metrics: RequestMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None and request.url.path in GENERATION_PATHS and not is_counted(exc):
+        metrics.finished(Finished("none", outcome_of(err), 0.0))
+    return create_error_response(err)
 
 
 # NOTE: expected errors get their own handlers; Starlette re-raises (and logs a traceback
@@ -258,6 +270,7 @@ class Ingress:
         api.state.guard = self.guard
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
+        api.state.metrics = self.metrics
         self.serving = OpenAIServing(config, client, semantic, learned, self.metrics)
         context = serve.get_replica_context()
         self._app, self._me = context.app_name, context.replica_tag

@@ -68,6 +68,18 @@ NO_WISHES = Wishes()
 __all__ = ["SSE_DONE", "OpenAIServing", "PoolClient", "Routed", "sse_event"]
 
 
+COUNTED = "_switchyard_counted"
+
+
+def mark_counted(exc: BaseException) -> None:
+    """The request's metrics already hold this failure (the ingress counts the others)."""
+    setattr(exc, COUNTED, True)
+
+
+def is_counted(exc: BaseException) -> bool:
+    return bool(getattr(exc, COUNTED, False))
+
+
 def sse_event(payload: BaseModel) -> str:
     return f"data: {payload.model_dump_json()}\n\n"
 
@@ -265,6 +277,7 @@ class OpenAIServing:
         except Exception as exc:
             strategy = wishes.strategy or self.config.routing.default_strategy
             self.metrics.finished(Finished(strategy, outcome_of(exc), time.monotonic() - started))
+            mark_counted(exc)
             raise
 
     async def _chat(self, body: ChatCompletionRequest, wishes: Wishes) -> Routed:

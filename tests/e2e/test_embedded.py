@@ -154,3 +154,29 @@ def test_speculative_aborts_the_loser(api: openai.OpenAI, serve_port: int) -> No
         time.sleep(0.2)
     assert after[loser] == before[loser] + 1
     assert info["discarded_engine_s"] > 0
+
+
+def test_vllm_parameters_on_the_real_engine(api: openai.OpenAI) -> None:
+    """ignore_eos, min_tokens, top_k, repetition_penalty, stop_token_ids, logprobs."""
+    raw = chat(
+        api, "small", "Say OK.", max_tokens=24, logprobs=True, top_logprobs=3,
+        extra_body={"ignore_eos": True, "min_tokens": 24, "top_k": 5, "repetition_penalty": 1.1},
+    )  # fmt: skip
+    resp = raw.parse()
+    assert resp.usage.completion_tokens == 24  # a short answer, kept going past EOS
+    assert resp.choices[0].finish_reason == "length"
+    content = resp.choices[0].logprobs.content
+    assert len(content) == 24
+    assert "".join(t.token for t in content) == resp.choices[0].message.content
+    for t in content:
+        assert t.logprob <= 0 and 1 <= len(t.top_logprobs) <= 3
+        assert t.top_logprobs[0].logprob >= t.logprob - 1e-4  # top-1 is at least as likely
+    # stop_token_ids: stop on the very token the model produced first
+    first = api.completions.create(model="small", prompt="1, 2, 3,", max_tokens=4, temperature=0)
+    again = api.completions.create(
+        model="small", prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=1
+    )
+    assert again.choices[0].text == first.choices[0].text
+    lp = again.choices[0].logprobs
+    assert lp is not None and lp.text_offset is not None and lp.text_offset[0] == 0
+    assert "".join(lp.tokens or []) == again.choices[0].text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,9 @@ def api(serve_port: int) -> Iterator[openai.OpenAI]:
         "fake": {"reply": long_reply, "token_latency_s": 0.05},
     }
     args["pools"]["stuck"] = {"model": "big-chat", "fake": {"first_token_latency_s": 60}}
+    words = {"reply": " ".join(f"w{i}" for i in range(60)), "token_latency_s": 0.005}
+    args["pools"]["plain"] = {"model": "big-chat", "fake": words, "stream_interval_ms": 0}
+    args["pools"]["merged"] = {"model": "big-chat", "fake": words, "stream_interval_ms": 100}
     args["request_timeout_s"] = 3
     run_app(args, APP)
     yield client(serve_port, APP)
@@ -229,3 +233,76 @@ def test_slow_pool_times_out_with_504_and_is_aborted(serve_port: int, api: opena
     }
     stats = wait_for_abort(serve_port, "stuck", 1)
     assert (stats["aborted"], stats["running"]) == (1, 0)
+
+
+def _stream(http: httpx.Client, pool: str, endpoint: str) -> tuple[str, dict[str, Any], int]:
+    """Text, usage and number of content events of one streamed answer."""
+    body: dict[str, Any] = {
+        "model": pool,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if endpoint == "chat":
+        body["messages"] = ask("count")
+    else:
+        body |= {"prompt": "count", "max_tokens": 100}
+    path = "/chat/completions" if endpoint == "chat" else "/completions"
+    text, usage, events = "", {}, 0
+    with http.stream("POST", path, json=body) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event["choices"]:
+                piece = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                text += piece
+                events += bool(piece)
+    return text, usage, events
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_coalesced_stream_carries_the_same_answer(http: httpx.Client, endpoint: str) -> None:
+    plain = _stream(http, "plain", endpoint)
+    merged = _stream(http, "merged", endpoint)
+    assert merged[0] == plain[0] == " ".join(f"w{i}" for i in range(60))
+    assert merged[1] == plain[1] and plain[1]["completion_tokens"] == 60
+    assert plain[2] == 60  # one event per token without coalescing
+    assert merged[2] < plain[2] / 2  # 60 tokens 5 ms apart, at most one chunk per 100 ms
+
+
+def test_vllm_parameters_and_logprobs_through_the_openai_client(api: openai.OpenAI) -> None:
+    resp = api.chat.completions.create(
+        model="small", messages=ask("hi"), max_tokens=9, logprobs=True, top_logprobs=2,
+        extra_body={"ignore_eos": True, "min_tokens": 1, "top_k": 5, "repetition_penalty": 1.1},
+    )  # fmt: skip
+    assert resp.usage is not None and resp.usage.completion_tokens == 9  # past the reply's end
+    assert resp.choices[0].finish_reason == "length"
+    content = resp.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == 9
+    assert content[0].token == "small" and len(content[0].top_logprobs) == 2
+    with pytest.raises(openai.BadRequestError) as err:
+        api.chat.completions.create(model="small", messages=ask("hi"), extra_body={"best_of": 3})
+    assert err.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
+    assert err.value.body["param"] == "best_of"  # type: ignore[index]
+
+
+def test_metrics_count_requests_refused_before_routing(http: httpx.Client) -> None:
+    before = http.get("/metrics").json()
+    refused = [
+        {"model": "small"},  # no messages
+        {"model": "small", "messages": ask("hi"), "n": 3},
+        {"model": "small", "messages": ask("hi"), "bogus": 1},
+        {"model": "no-such-model", "messages": ask("hi")},
+    ]
+    for body in refused:
+        assert http.post("/chat/completions", json=body).status_code in (400, 404)
+    bad_json = http.post(
+        "/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert bad_json.status_code == 400
+    after = http.get("/metrics").json()
+    assert after["requests"] - before["requests"] == 5
+    grew = after["outcomes"]["client_error"] - before["outcomes"].get("client_error", 0)
+    assert grew == 5

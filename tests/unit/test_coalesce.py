@@ -23,7 +23,9 @@ def chunk(i: int, finish: str | None = None) -> GenerationChunk:
     )
 
 
-async def engine(n: int, gap_s: float, log: list[str] | None = None) -> AsyncIterator[GenerationChunk]:
+async def engine(
+    n: int, gap_s: float, log: list[str] | None = None
+) -> AsyncIterator[GenerationChunk]:
     try:
         for i in range(n):
             if i:

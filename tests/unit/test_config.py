@@ -79,6 +79,16 @@ def test_fixed_replicas_map_to_num_replicas() -> None:
     assert "autoscaling_config" not in opts
 
 
+def test_access_log_off_for_pools_on_for_the_ingress() -> None:
+    config = AppConfig.model_validate(fake_app_args())
+    assert config.pools["small"].serve_options()["logging_config"] == {"enable_access_log": False}
+    assert config.ingress.serve_options()["logging_config"] == {"enable_access_log": True}
+    args = fake_app_args()
+    args["pools"]["small"]["access_log"] = True
+    opts = AppConfig.model_validate(args).pools["small"].serve_options()
+    assert opts["logging_config"] == {"enable_access_log": True}
+
+
 def broken(mutate: Any) -> dict[str, Any]:
     args = copy.deepcopy(fake_app_args())
     mutate(args)
