@@ -27,8 +27,8 @@ models: install
 # The proxy edge (deployments/proxy.py) runs inside Serve's HTTP proxy: body and header
 # limits before routing, OpenAI-shaped errors for Serve's own failures, and immediate
 # 429s while the pools are full. Its concurrency cap defaults to what the embedded
-# profile's pools hold: 3 pools x (16 running + 32 queued).
-EDGE_MAX_ACTIVE ?= 144
+# profile's pools hold: 3 pools x (16 running + 64 queued).
+EDGE_MAX_ACTIVE ?= 240
 serve: models
 	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=deployments.proxy:middlewares \
 	SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS=$(EDGE_MAX_ACTIVE) \
