@@ -128,6 +128,8 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 cwd=ROOT,
+                # Ctrl-C must work as in a terminal even when this runs in the background
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         while time.monotonic() - started < timeout_s:
             if self.proc.poll() is not None:

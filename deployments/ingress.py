@@ -69,7 +69,7 @@ api.add_middleware(GuardMiddleware)
 api.openapi = lambda: openapi_with_errors(api)  # type: ignore[method-assign]
 
 
-GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -80,7 +80,8 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     """
     err = to_api_error(exc)
     metrics: RequestMetrics | None = getattr(request.app.state, "metrics", None)
-    if metrics is not None and request.url.path in GENERATION_PATHS and not is_counted(exc):
+    generation = request.url.path.endswith(GENERATION_PATHS)  # under any route prefix
+    if metrics is not None and generation and not is_counted(exc):
         metrics.finished(Finished("none", outcome_of(err), 0.0))
     return create_error_response(err)
 

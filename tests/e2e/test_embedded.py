@@ -61,7 +61,8 @@ def test_small_pool_answers_a_factual_question(api: openai.OpenAI) -> None:
     assert resp.usage.prompt_tokens > 5
     assert 0 < resp.usage.completion_tokens <= 48
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
-    assert resp.model_extra["switchyard"]["mean_logprob"] < 0
+    # `route` reads no logprobs, so none are computed (cascade tests below check them)
+    assert resp.model_extra["switchyard"]["mean_logprob"] is None
 
 
 def test_code_pool_writes_code(api: openai.OpenAI) -> None:

@@ -37,6 +37,12 @@ def _session_processes(sid: int) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.split()[0] == str(sid)]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # NOTE: a shell running this suite in the background ignores SIGINT, and children
+    # inherit that; a user's terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _one_pool_config(port: int) -> dict[str, object]:
     doc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     doc["http_options"]["port"] = port
@@ -64,6 +70,7 @@ def test_serve_run_answers_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [serve, "run", "--address", "local", str(config)],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 600

@@ -195,7 +195,9 @@ def test_health(serve_port: int, api: openai.OpenAI) -> None:
     assert resp.status_code == 200
     body = resp.json()
     assert body["ok"] is True
-    assert set(body["pools"]) == {"small", "large", "code", "broken", "cutoff", "slow", "stuck"}
+    assert set(body["pools"]) == {
+        "small", "large", "code", "broken", "cutoff", "slow", "stuck", "plain", "merged",
+    }  # fmt: skip
     small = body["pools"]["small"]
     assert 0 <= small.pop("stats_age_s") < 5  # from the poller, never a call on this path
     assert small == {
