@@ -23,6 +23,7 @@ generator is called from Python (`vllm.benchmarks.serve`) in a child process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -149,41 +150,29 @@ class Server:
         assert self.proc is not None
         started = time.monotonic()
         pgid = self.proc.pid
-        with _suppress():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGINT)
         try:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
             self.proc.wait()
         # The group's children (engine cores, Ray workers) must go too.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _group_alive(pgid):
+        while time.monotonic() < deadline and _group_members(pgid):
             time.sleep(0.5)
         self.shutdown_s = time.monotonic() - started
         left = _group_members(pgid)
         if left:
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
         return left
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], ProcessLookupError | PermissionError)  # type: ignore[arg-type]
 
 
 def _group_members(pgid: int) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pgid=,comm="], capture_output=True, text=True).stdout
     return [line.split(None, 1)[1] for line in out.splitlines() if line.split()[0] == str(pgid)]
-
-
-def _group_alive(pgid: int) -> bool:
-    return bool(_group_members(pgid))
 
 
 def run_bench(

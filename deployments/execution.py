@@ -414,11 +414,7 @@ class Executor:
         sub = replace(request, request_id=f"{request.request_id}-{pool}")
         async with self._guard(pool, acc):
             async for chunk in self.pools.stream(pool, sub):
-                acc.text += chunk.text
-                acc.completion_tokens += len(chunk.token_ids)
-                acc.logprobs.extend(chunk.logprobs)
-                acc.prompt_tokens = chunk.prompt_tokens or acc.prompt_tokens
-                acc.finish_reason = chunk.finish_reason or acc.finish_reason
+                acc.add(chunk)
         return acc
 
 
