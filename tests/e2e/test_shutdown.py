@@ -37,6 +37,12 @@ def _session_processes(sid: int) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.split()[0] == str(sid)]
 
 
+def _serving(sid: int) -> list[str]:
+    """Engine processes and Serve's actors still alive in the session."""
+    names = ("VLLM::", "ServeRepli", "ProxyActor", "ServeContr")  # comm: 15 chars
+    return [line for line in _session_processes(sid) if any(n in line for n in names)]
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     # NOTE: a shell running this suite in the background ignores SIGINT, and children
     # inherit that; a user's terminal does not.
@@ -94,7 +100,13 @@ def test_serve_run_answers_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
 
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         proc.wait(STOP_BOUND_S)
-        deadline = time.monotonic() + 30  # children may still be exiting
+        # Engines and Serve's actors go with it; Ray's node agents (dashboard, runtime
+        # env) notice their raylet is gone on their own schedule, once took over 30 s.
+        deadline = time.monotonic() + 30
+        while _serving(proc.pid) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _serving(proc.pid) == []
+        deadline = time.monotonic() + 120
         while _session_processes(proc.pid) and time.monotonic() < deadline:
             time.sleep(1)
         assert _session_processes(proc.pid) == []
