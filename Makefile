@@ -17,7 +17,7 @@ install: $(STAMP)
 # imports next to the CPU torch it pins; nothing here uses them, so they are removed.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[cpu,dev]"
+	$(PY) -m pip install -e ".[cpu,dev,train]"
 	$(PY) -m pip uninstall -y torchvision torchaudio torchcodec
 	touch $@
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from models import cli
-from routing.calibration import set_config_value, threshold_for_strong_share
+from routing.training import cli
+from routing.training.calibration import set_config_value, threshold_for_strong_share
 
 SCORES = np.random.default_rng(5).random(101)
 

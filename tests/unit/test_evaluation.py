@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import cli
-from routing.evaluation import evaluate, format_table, plot, random_baseline
+from routing.training import cli
+from routing.training.evaluation import evaluate, format_table, plot, random_baseline
 
 # Hand-worked example: 10 prompts, scores i/9 for i = 0..9, so the 11 decile thresholds
 # of the scores are 0.0, 0.1, ..., 1.0 and each step down sends one more prompt (the

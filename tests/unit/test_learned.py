@@ -1,5 +1,7 @@
 """The learned router: data format, training, numpy scoring, the JSON file, the CLI.
 
+Serving side in `routing.learned`; training and the CLI in `routing.training`.
+
 No MiniLM here: `HashingEmbedder` hashes words into 16 buckets, which is deterministic,
 instant, and enough to tell "Prove that ..." from "Hello Ana!".
 """
@@ -18,10 +20,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models import cli
 from routing import learned
-from routing.learned import (
-    LearnedRouter,
+from routing.learned import LearnedRouter
+from routing.training import cli, train
+from routing.training.train import (
     RouterData,
     fit_router,
     read_router_csv,
@@ -172,6 +174,34 @@ def test_foreign_embedding_model_needs_an_explicit_embedder(
     assert LearnedRouter.load(path, embedder=HashingEmbedder()).embedding_model == "other-model"
 
 
+def test_score_vectors_of_the_embeddings_equals_score(router: LearnedRouter) -> None:
+    # The ingress embeds each request once and hands the vector to score_vectors.
+    texts = list(read_router_csv(SAMPLE).prompts[:10])
+    embedder = HashingEmbedder()
+    assert np.array_equal(router.score_vectors(embedder.encode(texts)), router.score(texts))
+    single = router.score_vectors(embedder.encode(texts[:1]))
+    assert single.shape == (1,) and single.dtype == np.float64
+
+
+def test_default_embedder_is_created_on_first_score_only(
+    router: LearnedRouter, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    created: list[HashingEmbedder] = []
+
+    def make() -> HashingEmbedder:
+        created.append(HashingEmbedder())
+        return created[-1]
+
+    monkeypatch.setattr(learned, "default_embedder", make)
+    path = tmp_path / "router.json"
+    router.save(path)
+    loaded = LearnedRouter.load(path)
+    loaded.score_vectors(np.zeros((1, 16)))  # vectors in hand: no embedder needed
+    assert created == []
+    assert np.array_equal(loaded.score(["Hello Ana!"]), router.score(["Hello Ana!"]))
+    assert loaded.embedder is created[0] and len(created) == 1
+
+
 def test_vectors_of_the_wrong_dimension_are_refused(router: LearnedRouter) -> None:
     with pytest.raises(ValueError, match=r"shape \(n, 16\)"):
         router.score_vectors(np.zeros((2, 384), dtype=np.float32))
@@ -185,6 +215,9 @@ def test_one_class_labels_cannot_be_trained() -> None:
 def test_cli_train_eval_calibrate_with_a_router_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Training embeds through `train`'s import; routers loaded without an embedder
+    # (eval, calibrate) create theirs in `learned`.
+    monkeypatch.setattr(train, "default_embedder", HashingEmbedder)
     monkeypatch.setattr(learned, "default_embedder", HashingEmbedder)
     out = tmp_path / "router.json"
     argv = ["train-router", str(SAMPLE), "--weak", "small", "--strong", "large", "-o", str(out)]
@@ -213,10 +246,29 @@ def test_cli_train_reports_bad_columns(tmp_path: Path, capsys: pytest.CaptureFix
     assert "error: no column 'tiny'" in capsys.readouterr().err
 
 
+def test_help_lists_the_four_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    for name in ("prepare", "train-router", "calibrate", "eval"):
+        assert re.search(rf"^\s+{name}\s", printed, re.MULTILINE), (name, printed)
+
+
+def test_missing_train_extra_gets_an_install_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(train, "default_embedder", HashingEmbedder)
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)  # import fails
+    argv = ["train-router", str(SAMPLE), "--weak", "small", "--strong", "large"]
+    assert cli.main([*argv, "-o", str(tmp_path / "r.json")]) == 1
+    assert 'pip install -e ".[train]"' in capsys.readouterr().err
+
+
 def test_prepare_list_still_works_and_imports_no_routing_stack(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from models import cli\n"
+        "from routing.training import cli\n"
         "assert cli.main(['prepare', '--list']) == 0\n"
         "heavy = {'sklearn', 'matplotlib', 'sentence_transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"

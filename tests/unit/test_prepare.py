@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from models import cli
 from models import prepare as prep
 from models.embedded import EMBEDDED_MODELS, EmbeddedModel, WheelPart
+from routing.training import cli
 
 CHUNKS = (b"GGUF-head-", b"middle-", b"tail")
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from routing.learned import add_score_source, read_router_csv, scores_from_source
+from routing.training.train import add_score_source, read_router_csv, scores_from_source
 
 __all__ = ["main", "set_config_value", "threshold_for_strong_share"]
 
@@ -113,7 +113,9 @@ def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
         raise
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m routing.calibration") -> int:
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.calibration"
+) -> int:
     """Command line: print (and optionally write) the threshold for a strong-call share."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Find the routing threshold for a target strong-model share."

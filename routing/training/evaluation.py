@@ -1,7 +1,7 @@
 """Evaluate a router the way RouteLLM does: accuracy against strong-model calls.
 
 Input: one score per prompt (higher = route to the strong model) and, per prompt, whether
-the weak and the strong model answered correctly (data format: `routing.learned`).
+the weak and the strong model answered correctly (data format: `routing.training.train`).
 
 - Thresholds are the deciles of the scores, including both extremes (RouteLLM cuts the
   scores into 10 equal-count bins and uses the 11 bin edges). At each threshold the
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from routing.learned import add_score_source, read_router_csv, scores_from_source
+from routing.training.train import add_score_source, read_router_csv, scores_from_source
 
 __all__ = [
     "CurvePoint",
@@ -237,7 +237,9 @@ def plot(
     figure.savefig(path)
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m routing.evaluation") -> int:
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.evaluation"
+) -> int:
     """Command line: print the RouteLLM table for a router (or a scores column) on a CSV."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Evaluate a router: accuracy vs strong-model calls, APGR, CPT."
