@@ -3,7 +3,7 @@
     .venv/bin/python bench/ingress_overhead.py [--requests 300] [--warmup 30]
 
 Starts its own local Ray (2 CPUs) and Serve on a free port, deploys the real app
-(`deployments.builder.build_app`) on zero-latency fake engines with a one-word reply,
+(`deployments.builder.build_fake_app`) on zero-latency fake engines with a one-word reply,
 and times sequential requests on three paths:
 
     handle   the driver calls `pool-small`'s Serve handle (`generate`), no HTTP
@@ -35,7 +35,7 @@ from ray.serve import Deployment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deployments.builder import build_app  # noqa: E402
+from deployments.builder import build_fake_app  # noqa: E402
 from models.engines.base import ChatMessage, GenerationRequest, SamplingOptions  # noqa: E402
 from tests.conftest import fake_app_args, free_port  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         app_args = fake_app_args(small=ZERO_LATENCY, large=ZERO_LATENCY, code=ZERO_LATENCY)
-        serve.run(build_app(app_args), name=APP, route_prefix=f"/{APP}")
+        serve.run(build_fake_app(app_args), name=APP, route_prefix=f"/{APP}")
         serve.run(cast(Deployment, Echo).bind(), name="echo", route_prefix="/echo")
         pool = serve.get_deployment_handle("pool-small", APP)
         body: dict[str, Any] = {

@@ -9,23 +9,21 @@ message instead of after a minute of engine start-up.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
+from core.config import StrictConfig
 from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
-from routing.policy import AUTO_MODEL
+from routing.planner import AUTO_MODEL
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ActorOptions(Strict):
+class ActorOptions(StrictConfig):
     """The subset of Ray actor options a replica may set."""
 
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per replica.")
@@ -39,7 +37,7 @@ class ActorOptions(Strict):
 POOL_AUTOSCALING_POLICY = "deployments.autoscaling:pool_autoscaling_policy"
 
 
-class AutoscalingOptions(Strict):
+class AutoscalingOptions(StrictConfig):
     """Ray Serve autoscaling for one deployment (Serve's `autoscaling_config`).
 
     `policy: switchyard` (the default) scales on the pool's own queue depth, ongoing
@@ -86,7 +84,7 @@ class AutoscalingOptions(Strict):
         return config
 
 
-class DeploymentOptions(Strict):
+class DeploymentOptions(StrictConfig):
     """Replica count, concurrency and resources of one Serve deployment."""
 
     num_replicas: int = Field(default=1, ge=1, description="Fixed replicas (no autoscaling).")
@@ -177,13 +175,9 @@ class PoolConfig(DeploymentOptions):
         "output separately). Fewer, larger chunks cost less per token between processes; "
         "the first token and the end of an answer are never held back.",
     )
-    fake: FakeEngineOptions = Field(
-        default_factory=FakeEngineOptions,
-        description="Behaviour of the fake engine (used only when `engine: fake`).",
-    )
 
 
-class ApiConfig(Strict):
+class ApiConfig(StrictConfig):
     """Limits and exposure of the HTTP API: what one client may cost the ingress.
 
     Every request is held to these before any routing work: a body larger than
@@ -220,11 +214,13 @@ class ApiConfig(Strict):
     )
 
 
-class AppConfig(Strict):
+class AppConfig(StrictConfig):
     """The whole application."""
 
     engine: Literal["vllm", "fake"] = Field(
-        default="vllm", description="`vllm` for real engines; `fake` for tests only."
+        default="vllm",
+        description="`vllm` for real engines; `fake` for tests only (its per-pool "
+        "behaviour is an argument of `deployments.builder:build_fake_app`).",
     )
     models: list[ModelSpec] = Field(min_length=1, description="The model catalog.")
     pools: dict[str, PoolConfig] = Field(min_length=1, description="Pools by name.")
@@ -273,20 +269,20 @@ class AppConfig(Strict):
         clashes = sorted((set(self.pools) | {AUTO_MODEL}) & set(ids))
         if clashes:
             raise ValueError(f"model ids must differ from pool names and 'auto': {clashes}")
-        # NOTE: code_pool and large_pool may be absent (the policy then falls back to the
-        # default pool), but the default pool must exist.
-        routing = self.routing
-        if routing.rules.default_pool not in self.pools:
-            raise ValueError(
-                f"routing.rules.default_pool {routing.rules.default_pool!r} is not a configured "
-                "pool"
-            )
-        named = set(routing.fallback.chains) | set(routing.semantic.examples)
-        named |= {p for chain in routing.fallback.chains.values() for p in chain}
-        named |= {p for tier in routing.tiers.values() for p in tier.pools or []}
-        unknown = sorted(named - set(self.pools))
+        unknown = {
+            pool: where
+            for pool, where in self.routing.pools_named().items()
+            if pool not in self.pools
+        }
         if unknown:
-            raise ValueError(f"routing names pools that are not configured: {unknown}")
+            listed = "; ".join(
+                f"{pool!r} ({', '.join(f'routing.{w}' for w in where)})"
+                for pool, where in sorted(unknown.items())
+            )
+            raise ValueError(
+                f"routing names pools that are not configured: {listed}; "
+                f"configured: {', '.join(self.pools)}"
+            )
         return self
 
     def model(self, model_id: str) -> ModelSpec:
@@ -326,8 +322,48 @@ def load_app_config(args: dict[str, Any]) -> AppConfig:
     try:
         return AppConfig.model_validate(args)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "args"
-            lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid Switchyard config:\n" + "\n".join(lines)) from None
+        raise ConfigError(_readable(exc)) from None
+
+
+FAKE_OPTIONS = TypeAdapter(dict[str, FakeEngineOptions])
+"""The test-only `fake` argument: pool name -> behaviour of that pool's fake engine."""
+
+
+def load_fake_app_config(
+    args: Mapping[str, Any],
+) -> tuple[AppConfig, dict[str, FakeEngineOptions]]:
+    """Validate the args of the test-only fake app (`deployments.builder:build_fake_app`).
+
+    They are the production args plus `fake: {pool: FakeEngineOptions}`, which stays out
+    of `AppConfig` so that no production config can carry test behaviour. `engine` is
+    forced to `fake` (given as anything else, it is an error); every pool named under
+    `fake` must be configured, and a pool not named there gets the default behaviour.
+    """
+    rest = dict(args)
+    raw_fakes = rest.pop("fake", {})
+    engine = rest.setdefault("engine", "fake")
+    if engine != "fake":
+        raise ConfigError(
+            f"invalid Switchyard config:\n  engine: the fake app runs only the fake engine, "
+            f"not {engine!r}"
+        )
+    config = load_app_config(rest)
+    try:
+        fakes = FAKE_OPTIONS.validate_python(raw_fakes)
+    except ValidationError as exc:
+        raise ConfigError(_readable(exc, within="fake")) from None
+    unknown = sorted(set(fakes) - set(config.pools))
+    if unknown:
+        raise ConfigError(
+            f"invalid Switchyard config:\n  fake: options for pools that are not configured: "
+            f"{', '.join(map(repr, unknown))}; configured: {', '.join(config.pools)}"
+        )
+    return config, fakes
+
+
+def _readable(exc: ValidationError, within: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in (within, *err["loc"]) if p != "") or "args"
+        lines.append(f"  {where}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid Switchyard config:\n" + "\n".join(lines)

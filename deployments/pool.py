@@ -39,9 +39,10 @@ class PoolServer:
         pool: str,
         spec: ModelSpec,
         engine: str,
-        fake: FakeEngineOptions | None = None,
         stream_interval_ms: float = 0.0,
+        fake: FakeEngineOptions | None = None,
     ) -> None:
+        """`fake`: the fake engine's behaviour (`engine == "fake"`, tests only)."""
         self.pool = pool
         self.spec = spec
         self.stream_interval_s = stream_interval_ms / 1000

@@ -5,28 +5,23 @@ weights come from, the engine options it needs, whether it speaks chat (and with
 template), how many tokens a request may ask for, and what a token costs. Per-model quirks
 live here, never in request handlers.
 
-Configs are strict (`extra="forbid"`): a typo in `serve_config.yaml` fails before any
-replica starts instead of being silently ignored.
+Configs are strict (`core.config.StrictConfig`): a typo or a wrong type in
+`serve_config.yaml` fails before any replica starts instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from core.config import StrictConfig
 from models.embedded import EMBEDDED_MODELS
 
 SOURCE_SCHEMES = ("embedded://", "hf://", "path://")
 
 
-class StrictModel(BaseModel):
-    """Base for every config object: unknown keys are errors, values are not coerced."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EngineOptions(StrictModel):
+class EngineOptions(StrictConfig):
     """Engine settings for one model; the vLLM adapter maps them onto `AsyncEngineArgs`."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -60,7 +55,7 @@ class EngineOptions(StrictModel):
     )
 
 
-class TokenCost(StrictModel):
+class TokenCost(StrictConfig):
     """Price figures used by cost-aware routing and cost reports (USD per 1M tokens)."""
 
     input_per_million: float = Field(default=0.0, ge=0, description="USD per 1M prompt tokens.")
@@ -73,7 +68,7 @@ class TokenCost(StrictModel):
         ) / 1e6
 
 
-class ModelSpec(StrictModel):
+class ModelSpec(StrictConfig):
     """One catalog entry."""
 
     id: str = Field(
@@ -135,7 +130,9 @@ class ModelSpec(StrictModel):
     @classmethod
     def _default_fits_cap(cls, data: Any) -> Any:
         if isinstance(data, dict) and "default_max_tokens" not in data:
-            data = {**data, "default_max_tokens": min(256, data.get("max_tokens", 512))}
+            cap = data.get("max_tokens", 512)
+            if type(cap) is int:  # a wrong type is left for field validation to report
+                data = {**data, "default_max_tokens": min(256, cap)}
         return data
 
     @model_validator(mode="after")

@@ -39,8 +39,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
+from models.catalog import ModelSpec
 from models.embedded import EMBEDDED_MODELS, EmbeddedModel, WheelPart
 
 __all__ = [
@@ -365,18 +367,66 @@ def _folder_size_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
+class _PoolRef(BaseModel):
+    """What preparation reads of a pool: the catalog id of the model it serves.
+
+    The rest of a pool is the Serve layer's (`deployments.config.PoolConfig`), which
+    `models/` does not import; it is checked when the app is built.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str
+
+
+class _AppModels(BaseModel):
+    """The part of one application's `args` that says which models its pools serve."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    models: list[ModelSpec] = Field(min_length=1)
+    pools: dict[str, _PoolRef] = Field(min_length=1)
+
+    def served(self) -> list[ModelSpec]:
+        by_id = {spec.id: spec for spec in self.models}
+        missing = sorted({p.model for p in self.pools.values()} - set(by_id))
+        if missing:
+            raise ValueError(f"pools serve models that are not in models: {missing}")
+        return [by_id[p.model] for p in self.pools.values()]
+
+
 def embedded_models_in_config(path: Path) -> list[str]:
-    """Embedded model names used by the applications of a Serve config file."""
+    """Embedded model names served by the pools of a Serve config's applications.
+
+    Each application's `args` are validated with the typed catalog (`ModelSpec`), so a
+    config this accepts names models the app can load; a model in the catalog that no
+    pool serves is not prepared.
+    """
     import yaml
 
     try:
         doc = yaml.safe_load(path.read_text())
-        apps = doc.get("applications", [])
-        sources = [m["source"] for app in apps for m in app.get("args", {}).get("models", [])]
-    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as exc:
+    except (OSError, yaml.YAMLError) as exc:
         raise PreparationError(f"cannot read models from {path}: {exc}") from exc
-    prefix = "embedded://"
-    return list(dict.fromkeys(s[len(prefix) :] for s in sources if s.startswith(prefix)))
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    if not isinstance(apps, list) or not all(isinstance(app, dict) for app in apps):
+        raise PreparationError(f"cannot read models from {path}: no list of applications")
+    names: list[str] = []
+    for i, app in enumerate(apps):
+        label = f"application {app.get('name', i)!r}"
+        try:
+            served = _AppModels.model_validate(app.get("args")).served()
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'args'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise PreparationError(f"cannot read models from {path}: {label}: {problems}") from None
+        except ValueError as exc:
+            raise PreparationError(f"cannot read models from {path}: {label}: {exc}") from None
+        names += [spec.source_name for spec in served if spec.source_scheme == "embedded"]
+    return list(dict.fromkeys(names))
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m models.prepare") -> int:

@@ -1,15 +1,17 @@
 """Routing configuration: strategies, confidence rules, scoring weights, fallbacks.
 
-Strict like every config (unknown keys fail). Lives in `routing/` with the policy it
-configures so the policy and its tests need nothing from the Serve layer.
+Strict like every config (`core.config.StrictConfig`: unknown keys and wrong types fail).
+Lives in `routing/` with the policy it configures so the policy and its tests need nothing
+from the Serve layer.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from core.config import StrictConfig
 from routing.confidence import ConfidenceMethod
 from routing.rules import RulesConfig
 
@@ -17,11 +19,7 @@ Strategy = Literal["route", "cascade", "speculative"]
 STRATEGIES: tuple[Strategy, ...] = ("route", "cascade", "speculative")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ConfidenceRule(Strict):
+class ConfidenceRule(StrictConfig):
     """When the `source` pool's answer is good enough to skip `target`."""
 
     source: str = Field(default="small", description="Pool that answers first.")
@@ -33,16 +31,14 @@ class ConfidenceRule(Strict):
     quantile: float = Field(default=0.1, ge=0, le=1, description="For method `quantile`.")
 
 
-class CascadeConfig(Strict):
+class CascadeConfig(StrictConfig):
     """Cascade and speculative execution: which pool answers first, and when to escalate."""
 
     source_pool: str = Field(default="small", description="The cheap pool tried first.")
     rules: list[ConfidenceRule] = Field(
-        default_factory=lambda: [
-            ConfidenceRule(source="small", target="large"),
-            ConfidenceRule(source="small", target="code"),
-        ],
-        description="Confidence method and threshold per (source, target) pool pair.",
+        default_factory=list,
+        description="Confidence method and threshold per (source, target) pool pair; a pair "
+        "without a rule uses ConfidenceRule's defaults.",
     )
 
     def rule(self, source: str, target: str) -> ConfidenceRule:
@@ -52,7 +48,7 @@ class CascadeConfig(Strict):
         return ConfidenceRule(source=source, target=target)
 
 
-class FallbackConfig(Strict):
+class FallbackConfig(StrictConfig):
     """Where a request goes when its pool fails, times out or has an open circuit."""
 
     chains: dict[str, list[str]] = Field(
@@ -67,7 +63,7 @@ class FallbackConfig(Strict):
     )
 
 
-class SemanticConfig(Strict):
+class SemanticConfig(StrictConfig):
     """The embedding classifier: example utterances per pool, matched by cosine."""
 
     enabled: bool = Field(default=False, description="Load all-MiniLM-L6-v2 and use it.")
@@ -79,7 +75,7 @@ class SemanticConfig(Strict):
     )
 
 
-class LearnedConfig(Strict):
+class LearnedConfig(StrictConfig):
     """A router trained by `switchyard train-router`: P(strong model needed) per request."""
 
     path: str = Field(description="Router JSON written by `switchyard train-router`.")
@@ -93,7 +89,7 @@ class LearnedConfig(Strict):
     strong_pool: str = Field(default="large", description="Pool for requests that need it.")
 
 
-class ScoringConfig(Strict):
+class ScoringConfig(StrictConfig):
     """Weights of the multi-objective score J = a*latency + b*cost - g*quality*match.
 
     Latency and cost are normalised to [0, 1] across the candidate pools of a request,
@@ -105,7 +101,7 @@ class ScoringConfig(Strict):
     gamma_quality: float = Field(default=1.0, ge=0, description="Weight of quality x match.")
 
 
-class TierConfig(Strict):
+class TierConfig(StrictConfig):
     """Defaults and limits for a class of clients (e.g. `free`, `pro`).
 
     A request's own wishes win over the tier's defaults, except that the tier's
@@ -126,7 +122,7 @@ class TierConfig(Strict):
     )
 
 
-class RoutingConfig(Strict):
+class RoutingConfig(StrictConfig):
     """Everything the routing policy reads."""
 
     default_strategy: Strategy = Field(
@@ -174,11 +170,41 @@ class RoutingConfig(Strict):
             )
         return self
 
-    def pools_named(self) -> set[str]:
-        """Every pool name the routing config refers to (checked against the app's pools)."""
-        names = {self.rules.default_pool, self.cascade.source_pool}
-        names |= {p for r in self.cascade.rules for p in (r.source, r.target)}
-        names |= set(self.fallback.chains) | {p for c in self.fallback.chains.values() for p in c}
-        names |= set(self.semantic.examples)
-        names |= {p for tier in self.tiers.values() for p in tier.pools or []}
-        return names
+    def pools_named(self) -> dict[str, list[str]]:
+        """Every pool name this config mentions that must be a configured pool.
+
+        Maps each name to the places naming it (e.g. `cascade.source_pool`), for the
+        app's cross-check (`deployments.config.AppConfig`) to report. Left out on
+        purpose: `rules.code_pool` and `rules.large_pool`, which may name pools an app
+        does not have (the planner then uses the default pool), and an unset
+        `cascade.source_pool`, see below.
+        """
+        named: dict[str, list[str]] = {}
+
+        def add(pool: str, where: str) -> None:
+            named.setdefault(pool, []).append(where)
+
+        add(self.rules.default_pool, "rules.default_pool")
+        # NOTE: the default source pool "small" is checked only when set explicitly. An
+        # app without a pool of that name is valid: the planner then skips cascade and
+        # speculative (as it routes to the default pool when code_pool or large_pool is
+        # absent), while a name someone wrote down is meant to exist and a typo must fail.
+        if "source_pool" in self.cascade.model_fields_set:
+            add(self.cascade.source_pool, "cascade.source_pool")
+        for i, rule in enumerate(self.cascade.rules):
+            add(rule.source, f"cascade.rules[{i}].source")
+            add(rule.target, f"cascade.rules[{i}].target")
+        for pool, chain in self.fallback.chains.items():
+            add(pool, "fallback.chains")
+            for target in chain:
+                add(target, f"fallback.chains.{pool}")
+        for pool in self.semantic.examples:
+            add(pool, "semantic.examples")
+        for tier_name, tier in self.tiers.items():
+            for pool in tier.pools or []:
+                add(pool, f"tiers.{tier_name}.pools")
+        # A configured learned router exists to send requests to its strong pool, so that
+        # pool must exist whether strong_pool was written or left at its default.
+        if self.learned is not None:
+            add(self.learned.strong_pool, "learned.strong_pool")
+        return named

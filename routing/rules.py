@@ -19,7 +19,9 @@ from functools import cached_property
 from typing import Any
 
 import re2
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from core.config import StrictConfig
 
 MARKER_CHARS = 40  # a matched marker is shown (in `detail`) up to this many characters
 
@@ -42,10 +44,8 @@ DEFAULT_COMPLEX_PATTERNS = [
 ]
 
 
-class RulesConfig(BaseModel):
+class RulesConfig(StrictConfig):
     """Thresholds and patterns of the rule-based policy."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     default_pool: str = Field(default="small", description="Pool when no rule matches.")
     code_pool: str = Field(default="code", description="Pool for requests with code markers.")

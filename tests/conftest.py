@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
+
+if TYPE_CHECKING:
+    from deployments.config import AppConfig
+    from models.engines.fake import FakeEngineOptions
 
 
 def free_port() -> int:
@@ -47,12 +51,17 @@ def serve_port() -> Iterator[int]:
 
 
 def run_app(args: dict[str, Any], name: str) -> None:
-    """Deploy the real app builder under `/<name>` and wait until it is running."""
+    """Deploy the app under `/<name>` and wait until it is running.
+
+    Args with a `fake` key (see `fake_app_args`) go to the test builder `build_fake_app`,
+    others to the production builder `build_app`.
+    """
     from ray import serve
 
-    from deployments.builder import build_app
+    from deployments.builder import build_app, build_fake_app
 
-    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+    builder = build_fake_app if "fake" in args else build_app
+    serve.run(builder(args), name=name, route_prefix=f"/{name}")
 
 
 def delete_app(name: str) -> None:
@@ -68,15 +77,19 @@ def client(port: int, name: str) -> openai.OpenAI:
 
 
 def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:
-    """Three pools on the fake engine; `pool_fakes` sets a pool's FakeEngineOptions."""
-    pools: dict[str, Any] = {
-        "small": {"model": "tiny-chat", "fake": {"reply": "small answer from {model}"}},
-        "large": {"model": "big-chat", "fake": {"reply": "large answer from {model}"}},
-        "code": {"model": "coder", "fake": {"reply": "def answer(): return 42"}},
+    """Args of `build_fake_app`: three pools on the fake engine.
+
+    `fake` maps a pool to its FakeEngineOptions; `pool_fakes` adds to a pool's options.
+    """
+    fake: dict[str, dict[str, Any]] = {
+        "small": {"reply": "small answer from {model}"},
+        "large": {"reply": "large answer from {model}"},
+        "code": {"reply": "def answer(): return 42"},
     }
-    for pool, fake in pool_fakes.items():
-        pools[pool]["fake"] = {**pools[pool]["fake"], **fake}
+    for pool, options in pool_fakes.items():
+        fake[pool] = {**fake.get(pool, {}), **options}
     return {
+        "fake": fake,
         "engine": "fake",
         "models": [
             {
@@ -89,5 +102,19 @@ def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:
             {"id": "coder", "source": "path://coder", "max_tokens": 256},
             {"id": "base-lm", "source": "path://base", "chat": False, "max_tokens": 32},
         ],
-        "pools": pools,
+        "pools": {
+            "small": {"model": "tiny-chat"},
+            "large": {"model": "big-chat"},
+            "code": {"model": "coder"},
+        },
     }
+
+
+def fake_app(
+    args: dict[str, Any] | None = None, **pool_fakes: dict[str, Any]
+) -> tuple[AppConfig, dict[str, FakeEngineOptions]]:
+    """The validated config and per-pool fake options of `args` (default `fake_app_args`),
+    for tests that run the app's parts in-process."""
+    from deployments.config import load_fake_app_config
+
+    return load_fake_app_config(fake_app_args(**pool_fakes) if args is None else args)

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import Field
 
-from models.catalog import StrictModel
+from core.config import StrictConfig
 from models.engines.base import (
     Engine,
     EngineError,
@@ -27,7 +27,7 @@ from models.engines.base import (
 )
 
 
-class FakeEngineOptions(StrictModel):
+class FakeEngineOptions(StrictConfig):
     """Behaviour of the fake engine of one pool."""
 
     reply: str = Field(

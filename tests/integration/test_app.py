@@ -19,17 +19,20 @@ APP = "fakeapp"
 @pytest.fixture(scope="module")
 def api(serve_port: int) -> Iterator[openai.OpenAI]:
     args = fake_app_args(large={"token_latency_s": 0.01})
-    args["pools"]["broken"] = {"model": "big-chat", "fake": {"fail_requests": True}}
-    args["pools"]["cutoff"] = {"model": "big-chat", "fake": {"fail_after_tokens": 1}}
     long_reply = " ".join(f"w{i}" for i in range(200))
-    args["pools"]["slow"] = {
-        "model": "big-chat",
-        "fake": {"reply": long_reply, "token_latency_s": 0.05},
-    }
-    args["pools"]["stuck"] = {"model": "big-chat", "fake": {"first_token_latency_s": 60}}
     words = {"reply": " ".join(f"w{i}" for i in range(60)), "token_latency_s": 0.005}
-    args["pools"]["plain"] = {"model": "big-chat", "fake": words, "stream_interval_ms": 0}
-    args["pools"]["merged"] = {"model": "big-chat", "fake": words, "stream_interval_ms": 100}
+    args["fake"].update(
+        broken={"fail_requests": True},
+        cutoff={"fail_after_tokens": 1},
+        slow={"reply": long_reply, "token_latency_s": 0.05},
+        stuck={"first_token_latency_s": 60},
+        plain=words,
+        merged=words,
+    )
+    for pool in ("broken", "cutoff", "slow", "stuck"):
+        args["pools"][pool] = {"model": "big-chat"}
+    args["pools"]["plain"] = {"model": "big-chat", "stream_interval_ms": 0}
+    args["pools"]["merged"] = {"model": "big-chat", "stream_interval_ms": 100}
     args["request_timeout_s"] = 3
     run_app(args, APP)
     yield client(serve_port, APP)

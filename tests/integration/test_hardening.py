@@ -34,9 +34,9 @@ def base(serve_port: int) -> Iterator[str]:
     args = fake_app_args()
     args["pools"]["slow"] = {
         "model": "big-chat",
-        "fake": {"reply": "slow answer", "first_token_latency_s": 4.0},
         "max_ongoing_requests": 2,  # 4 requests fill it: a stats call would queue
     }
+    args["fake"]["slow"] = {"reply": "slow answer", "first_token_latency_s": 4.0}
     args["api"] = {
         "max_body_bytes": MAX_BODY,
         "max_header_bytes": 8192,

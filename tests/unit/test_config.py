@@ -7,16 +7,28 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
+from core.config import StrictConfig
 from deployments.config import (
     POOL_AUTOSCALING_POLICY,
     AppConfig,
     ConfigError,
+    PoolConfig,
     load_app_config,
+    load_fake_app_config,
 )
+from models.catalog import ModelSpec
+from models.engines.fake import FakeEngineOptions
+from routing.config import CascadeConfig, ConfidenceRule, RoutingConfig
+from routing.rules import RulesConfig
 from tests.conftest import fake_app_args
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_config(args: dict[str, Any]) -> AppConfig:
+    return load_fake_app_config(args)[0]
 
 
 def app_args(path: str) -> dict[str, Any]:
@@ -67,30 +79,31 @@ def test_switchyard_policy_names_an_importable_function() -> None:
 def test_serve_policy_keeps_serves_default() -> None:
     args = fake_app_args()
     args["pools"]["small"]["autoscaling_config"] = {"max_replicas": 3, "policy": "serve"}
-    opts = AppConfig.model_validate(args).pools["small"].serve_options()
+    opts = fake_config(args).pools["small"].serve_options()
     assert "policy" not in opts["autoscaling_config"]
     assert opts["autoscaling_config"]["max_replicas"] == 3
 
 
 def test_fixed_replicas_map_to_num_replicas() -> None:
-    config = AppConfig.model_validate(fake_app_args())
+    config = fake_config(fake_app_args())
     opts = config.pools["small"].serve_options()
     assert opts["num_replicas"] == 1
     assert "autoscaling_config" not in opts
 
 
 def test_access_log_off_for_pools_on_for_the_ingress() -> None:
-    config = AppConfig.model_validate(fake_app_args())
+    config = fake_config(fake_app_args())
     assert config.pools["small"].serve_options()["logging_config"] == {"enable_access_log": False}
     assert config.ingress.serve_options()["logging_config"] == {"enable_access_log": True}
     args = fake_app_args()
     args["pools"]["small"]["access_log"] = True
-    opts = AppConfig.model_validate(args).pools["small"].serve_options()
+    opts = fake_config(args).pools["small"].serve_options()
     assert opts["logging_config"] == {"enable_access_log": True}
 
 
 def broken(mutate: Any) -> dict[str, Any]:
     args = copy.deepcopy(fake_app_args())
+    del args["fake"]  # production args: what build_app validates
     mutate(args)
     return args
 
@@ -110,11 +123,58 @@ def broken(mutate: Any) -> dict[str, Any]:
         (lambda a: a["models"][0].update(max_tokens=128), "smaller than engine.max_model_len"),
         (
             lambda a: a.update(routing={"rules": {"default_pool": "medium"}}),
-            "default_pool 'medium'",
+            "not configured: 'medium' (routing.rules.default_pool)",
         ),
         (
             lambda a: a.update(routing={"fallback": {"chains": {"small": ["huge"]}}}),
-            "routing names pools that are not configured: ['huge']",
+            "not configured: 'huge' (routing.fallback.chains.small)",
+        ),
+        (
+            lambda a: a.update(routing={"cascade": {"source_pool": "smal"}}),
+            "not configured: 'smal' (routing.cascade.source_pool)",
+        ),
+        (
+            lambda a: a.update(
+                routing={"cascade": {"rules": [{"source": "small", "target": "lrage"}]}}
+            ),
+            "not configured: 'lrage' (routing.cascade.rules[0].target)",
+        ),
+        (
+            lambda a: a.update(
+                routing={"cascade": {"rules": [{"source": "smll", "target": "large"}]}}
+            ),
+            "not configured: 'smll' (routing.cascade.rules[0].source)",
+        ),
+        (
+            lambda a: a.update(routing={"learned": {"path": "r.json", "strong_pool": "lrage"}}),
+            "not configured: 'lrage' (routing.learned.strong_pool)",
+        ),
+        (
+            lambda a: a.update(routing={"semantic": {"examples": {"cdoe": ["def f():"]}}}),
+            "not configured: 'cdoe' (routing.semantic.examples)",
+        ),
+        (
+            lambda a: a.update(routing={"tiers": {"free": {"pools": ["tiny"]}}}),
+            "not configured: 'tiny' (routing.tiers.free.pools)",
+        ),
+        (lambda a: a.update(request_timeout_s="300"), "request_timeout_s: Input should be"),
+        (lambda a: a["models"][0].update(id=7), "models.0.id: Input should be a valid string"),
+        (lambda a: a.update(api={"docs": "true"}), "api.docs: Input should be a valid boolean"),
+        (
+            lambda a: a["models"][0].update(max_tokens="64"),
+            "models.0.max_tokens: Input should be a valid integer",
+        ),
+        (
+            lambda a: a["pools"]["small"].update(ray_actor_options={"num_cpus": "1"}),
+            "pools.small.ray_actor_options.num_cpus: Input should be",
+        ),
+        (
+            lambda a: a.update(routing={"rules": {"long_prompt_tokens": 1.5}}),
+            "routing.rules.long_prompt_tokens: Input should be a valid integer",
+        ),
+        (
+            lambda a: a["pools"]["small"].update(fake={"reply": "hi"}),
+            "pools.small.fake: Extra inputs are not permitted",
         ),
         (
             lambda a: a.update(routing={"switchyard": 1}),
@@ -160,3 +220,133 @@ def test_builder_rejects_bad_config_before_binding_anything() -> None:
 
     with pytest.raises(ConfigError, match="serves model 'nope'"):
         build_app(broken(lambda a: a["pools"]["small"].update(model="nope")))
+
+
+def yaml_apps() -> list[tuple[str, int]]:
+    """Every application of every Serve config in the repository that runs Switchyard."""
+    found = []
+    for path in sorted(ROOT.glob("**/*.yaml")):
+        if ".venv" in path.parts or path.name == "rayservice.yaml":
+            continue  # rayservice.yaml embeds cluster/serve_config.gpu.yaml (test_cluster)
+        doc = yaml.safe_load(path.read_text())
+        if not isinstance(doc, dict):
+            continue
+        for i, app in enumerate(doc.get("applications") or []):
+            if str(app.get("import_path", "")).startswith("deployments.builder:"):
+                found.append((str(path.relative_to(ROOT)), i))
+    return found
+
+
+@pytest.mark.parametrize(("path", "index"), yaml_apps())
+def test_every_serve_config_in_the_repository_validates(path: str, index: int) -> None:
+    app = yaml.safe_load((ROOT / path).read_text())["applications"][index]
+    if app["import_path"] == "deployments.builder:build_fake_app":
+        load_fake_app_config(app["args"])
+    else:
+        assert app["import_path"] == "deployments.builder:build_app"
+        load_app_config(app["args"])
+
+
+def test_the_repository_has_serve_configs_for_both_builders() -> None:
+    paths = {path for path, _ in yaml_apps()}
+    assert {"serve_config.yaml", "cluster/serve_config.gpu.yaml"} <= paths
+    assert "bench/serve_fake.yaml" in paths
+
+
+def test_every_config_class_shares_the_strict_base() -> None:
+    for cls in (AppConfig, PoolConfig, RoutingConfig, RulesConfig, ModelSpec, FakeEngineOptions):
+        assert issubclass(cls, StrictConfig)
+    assert StrictConfig.model_config == {"extra": "forbid", "frozen": True, "strict": True}
+
+
+def test_yaml_ints_are_fine_for_float_fields() -> None:
+    args = broken(lambda a: a.update(request_timeout_s=300))
+    args["pools"]["small"]["ray_actor_options"] = {"num_cpus": 1, "resources": {"head": 1}}
+    config = load_app_config(args)
+    assert config.request_timeout_s == 300.0
+    assert config.pools["small"].ray_actor_options.num_cpus == 1.0
+
+
+def test_an_app_without_small_or_code_pools_is_valid_when_routing_never_names_them() -> None:
+    """The defaults name `small` (cascade.source_pool, rules.default_pool) and `code`
+    (rules.code_pool), but only pools the config writes down must exist."""
+    args = broken(lambda a: None)
+    args["pools"] = {"big": {"model": "big-chat"}}
+    args["routing"] = {"rules": {"default_pool": "big"}, "fallback": {"chains": {}}}
+    config = load_app_config(args)
+    assert config.routing.cascade.source_pool == "small"
+    assert config.routing.rules.code_pool == "code"
+    assert set(config.routing.pools_named()) == {"big"}
+
+
+def test_pools_named_lists_every_pool_the_routing_config_must_have() -> None:
+    routing = RoutingConfig.model_validate(
+        {
+            "rules": {"default_pool": "a", "code_pool": "not-checked", "large_pool": "nor-this"},
+            "cascade": {"source_pool": "b", "rules": [{"source": "c", "target": "d"}]},
+            "fallback": {"chains": {"e": ["f"]}},
+            "semantic": {"examples": {"g": ["hello"]}},
+            "tiers": {"t": {"pools": ["h"]}},
+            "learned": {"path": "router.json"},
+        }
+    )
+    named = routing.pools_named()
+    assert set(named) == {"a", "b", "c", "d", "e", "f", "g", "h", "large"}
+    assert named["large"] == ["learned.strong_pool"]  # the default, checked once configured
+
+
+def test_a_learned_router_needs_its_default_strong_pool() -> None:
+    args = broken(lambda a: None)
+    args["pools"] = {"small": {"model": "tiny-chat"}}
+    args["routing"] = {"fallback": {"chains": {}}, "learned": {"path": "router.json"}}
+    with pytest.raises(ConfigError, match=r"'large' \(routing.learned.strong_pool\)"):
+        load_app_config(args)
+
+
+def test_cascade_pairs_without_a_rule_get_the_default_rule() -> None:
+    cascade = CascadeConfig()
+    assert cascade.rules == []
+    for target in ("large", "code"):
+        rule = cascade.rule("small", target)
+        assert rule == ConfidenceRule(source="small", target=target)
+        assert (rule.method, rule.threshold) == ("mean_logprob", -0.6)
+
+
+def test_fake_options_are_not_part_of_the_production_pool_config() -> None:
+    with pytest.raises(ValidationError, match="fake"):
+        PoolConfig.model_validate({"model": "tiny-chat", "fake": {"reply": "hi"}})
+    with pytest.raises(ConfigError, match="fake: Extra inputs are not permitted"):
+        load_app_config(fake_app_args())
+
+
+def test_fake_app_args_split_into_the_config_and_per_pool_options() -> None:
+    config, fakes = load_fake_app_config(fake_app_args(small={"token_latency_s": 0.5}))
+    assert config.engine == "fake"
+    assert set(fakes) == {"small", "large", "code"}
+    assert fakes["small"].token_latency_s == 0.5
+    assert fakes["small"].reply == "small answer from {model}"
+    args = fake_app_args()
+    del args["fake"], args["engine"]
+    config, fakes = load_fake_app_config(args)
+    assert (config.engine, fakes) == ("fake", {})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a["fake"].update(huge={"reply": "x"}), "fake: options for pools that are not"),
+        (lambda a: a["fake"]["small"].update(rpely="x"), "fake.small.rpely: Extra inputs"),
+        (lambda a: a["fake"]["small"].update(token_latency_s="1"), "fake.small.token_latency_s"),
+        (lambda a: a.update(engine="vllm"), "the fake app runs only the fake engine"),
+        (lambda a: a["pools"]["small"].update(model="nope"), "serves model 'nope'"),
+    ],
+)
+def test_bad_fake_app_args_fail_before_binding(mutate: Any, message: str) -> None:
+    from deployments.builder import build_fake_app
+
+    args = copy.deepcopy(fake_app_args())
+    mutate(args)
+    with pytest.raises(ConfigError) as err:
+        build_fake_app(args)
+    assert str(err.value).startswith("invalid Switchyard config:")
+    assert message in str(err.value)

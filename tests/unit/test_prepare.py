@@ -269,13 +269,62 @@ def test_tokenizer_metadata_reads_gguf_scalars(tmp_path: Path) -> None:
     assert metadata["tokenizer.chat_template"] == "{{ x }}"
 
 
-def test_models_named_by_the_serve_config(tmp_path: Path) -> None:
-    from models.prepare import embedded_models_in_config
-
+def test_models_named_by_the_serve_config() -> None:
     root = Path(__file__).resolve().parents[2]
-    names = embedded_models_in_config(root / "serve_config.yaml")
+    names = prep.embedded_models_in_config(root / "serve_config.yaml")
     assert names == ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"]
-    broken = tmp_path / "bad.yaml"
-    broken.write_text("applications: [{args: {models: [{id: x}]}}]")
-    with pytest.raises(prep.PreparationError, match="cannot read models"):
-        embedded_models_in_config(broken)
+    assert prep.embedded_models_in_config(root / "cluster" / "serve_config.gpu.yaml") == []
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    return path
+
+
+APP = """
+applications:
+  - name: one
+    args:
+      models:
+        - {id: chat, source: "embedded://smollm2-135m-instruct"}
+        - {id: spare, source: "embedded://gemma-3-270m"}
+        - {id: local, source: "path://somewhere"}
+      pools: {small: {model: chat, num_replicas: 2}, other: {model: local}}
+"""
+
+
+def test_only_models_a_pool_serves_are_prepared(tmp_path: Path) -> None:
+    assert prep.embedded_models_in_config(_config(tmp_path, APP)) == ["smollm2-135m-instruct"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("applications: [{args: {models: [{id: x}]}}]", "models.0.source: Field required"),
+        ("applications: {a: 1}", "no list of applications"),
+        ("just text", "no list of applications"),
+        ("applications: [{name: a}]", "application 'a': args: Input should be"),
+        (APP.replace("model: chat", "model: chta"), "not in models: ['chta']"),
+        (APP.replace('"embedded://gemma-3-270m"', "embedded://nope"), "unknown embedded model"),
+        (APP.replace("{id: chat,", '{id: chat, max_tokens: "64",'), "max_tokens: Input should"),
+        (APP.replace("{model: local}", "{model: 3}"), "pools.other.model: Input should be"),
+        ("applications: [", "cannot read models"),
+    ],
+)
+def test_an_invalid_config_is_a_readable_preparation_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(prep.PreparationError) as err:
+        prep.embedded_models_in_config(_config(tmp_path, text))
+    assert str(err.value).startswith("cannot read models from")
+    assert message in str(err.value)
+
+
+def test_main_with_a_broken_config_reports_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, APP.replace("model: chat", "model: chta"))
+    assert prep.main(["--config", str(path), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read models") and "Traceback" not in err
