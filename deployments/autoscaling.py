@@ -34,7 +34,7 @@ DOWNSCALE_HEADROOM = 0.8
 
 
 @dataclass(frozen=True)
-class PoolLoad:
+class ScalingSignals:
     """What the policy reads, in plain numbers."""
 
     replicas: int
@@ -45,7 +45,7 @@ class PoolLoad:
     target: float  # target ongoing requests per replica
 
 
-def desired_replicas(load: PoolLoad) -> tuple[int, str]:
+def desired_replicas(load: ScalingSignals) -> tuple[int, str]:
     """Replicas this load asks for, and the signal that decided it.
 
     Scale-up is immediate and jumps to what the demand needs; scale-down removes one
@@ -72,13 +72,13 @@ def desired_replicas(load: PoolLoad) -> tuple[int, str]:
     return load.replicas, "steady"
 
 
-def pool_load(ctx: AutoscalingContext) -> PoolLoad:
-    """Read a PoolLoad off Serve's context; a metric no replica reported counts as 0."""
+def pool_load(ctx: AutoscalingContext) -> ScalingSignals:
+    """Read a ScalingSignals off Serve's context; a metric no replica reported counts as 0."""
     metrics: dict[str, dict[Any, float]] = ctx.aggregated_metrics or {}
     waiting = metrics.get(ENGINE_WAITING, {})
     # Every replica reports the same broadcast estimate: take it once, not once per replica.
     anticipated = metrics.get(ANTICIPATED, {})
-    return PoolLoad(
+    return ScalingSignals(
         replicas=ctx.current_num_replicas,
         ongoing=float(ctx.total_num_requests or 0.0),
         queued=float(ctx.total_queued_requests or 0.0),

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import SwitchyardError
 from deployments.config import AppConfig
-from deployments.metrics import Finished, RequestMetrics, outcome_of
-from deployments.openai.errors import APIError, create_error_response, to_api_error
+from deployments.metrics import Finished, RequestMetrics
+from deployments.openai.errors import APIError, create_error_response, outcome_of, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
     ChatCompletionRequest,
@@ -47,20 +46,14 @@ from deployments.openai.schema import (
     responses,
 )
 from deployments.openai.serving import OpenAIServing, Routed, is_counted
-from models.engines.base import (
-    EngineError,
-    EngineStats,
-    EngineUnavailableError,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    PromptError,
-)
+from deployments.pool_client import HandlePoolClient
+from models.engines.base import EngineStats
 from routing.config import STRATEGIES, RoutingConfig
-from routing.planner import PoolNotAllowedError, Wishes
-from routing.policy import UnknownModelError
+from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
-from routing.tiers import TierNotAllowedError, UnknownTierError, apply_tier
+from routing.tiers import apply_tier
+
+logger = logging.getLogger(__name__)
 
 Hdr = Annotated[str | None, Header()]
 
@@ -88,105 +81,27 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 
 # NOTE: expected errors get their own handlers; Starlette re-raises (and logs a traceback
 # for) whatever only the catch-all `Exception` handler catches.
-for _expected in (
-    StarletteHTTPException,
-    RequestValidationError,
-    APIError,
-    PromptError,
-    UnknownModelError,
-    PoolNotAllowedError,
-    UnknownTierError,
-    TierNotAllowedError,
-    EngineError,
-):
+for _expected in (StarletteHTTPException, RequestValidationError, APIError, SwitchyardError):
     api.add_exception_handler(_expected, _on_error)
 api.add_exception_handler(Exception, _on_error)
 
 
-def translate(pool: str, exc: BaseException) -> BaseException:
-    """Turn a Ray/Serve exception from a pool call into one the error mapper knows."""
-    if isinstance(exc, RayTaskError):
-        cause = exc.cause
-        if isinstance(cause, PromptError | EngineError | APIError):
-            return cause
-        return EngineError(f"pool {pool!r} failed to serve the request")
-    if isinstance(exc, BackPressureError):
-        return APIError(
-            429,
-            f"pool {pool!r} is at capacity; retry shortly",
-            code="pool_overloaded",
-            headers={"retry-after": "1"},
-        )
-    if isinstance(exc, RayActorError | DeploymentUnavailableError):
-        return EngineUnavailableError(f"pool {pool!r} is unavailable; retry shortly")
-    return exc
+class FailureLog:
+    """Log a background loop's failures without flooding: at most one line per period."""
 
+    def __init__(self, what: str, period_s: float = 60.0) -> None:
+        self.what, self.period_s = what, period_s
+        self._last = -period_s
+        self._suppressed = 0
 
-def _timeout_error(pool: str, timeout_s: float) -> APIError:
-    return APIError(504, f"pool {pool!r} did not finish within {timeout_s:g} s", code="timeout")
-
-
-class HandlePoolClient:
-    """`PoolClient` over Serve deployment handles."""
-
-    def __init__(self, handles: dict[str, DeploymentHandle[Any]], timeout_s: float) -> None:
-        self.handles = handles
-        self.streams = {name: h.options(stream=True) for name, h in handles.items()}
-        self.timeout_s = timeout_s
-        self._waking: dict[str, Any] = {}
-
-    def wake(self, pool: str) -> None:
-        """Queue one cheap call on a pool at zero replicas: Serve scales it up to serve it."""
-        pending = self._waking.get(pool)
-        if pending is None or pending.done():
-            self._waking[pool] = asyncio.ensure_future(self._wake(pool))
-
-    async def _wake(self, pool: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.handles[pool].stats.remote()
-
-    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
-        response = None
-        try:
-            # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
-            response = self.handles[pool].generate.remote(request)
-            async with asyncio.timeout(self.timeout_s):
-                result: GenerationResult = await response
-        except TimeoutError as exc:
-            # NOTE: cancelling the call makes the replica's engine abort the request.
-            if response is not None:
-                with contextlib.suppress(Exception):
-                    response.cancel()  # type: ignore[no-untyped-call]
-            raise _timeout_error(pool, self.timeout_s) from exc
-        except Exception as exc:
-            raise translate(pool, exc) from exc
-        return result
-
-    async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        chunks: DeploymentResponseGenerator[GenerationChunk] | None = None
-        try:
-            # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
-            chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
-            assert chunks is not None
-            while True:
-                # NOTE: never `yield` inside the timeout: it would cancel the consumer.
-                # For streams the limit is on the wait for each next chunk.
-                async with asyncio.timeout(self.timeout_s):
-                    chunk = await anext(chunks, None)
-                if chunk is None:
-                    return
-                yield chunk
-        except TimeoutError as exc:
-            raise _timeout_error(pool, self.timeout_s) from exc
-        except Exception as exc:
-            raise translate(pool, exc) from exc
-        finally:
-            # Client gone, timeout or error: the replica's engine aborts the request.
-            # NOTE: cancel() re-raises a failed assignment (back-pressure); that error was
-            # already handled above.
-            if chunks is not None:
-                with contextlib.suppress(Exception):
-                    chunks.cancel()  # type: ignore[no-untyped-call]
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last < self.period_s:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        logger.warning("%s failed: %r%s", self.what, exc, more)
+        self._last, self._suppressed = now, 0
 
 
 def _respond(routed: Routed) -> Response:
@@ -241,6 +156,7 @@ def wishes(
 HEADER_VALUE_CHARS = 64
 STATS_PERIOD_S = 1.0
 REPLICAS_PERIOD_S = 2.0
+HEALTH_FIRST_SAMPLE_S = 3.0  # longest /health waits for the first stats round after start
 HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
 
@@ -273,10 +189,15 @@ class Ingress:
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
         self.serving = OpenAIServing(config, client, semantic, learned, self.metrics)
+        self.monitor = self.serving.monitor
         context = serve.get_replica_context()
         self._app, self._me = context.app_name, context.replica_tag
         self._sent: dict[str, tuple[float, float]] = {}  # pool -> (forecast, when sent)
-        # NOTE: pool load reaches the planner through these background loops, never
+        self._sampled = asyncio.Event()  # set once every awake pool has been asked
+        self._stats_log = FailureLog("pool stats poll")
+        self._replicas_log = FailureLog("reading replica counts from Serve")
+        self._forecast_log = FailureLog("sending the escalation forecast")
+        # NOTE: pool load reaches the monitor through these background loops, never
         # through a call on the request path.
         loop = asyncio.get_running_loop()
         self._loops = [
@@ -285,51 +206,49 @@ class Ingress:
         ]
 
     async def _poll_stats(self) -> None:
-        """Every second, each pool's engine stats (all pools at once, each call bounded).
+        """Every second, each awake pool's engine stats (all at once, each call bounded).
 
-        The only place pools are asked for stats: routing and `/health` read the result.
+        The only place pools are asked for stats: routing and `/health` read the monitor.
         """
-        executor = self.serving.executor
+        monitor = self.monitor
         while True:
-            # NOTE: a call to a pool scaled to zero would wake it, and one to a pool whose
-            # replica count is not known yet may be such a call: both are skipped.
-            awake = [name for name, load in executor.load.items() if load.replicas]
-            await asyncio.gather(*(self._poll_pool(name) for name in awake))
-            for name, load in executor.load.items():
+            # NOTE: a call to a pool scaled to zero would wake it: the monitor lists only
+            # pools known to run a replica.
+            known = monitor.known()  # NOTE: before the round, so the round covered it
+            await asyncio.gather(*(self._poll_pool(name) for name in monitor.pools_to_poll()))
+            if known:
+                self._sampled.set()
+            for name in monitor.pools:
+                state = monitor.state(name)
                 self.metrics.pool_state(
                     name,
-                    executor.breakers[name].state,
-                    load.stats.running,
-                    load.stats.waiting,
-                    load.replicas,
+                    monitor.circuit(name),
+                    state.stats.running,
+                    state.stats.waiting,
+                    state.replicas,
                 )
-            with contextlib.suppress(Exception):
+            try:
                 await self._send_forecast()
-            known = any(load.replicas is not None for load in executor.load.values())
-            await asyncio.sleep(STATS_PERIOD_S if known else 0.1)  # first sample soon
-
-    def _may_sleep(self, name: str) -> bool:
-        """Whether the pool may be at zero replicas while its count is not known yet."""
-        scaling = self.config.pools[name].autoscaling_config
-        known = self.serving.executor.load[name].replicas is not None
-        return not known and scaling is not None and scaling.min_replicas == 0
+            except Exception as exc:  # noqa: BLE001 - retried next period
+                self._forecast_log.failed(exc)
+            await asyncio.sleep(STATS_PERIOD_S if known else 0.1)  # the first round soon
 
     async def _poll_pool(self, name: str) -> None:
-        load = self.serving.executor.load[name]
         try:
             async with asyncio.timeout(STATS_PERIOD_S):
                 stats: EngineStats = await self.pools[name].stats.remote()
         except (TimeoutError, BackPressureError):
-            load.polled = "busy"  # its replicas' slots are full: the call waited in line
-        except Exception:  # noqa: BLE001 - dead replica, unavailable deployment
-            load.polled = "failed"
+            self.monitor.record_poll_failure(name, busy=True)  # slots full: waited in line
+        except Exception as exc:  # noqa: BLE001 - dead replica, unavailable deployment
+            self.monitor.record_poll_failure(name, busy=False)
+            self._stats_log.failed(exc)
         else:
-            load.stats, load.stats_at, load.polled = stats, time.monotonic(), "ok"
+            self.monitor.record_stats(name, stats)
 
     async def _send_forecast(self) -> None:
         """Tell escalation targets how many escalations to expect (their autoscaler reads it)."""
         now = time.monotonic()
-        forecast = self.serving.executor.forecast.expected()
+        forecast = self.monitor.forecast.expected()
         for pool in set(forecast) | set(self._sent):
             value = forecast.get(pool, 0.0)
             last, when = self._sent.get(pool, (0.0, 0.0))
@@ -345,14 +264,16 @@ class Ingress:
         falling back.
         """
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 status = await asyncio.to_thread(serve.status)
                 deployments = status.applications[self._app].deployments
-                for name, load in self.serving.executor.load.items():
+                for name in self.monitor.pools:
                     pool = deployments[f"pool-{name}"]
                     running = int(pool.replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
                     updating = running == 0 and str(pool.status).endswith("UPDATING")
-                    load.replicas = None if updating else running
+                    self.monitor.record_replicas(name, None if updating else running)
+            except Exception as exc:  # noqa: BLE001 - retried next period
+                self._replicas_log.failed(exc)
             await asyncio.sleep(REPLICAS_PERIOD_S)
 
     def _wishes(
@@ -400,7 +321,7 @@ class Ingress:
         x_switchyard_tier: Hdr = None,
     ) -> Response:
         asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
-        decided = await self.serving.dry_run(body, body.text, asked)
+        decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
         return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
@@ -410,40 +331,20 @@ class Ingress:
 
     @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:
-        """Pool health from what the stats poller last saw: never queues behind requests.
+        """Pool health from what the stats poller last saw (`PoolMonitor.health`).
 
-        A pool is healthy when its last stats call answered, or found every slot busy
-        while Serve runs a replica of it (busy, not dead), or when it is scaled to zero
-        on purpose. Stats are at most about a second old (`stats_age_s`); only a pool
-        not sampled yet (just after start) is asked here, bounded like every poll.
+        Never calls a pool, so it cannot wake one scaled to zero or queue behind
+        requests. Just after start it waits up to HEALTH_FIRST_SAMPLE_S for the poller's
+        first round instead of calling a pool not sampled yet unhealthy.
         """
-        executor = self.serving.executor
-        # NOTE: right after start the poller may not have sampled a pool yet: sample it
-        # here once (bounded like every poll), unless that call could wake a pool that
-        # may be scaled to zero.
-        unsampled = [
-            name
-            for name, load in executor.load.items()
-            if load.polled == "pending" and load.replicas != 0 and not self._may_sleep(name)
-        ]
-        await asyncio.gather(*(self._poll_pool(name) for name in unsampled))
-        now = time.monotonic()
-        status: dict[str, Any] = {}
-        for name, load in executor.load.items():
-            entry: dict[str, Any]
-            if load.replicas == 0:
-                entry = {"ok": True, "state": "scaled_to_zero"}
-            else:
-                ok = load.polled == "ok" or (load.polled == "busy" and bool(load.replicas))
-                entry = {"ok": ok, "state": load.polled, **asdict(load.stats)}
-                if load.stats_at is not None:
-                    entry["stats_age_s"] = round(now - load.stats_at, 2)
-            entry["replicas"] = load.replicas
-            entry["circuit"] = executor.breakers[name].state
-            status[name] = entry
+        if not self._sampled.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEALTH_FIRST_SAMPLE_S):
+                    await self._sampled.wait()
+        status = self.monitor.health()
         healthy = all(s["ok"] for s in status.values())
         body: dict[str, Any] = {"ok": healthy, "pools": status}
-        body["counters"] = dict(self.serving.counters)
+        body["counters"] = dict(self.metrics.counts)
         body["active_requests"] = self.guard.active
         if self.guard.refused:
             body["refused"] = {str(k): v for k, v in sorted(self.guard.refused.items())}

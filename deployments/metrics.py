@@ -6,7 +6,8 @@ exporter: Ray already exports every process's metrics on each node's metrics por
 and application labels. Counters appear as `ray_switchyard_<name>_total`.
 
 `RequestMetrics` is created in the ingress constructor (never at import) and takes
-`export=False` in unit tests, where only the in-memory summary is kept.
+`export=False` in unit tests, where only the in-memory summary is kept. It is the one
+set of counters: `/v1/metrics` shows its summary, `/health` its `counts`.
 """
 
 from __future__ import annotations
@@ -15,32 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from deployments.openai.errors import APIError
-from models.engines.base import EngineUnavailableError, PromptError
-from routing.policy import UnknownModelError
+from execution.executor import Outcome
 
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32]
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
-
-
-def outcome_of(exc: BaseException | None) -> str:
-    """The `outcome` label of a request that ended with `exc` (None: success)."""
-    if exc is None:
-        return "ok"
-    if isinstance(exc, APIError):
-        if exc.status == 429:
-            return "rejected"
-        if exc.status == 503:
-            return "unavailable"
-        if exc.status == 504:
-            return "timeout"
-        return "client_error" if exc.status < 500 else "error"
-    if isinstance(exc, PromptError | UnknownModelError):
-        return "client_error"
-    if isinstance(exc, EngineUnavailableError):
-        return "unavailable"
-    return "error"
 
 
 @dataclass(frozen=True)
@@ -67,7 +47,9 @@ class RequestMetrics:
     def __init__(self, export: bool = True) -> None:
         self.requests: Counter[str] = Counter()  # outcome -> count
         self.served: Counter[str] = Counter()  # model -> answers
-        self.escalations = 0
+        # strategy.<s>, served.<pool>, escalations, fallbacks, speculative.<winner>_won,
+        # discarded_tokens: shown by /health
+        self.counts: Counter[str] = Counter()
         self.cost_usd = 0.0
         self.large_cost_usd = 0.0
         self.completion_tokens = 0
@@ -97,17 +79,24 @@ class RequestMetrics:
             self._inc("cost", done.cost_usd, tags)
             self._inc("large_cost", done.large_cost_usd, tags)
 
-    def escalated(self, source: str, target: str) -> None:
-        self.escalations += 1
-        self._inc("escalations", 1, {"source": source, "target": target})
-
-    def speculated(self, winner: str) -> None:
-        self._inc("speculative", 1, {"winner": winner})
-
-    def discarded(self, pool: str, strategy: str, tokens: int, engine_s: float) -> None:
-        tags = {"pool": pool, "strategy": strategy}
-        self._inc("discarded_tokens", tokens, tags)
-        self._inc("discarded_engine_s", engine_s, tags)
+    def answered(self, outcome: Outcome) -> None:
+        """A strategy produced its answer: who served it, escalations, discarded work."""
+        c = self.counts
+        c[f"served.{outcome.pool}"] += 1
+        if outcome.escalated:  # cascade escalated, or speculative kept the strong answer
+            c["escalations"] += 1
+            tags = {"source": outcome.tried[0], "target": outcome.pool}
+            self._inc("escalations", 1, tags)
+        if outcome.strategy == "route" and len(outcome.tried) > 1:
+            c["fallbacks"] += 1
+        if outcome.winner:
+            c[f"speculative.{outcome.winner}_won"] += 1
+            self._inc("speculative", 1, {"winner": outcome.winner})
+        if outcome.discarded_pool is not None:
+            c["discarded_tokens"] += outcome.discarded_tokens
+            tags = {"pool": outcome.discarded_pool, "strategy": outcome.strategy}
+            self._inc("discarded_tokens", outcome.discarded_tokens, tags)
+            self._inc("discarded_engine_s", outcome.discarded_engine_s, tags)
 
     def fell_back(self, from_pool: str, to_pool: str, reason: str) -> None:
         self._inc("fallbacks", 1, {"from_pool": from_pool, "to_pool": to_pool, "reason": reason})
@@ -115,7 +104,8 @@ class RequestMetrics:
     def downgraded(self, strategy: str, reason: str) -> None:
         self._inc("downgrades", 1, {"strategy": strategy, "reason": reason})
 
-    def decided(self, pool: str, reason: str) -> None:
+    def decided(self, strategy: str, pool: str, reason: str) -> None:
+        self.counts[f"strategy.{strategy}"] += 1
         self._inc("decisions", 1, {"pool": pool, "reason": reason})
 
     def pool_state(
@@ -150,7 +140,7 @@ class RequestMetrics:
             "model_distribution": {
                 model: round(n / ok, 4) for model, n in self.served.most_common()
             },
-            "escalations": self.escalations,
+            "escalations": self.counts["escalations"],
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
             "always_large_cost_usd": round(self.large_cost_usd, 6),
@@ -188,7 +178,9 @@ def _ray_metrics() -> dict[str, Any]:
         "tokens": counter(
             "tokens", "Prompt (in) and completion (out) tokens", "pool", "model", "direction"
         ),
-        "escalations": counter("escalations", "Cascade escalations", "source", "target"),
+        "escalations": counter(
+            "escalations", "Answers served by the escalation target", "source", "target"
+        ),
         "speculative": counter("speculative_outcomes", "Speculative races by winner", "winner"),
         "discarded_tokens": counter(
             "discarded_tokens", "Tokens generated and thrown away", "pool", "strategy"

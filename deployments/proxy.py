@@ -79,7 +79,9 @@ def edge_config(env: dict[str, str] | None = None) -> ApiConfig:
     env = dict(os.environ) if env is None else env
     fields = ("max_body_bytes", "max_header_bytes", "body_timeout_s")
     given = {f: env[f"SWITCHYARD_{f.upper()}"] for f in fields if f"SWITCHYARD_{f.upper()}" in env}
-    return ApiConfig.model_validate(given)
+    # NOTE: environment values are strings; the config is strict, so numbers are parsed
+    # from text here on purpose (`strict=False`), and only here.
+    return ApiConfig.model_validate(given, strict=False)
 
 
 def edge_limit(env: dict[str, str] | None = None) -> AdaptiveLimit:

@@ -1,9 +1,10 @@
-"""The routing policy: request features + pool stats in, a `Plan` out.
+"""The routing policy: a request's profile + pool stats in, a `Plan` out.
 
-Pure (no Ray, no vLLM, no I/O): the ingress measures everything first (rules, the
-embedding classifier's similarities, live pool stats, circuit states) and this module
-only decides. The plan says which strategy runs, on which pools, with which confidence
-rule and fallback chain, and records every reason so the response can explain it.
+The only policy module. Pure (no Ray, no vLLM, no I/O): the ingress measures
+everything first (the `RequestProfile`: text, tokens, the classifiers' readings; live
+pool stats, circuit states) and this module only decides. The plan says which strategy
+runs, on which pools, with which confidence rule and fallback chain, and records every
+reason so the response can explain it.
 
     route        one pool: rules and the semantic classifier say which pools fit the
                  request; the multi-objective score J picks among those that meet the
@@ -17,17 +18,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from core.errors import PoolNotAllowedError, PromptError, UnknownModelError
 from routing.config import ConfidenceRule, RoutingConfig, Strategy
-from routing.policy import AUTO_MODEL, choose_pool
+from routing.profile import RequestProfile
 from routing.rules import RouteDecision, decide, extract_features
 
+AUTO_MODEL = "auto"  # the `model` that lets Switchyard choose
 
-class PoolNotAllowedError(ValueError):
-    """A request pinned a pool its tier may not use."""
 
-    def __init__(self, pool: str, tier: str | None) -> None:
-        super().__init__(f"tier {tier!r} may not use pool {pool!r}")
-        self.pool, self.tier = pool, tier
+def pinned_pool(model: str, pool_models: Mapping[str, str]) -> RouteDecision:
+    """The pool a request names: a pool name, or a model id (its first pool in config order)."""
+    if model in pool_models:
+        return RouteDecision(model, "pinned_pool", f"client asked for pool {model!r}")
+    for pool, served in pool_models.items():
+        if served == model:
+            return RouteDecision(pool, "pinned_model", f"client asked for model {model!r}")
+    known = [AUTO_MODEL, *pool_models, *dict.fromkeys(pool_models.values())]
+    raise UnknownModelError(model, known)
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class Plan:
     scores: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     downgrade: tuple[str, str] | None = None  # (strategy asked for, reason) when downgraded
+    max_tokens: Mapping[str, int] = field(default_factory=dict)  # per pool, from the profile
 
 
 def match_scores(
@@ -125,46 +133,60 @@ def _fallbacks(first: str, views: Mapping[str, PoolView], config: RoutingConfig)
 
 
 def plan(
-    model: str,
-    text: str,
+    profile: RequestProfile,
     views: Mapping[str, PoolView],
     pool_models: Mapping[str, str],
     config: RoutingConfig,
     wishes: Wishes | None = None,
-    similarities: Mapping[str, float] | None = None,
-    learned: tuple[float, float] | None = None,
 ) -> Plan:
     """Decide how one request is served.
 
-    `learned` is (score, threshold) of the learned router, when one is configured: a
-    request no rule matched goes to its strong pool when the score reaches the threshold.
+    Only pools the request may use (its tier) and that can serve it (the profile) are
+    candidates, for the first pool, escalation and fallbacks alike.
     """
     wishes = wishes or Wishes()
-    if wishes.pools is not None:
-        views = {name: view for name, view in views.items() if name in wishes.pools}
-    if model != AUTO_MODEL:
-        pinned = choose_pool(model, text, pool_models, config.rules)
-        if pinned.pool not in views:
+    allowed = {n: v for n, v in views.items() if wishes.pools is None or n in wishes.pools}
+    views = {n: v for n, v in allowed.items() if profile.servable(n)}
+    if profile.model != AUTO_MODEL:
+        pinned = pinned_pool(profile.model, pool_models)
+        if pinned.pool not in allowed:
             raise PoolNotAllowedError(pinned.pool, wishes.tier)
+        _require_servable(profile, pinned.pool)
         notes = ("strategy ignored: the request pins a pool",) if wishes.strategy else ()
-        return Plan(
+        decided = Plan(
             "route", pinned.pool, pinned.reason, pinned.detail,
             fallbacks=_fallbacks(pinned.pool, views, config), notes=notes,
         )  # fmt: skip
-
+        return replace(decided, max_tokens=profile.max_tokens)
     rules = config.rules
-    decision = decide(extract_features(text, rules), rules)
-    if learned is not None and decision.reason == "default" and config.learned is not None:
-        score, threshold = learned
-        if score >= threshold and config.learned.strong_pool in views:
+    decision = decide(extract_features(profile.text, rules), rules)
+    learned = config.learned
+    if profile.learned is not None and decision.reason == "default" and learned:
+        score, threshold = profile.learned
+        if score >= threshold and learned.strong_pool in views:
             detail = f"learned router: P(strong needed)={score:.2f} >= {threshold:.2f}"
-            decision = RouteDecision(config.learned.strong_pool, "learned", detail)
+            decision = RouteDecision(learned.strong_pool, "learned", detail)
     if decision.pool not in views:
-        decision = RouteDecision(rules.default_pool, decision.reason, decision.detail)
+        # NOTE: a profile may leave a pool out (no code pool), a tier may forbid it, or it
+        # cannot serve this request: the rule still explains what it saw.
+        why = f"pool {decision.pool!r} is not available to this request"
+        decision = RouteDecision(rules.default_pool, decision.reason, f"{decision.detail}; {why}")
+    if decision.pool not in views:
+        if not views:
+            _require_servable(profile, decision.pool)
+        decision = RouteDecision(next(iter(views)), decision.reason, decision.detail)
     strategy = wishes.strategy or config.default_strategy
     if strategy == "route":
-        return _route(decision, views, config, wishes, similarities or {})
-    return _escalating(strategy, decision, views, config, wishes)
+        decided = _route(decision, views, config, wishes, profile.similarities)
+    else:
+        decided = _escalating(strategy, decision, views, config, wishes)
+    return replace(decided, max_tokens=profile.max_tokens)
+
+
+def _require_servable(profile: RequestProfile, pool: str) -> None:
+    refusal = profile.unservable.get(pool)
+    if refusal is not None:
+        raise PromptError(refusal.message, param=refusal.param)
 
 
 def _route(
@@ -193,8 +215,12 @@ def _route(
     else:
         reason = "score"
         detail = f"lowest J among eligible pools (rules said {decision.pool!r}: {decision.detail})"
-    if similarities and decision.reason == "default" and best != config.rules.default_pool:
-        reason, detail = "semantic", f"similar to {best!r} examples ({similarities[best]:.2f})"
+    # NOTE: "semantic" only when the classifier decided: the chosen pool is the one the
+    # request is most similar to; when cost or latency outweighed the match it is "score".
+    most_similar = max(candidates, key=lambda p: match.get(p, 0.0))
+    if decision.reason == "default" and best == most_similar and best in similarities:
+        if best != config.rules.default_pool and match.get(best, 0.0) > 0:
+            reason, detail = "semantic", f"similar to {best!r} examples ({similarities[best]:.2f})"
     return Plan(
         "route", best, reason, detail,
         fallbacks=_fallbacks(best, views, config), scores=scores, notes=notes,

@@ -26,7 +26,10 @@ class SemanticClassifier:
 
     def similarities(self, text: str) -> dict[str, float]:
         """Best cosine similarity of `text` to each pool's examples."""
-        vector = self.embedder.encode([text])[0]
+        return self.similarities_of(self.embedder.encode([text])[0])
+
+    def similarities_of(self, vector: Vectors) -> dict[str, float]:
+        """The same, for a request already embedded (one embedding serves every classifier)."""
         return {p: round(float(np.max(m @ vector)), 4) for p, m in self._matrices.items()}
 
     def nearest(self, text: str, pool: str) -> str:

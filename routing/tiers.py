@@ -12,17 +12,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from core.errors import TierNotAllowedError, UnknownTierError
 from routing.config import RoutingConfig
 from routing.planner import Wishes
-
-
-class UnknownTierError(ValueError):
-    def __init__(self, tier: str, known: list[str]) -> None:
-        super().__init__(f"unknown tier {tier[:64]!r} (known: {', '.join(known) or 'none'})")
-
-
-class TierNotAllowedError(PermissionError):
-    """The request asked for a tier it may not choose."""
 
 
 def tier_of(config: RoutingConfig, tenant: str | None, asked: str | None) -> str | None:

@@ -3,23 +3,21 @@
     {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
 
 Client mistakes get a 4xx that says what to fix. Server-side failures get a 5xx whose
-message is fixed text chosen here: exception strings from engines or Ray carry
-tracebacks and internal paths and never reach a client (they are logged instead).
+message is fixed text chosen here or by a domain error: exception strings from engines
+or Ray carry tracebacks and internal paths and never reach a client (they are logged).
 
-Exceptions the mapper knows (raised anywhere on the request path):
+What the mapper knows (raised anywhere on the request path):
 
     Starlette's HTTPException                 unknown path, wrong method, body
                                               FastAPI could not parse           -> its status
     RequestValidationError / ValidationError  malformed or wrong-typed body   -> 400
-    APIError(status, ...)                     raised by the ingress itself     -> status
-    PromptError (ContextLengthError)          request cannot be served as asked -> 400
-    UnknownTierError                          no such tier                      -> 400
-    PoolNotAllowedError                       pool outside the client's tier    -> 403
-    TierNotAllowedError                       a tier the client may not choose  -> 403
-    UnknownModelError                         no such model or pool             -> 404
+    APIError(status, ...)                     refusals of the HTTP layer itself
+                                              (limits, headers)                 -> status
+    core.errors domain errors                 the table `_STATUS` below         -> 400..504
     NotImplementedError                       a feature we do not have          -> 501
-    EngineUnavailableError                    pool down, dead or not prepared   -> 503
-    EngineError / anything else               sanitized                         -> 500
+    anything else                             sanitized                         -> 500
+
+`outcome_of` gives the metrics label of any of these, from the same classification.
 """
 
 from __future__ import annotations
@@ -33,10 +31,17 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from models.engines.base import EngineError, EngineUnavailableError, PromptError
-from routing.planner import PoolNotAllowedError
-from routing.policy import UnknownModelError
-from routing.tiers import TierNotAllowedError, UnknownTierError
+from core.errors import (
+    CircuitOpenError,
+    ClientError,
+    ColdStartError,
+    EngineUnavailableError,
+    NotAllowedError,
+    PoolOverloadedError,
+    PoolTimeoutError,
+    SwitchyardError,
+    UnknownModelError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,35 +119,58 @@ def _http_api_error(exc: HTTPException) -> APIError:
     return APIError(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
+# Most specific first: the first class an error is an instance of gives its status.
+_STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
+    (UnknownModelError, 404),
+    (NotAllowedError, 403),
+    (ClientError, 400),
+    (PoolOverloadedError, 429),
+    (PoolTimeoutError, 504),
+    (EngineUnavailableError, 503),
+    (ColdStartError, 503),
+    (CircuitOpenError, 503),
+    (SwitchyardError, 500),
+)
+
+
+def _domain_api_error(exc: SwitchyardError) -> APIError:
+    status = next(code for cls, code in _STATUS if isinstance(exc, cls))
+    if status == 500:
+        logger.error("engine error: %r", exc.__cause__ or exc)
+    headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return APIError(status, exc.message, param=exc.param, code=exc.code, headers=headers)
+
+
 def to_api_error(exc: BaseException) -> APIError:
     """Translate any exception into the APIError the client will see."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, SwitchyardError):
+        return _domain_api_error(exc)
     if isinstance(exc, HTTPException):
         return _http_api_error(exc)
-    if isinstance(exc, RequestValidationError):
+    if isinstance(exc, RequestValidationError | ValidationError):
         return _validation_api_error(list(exc.errors()))
-    if isinstance(exc, ValidationError):
-        return _validation_api_error(list(exc.errors()))
-    if isinstance(exc, PromptError):
-        return APIError(400, exc.message, param=exc.param, code=exc.code)
-    if isinstance(exc, UnknownTierError):
-        return APIError(400, str(exc), param="switchyard.tier", code="unknown_tier")
-    if isinstance(exc, TierNotAllowedError):
-        return APIError(403, str(exc), param="switchyard.tier", code="tier_not_allowed")
-    if isinstance(exc, PoolNotAllowedError):
-        return APIError(403, str(exc), param="model", code="pool_not_allowed")
-    if isinstance(exc, UnknownModelError):
-        return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NotImplementedError):
         return APIError(501, "this feature is not implemented", type="not_implemented")
-    if isinstance(exc, EngineUnavailableError):
-        return APIError(503, exc.message, code="pool_unavailable")
-    if isinstance(exc, EngineError):
-        logger.error("engine error: %r", exc.__cause__ or exc)
-        return APIError(500, exc.message, code="engine_error")
     logger.exception("unexpected error on the request path", exc_info=exc)
     return APIError(500, "internal server error", code="internal_error")
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The `outcome` label of a request that ended with `exc` (None: success)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, SwitchyardError):
+        return exc.outcome
+    status = to_api_error(exc).status
+    if status == 429:
+        return "rejected"
+    if status == 503:
+        return "unavailable"
+    if status == 504:
+        return "timeout"
+    return "client_error" if status < 500 else "error"
 
 
 def error_body(err: APIError) -> dict[str, Any]:

@@ -194,7 +194,6 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-    max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_BOUND)
 
     @field_validator("prompt")
     @classmethod

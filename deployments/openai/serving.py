@@ -1,8 +1,9 @@
-"""Serving logic of the OpenAI endpoints: plan, execute, shape the answer.
+"""Serving logic of the OpenAI endpoints: profile, plan, execute, shape the answer.
 
 Independent of Ray: pools are reached through `PoolClient`, which the ingress backs with
 Serve handles and unit tests back with fake engines. A reader finds the request path
-here: validate -> `plan` (routing/planner.py, pure) -> `Executor` (pools) -> response.
+here: validate -> `RequestProfile` (routing/profile.py, once) -> `plan`
+(routing/planner.py, pure) -> `Executor` (execution/, pools) -> response.
 
 Streaming: `route` streams tokens as the pool produces them (falling back to the next
 pool only before the first token). `cascade` and `speculative` stream once an answer is
@@ -15,57 +16,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
 from pydantic import BaseModel
 
-from deployments.config import AppConfig
-from deployments.execution import Executor, Outcome, PoolClient, PoolLimits
-from deployments.metrics import Finished, RequestMetrics, outcome_of
-from deployments.openai.errors import APIError, sse_error_event
+from deployments.config import AppConfig, PoolConfig
+from deployments.metrics import Finished, RequestMetrics
+from deployments.openai.errors import outcome_of
 from deployments.openai.protocol import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatDelta,
-    ChatLogprobs,
-    ChatMessageOut,
-    ChatTokenLogprob,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
-    CompletionResponse,
     ModelCard,
     ModelList,
     RouteInfo,
     RoutePlanResponse,
     SamplingFields,
-    TopLogprob,
-    Usage,
     new_id,
 )
-from models.catalog import ModelSpec
+from deployments.openai.responses import (
+    ChunkShaper,
+    chat_body,
+    chat_shaper,
+    completion_body,
+    completion_shaper,
+    no_more_chunks,
+    sse_lines,
+)
+from execution.executor import Executor, Outcome, PoolClient
+from execution.monitor import PoolLimits, PoolMonitor
 from models.engines.base import (
     ChatMessage,
-    GenerationChunk,
     GenerationRequest,
     SamplingOptions,
-    TokenLogprob,
 )
 from routing.learned import LearnedRouter
-from routing.planner import Plan, PoolView, Wishes, plan
-from routing.policy import AUTO_MODEL
+from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
+from routing.profile import RequestProfile, profile_request
 from routing.semantic import SemanticClassifier
 
-SSE_DONE = "data: [DONE]\n\n"
 NO_WISHES = Wishes()
 
-__all__ = ["SSE_DONE", "OpenAIServing", "PoolClient", "Routed", "sse_event"]
+__all__ = ["OpenAIServing", "PoolClient", "Routed"]
 
 
 COUNTED = "_switchyard_counted"
@@ -78,10 +71,6 @@ def mark_counted(exc: BaseException) -> None:
 
 def is_counted(exc: BaseException) -> bool:
     return bool(getattr(exc, COUNTED, False))
-
-
-def sse_event(payload: BaseModel) -> str:
-    return f"data: {payload.model_dump_json()}\n\n"
 
 
 @dataclass
@@ -101,12 +90,15 @@ class Routed:
         }
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+@dataclass
+class InFlight:
+    """One request whose answer has started: what its metrics need when it ends."""
+
+    plan: Plan
+    pool: str
+    started: float
+    ttft_s: float | None = None
+    outcome: Outcome | None = None
 
 
 class OpenAIServing:
@@ -128,14 +120,15 @@ class OpenAIServing:
         chosen = [cfg.threshold if cfg else None, learned.threshold if learned else None]
         self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
         self._pool_models = config.pool_models()
-        limits = {
-            name: PoolLimits(pool.max_ongoing_requests, pool.cold_start_timeout_s)
-            for name, pool in config.pools.items()
-        }
-        self.executor = Executor(pools, config.routing, limits, self.metrics)
+        self._pool_specs = {name: config.model(model) for name, model in self._pool_models.items()}
+        self.monitor = PoolMonitor(
+            {name: _limits(pool) for name, pool in config.pools.items()},
+            config.routing.fallback.failure_threshold,
+            config.routing.fallback.cooldown_s,
+        )
+        self.executor = Executor(pools, self.monitor, self.metrics)
         large = config.pools.get(config.routing.rules.large_pool)
         self._large_model = config.model(large.model) if large else None
-        self.counters: Counter[str] = Counter()
 
     def models(self) -> ModelList:
         now = int(time.time())
@@ -155,56 +148,67 @@ class OpenAIServing:
 
     # --- planning -----------------------------------------------------------------
 
-    def views(self, prompt_chars: int, max_tokens: int) -> dict[str, PoolView]:
+    async def profile(self, body: SamplingFields, text: str, chat: bool) -> RequestProfile:
+        """The request's facts, once: tokens per pool, what cannot serve it, its embedding."""
+        similarities: dict[str, float] = {}
+        learned = None
+        if body.model == AUTO_MODEL and (self.semantic or self.learned):
+            # NOTE: embedding costs a few ms of CPU: off the event loop, and only once.
+            similarities, score = await asyncio.to_thread(self._classify, text)
+            if score is not None:
+                learned = (score, self._learned_threshold)
+        return profile_request(
+            body.model,
+            text,
+            chat=chat,
+            requested_max_tokens=body.requested_max_tokens,
+            min_tokens=body.min_tokens,
+            pool_models=self._pool_specs,
+            chars_per_token=self.config.routing.rules.chars_per_token,
+            similarities=similarities,
+            learned=learned,
+        )
+
+    def _classify(self, text: str) -> tuple[dict[str, float], float | None]:
+        """Embed the request once; both classifiers read the same vector."""
+        model = self.semantic or self.learned
+        assert model is not None
+        vectors = model.embedder.encode([text])
+        similarities = self.semantic.similarities_of(vectors[0]) if self.semantic else {}
+        score = float(self.learned.score_vectors(vectors)[0]) if self.learned else None
+        return similarities, score
+
+    def views(self, profile: RequestProfile) -> dict[str, PoolView]:
         """Pool views for the planner, from config and live load; never blocks."""
-        prompt_tokens = prompt_chars / self.config.routing.rules.chars_per_token
+        monitor = self.monitor
         views = {}
         for name, pool in self.config.pools.items():
-            cost = self.config.model(pool.model).cost
-            load = self.executor.load[name]
-            per_token = load.seconds_per_token or 1.0 / pool.tokens_per_s
-            queued = load.stats.running + load.stats.waiting
+            state = monitor.state(name)
+            tokens = profile.max_tokens[name]
+            per_token = state.seconds_per_token or 1.0 / pool.tokens_per_s
+            queued = state.stats.running + state.stats.waiting
             views[name] = PoolView(
                 name=name,
                 quality=pool.quality,
-                cost_per_request=cost.of(prompt_tokens, max_tokens),
-                expected_latency_s=per_token
-                * max_tokens
-                * (1 + queued / pool.max_ongoing_requests),
-                saturated=self.executor.saturated(name),
-                available=self.executor.breakers[name].state != "open",
+                cost_per_request=self._pool_specs[name].cost.of(profile.prompt_tokens, tokens),
+                expected_latency_s=per_token * tokens * (1 + queued / pool.max_ongoing_requests),
+                saturated=monitor.saturated(name),
+                available=monitor.available(name),
             )
         return views
 
     async def plan(
-        self, body: SamplingFields, text: str, wishes: Wishes, max_tokens: int
-    ) -> tuple[Plan, dict[str, float]]:
-        similarities: dict[str, float] = {}
-        if self.semantic is not None and body.model == AUTO_MODEL:
-            # NOTE: embedding takes ~10 ms of CPU; keep it off the event loop.
-            similarities = await asyncio.to_thread(self.semantic.similarities, text)
-        learned = None
-        if self.learned is not None and body.model == AUTO_MODEL:
-            score = float((await asyncio.to_thread(self.learned.score, [text]))[0])
-            learned = (score, self._learned_threshold)
-        views = self.views(len(text), max_tokens)
-        decided = plan(
-            body.model,
-            text,
-            views,
-            self._pool_models,
-            self.config.routing,
-            wishes,
-            similarities,
-            learned,
-        )
-        return decided, similarities
+        self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+    ) -> tuple[Plan, RequestProfile]:
+        profile = await self.profile(body, text, chat)
+        views = self.views(profile)
+        return plan(profile, views, self._pool_models, self.config.routing, wishes), profile
 
-    async def dry_run(self, body: SamplingFields, text: str, wishes: Wishes) -> RoutePlanResponse:
+    async def dry_run(
+        self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+    ) -> RoutePlanResponse:
         """`POST /v1/route`: the decision for a request, without generating."""
-        max_tokens = body.requested_max_tokens or 256
-        decided, similarities = await self.plan(body, text, wishes, max_tokens)
-        self._sampling(body, decided, body.requested_max_tokens)  # refused as chat would be
+        decided, profile = await self.plan(body, text, wishes, chat)
         return RoutePlanResponse(
             strategy=decided.strategy,
             pool=decided.pool,
@@ -216,32 +220,15 @@ class OpenAIServing:
             threshold=decided.rule.threshold if decided.rule else None,
             fallbacks=list(decided.fallbacks),
             scores=decided.scores,
-            similarities=similarities,
+            similarities=dict(profile.similarities),
             notes=list(decided.notes),
         )
 
-    def _sampling(
-        self, body: SamplingFields, decided: Plan, requested: int | None
-    ) -> tuple[ModelSpec, SamplingOptions]:
-        pools = [decided.pool, *([decided.target] if decided.target else [])]
-        specs = [self.config.model(self._pool_models[p]) for p in pools]
-        spec = specs[0]
-        max_tokens = requested if requested is not None else spec.default_max_tokens
-        for s in specs:
-            if max_tokens > s.max_tokens:
-                raise APIError(
-                    400,
-                    f"max_tokens={max_tokens} exceeds the limit of {s.max_tokens} for model "
-                    f"{s.id!r}",
-                    param="max_tokens",
-                )
-        if body.min_tokens > max_tokens:
-            raise APIError(
-                400, f"min_tokens={body.min_tokens} exceeds max_tokens={max_tokens}",
-                param="min_tokens",
-            )  # fmt: skip
-        return spec, SamplingOptions(
-            max_tokens=max_tokens,
+    def _sampling(self, body: SamplingFields, decided: Plan) -> SamplingOptions:
+        """Sampling for the plan's first pool; the executor sets each pool's max_tokens."""
+        spec = self._pool_specs[decided.pool]
+        return SamplingOptions(
+            max_tokens=decided.max_tokens[decided.pool],
             temperature=body.temperature if body.temperature is not None else spec.temperature,
             top_p=body.top_p if body.top_p is not None else spec.top_p,
             stop=body.stop_list(),
@@ -262,11 +249,19 @@ class OpenAIServing:
 
     async def chat(self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
         with self._failures(wishes):
-            return await self._chat(body, wishes)
+            messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
+            text = "\n".join(m.content for m in messages)
+            decided, _ = await self.plan(body, text, wishes, chat=True)
+            sampling = self._sampling(body, decided)
+            request = GenerationRequest(new_id("chatcmpl"), sampling, messages=messages)
+            return await self._serve(body, decided, request, chat_shaper, chat_body)
 
     async def completion(self, body: CompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
         with self._failures(wishes):
-            return await self._completion(body, wishes)
+            text = body.prompt_text
+            decided, _ = await self.plan(body, text, wishes, chat=False)
+            request = GenerationRequest(new_id("cmpl"), self._sampling(body, decided), prompt=text)
+            return await self._serve(body, decided, request, completion_shaper, completion_body)
 
     @contextlib.contextmanager
     def _failures(self, wishes: Wishes) -> Iterator[None]:
@@ -280,29 +275,6 @@ class OpenAIServing:
             mark_counted(exc)
             raise
 
-    async def _chat(self, body: ChatCompletionRequest, wishes: Wishes) -> Routed:
-        messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
-        text = "\n".join(m.content for m in messages)
-        decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 256)
-        spec, sampling = self._sampling(body, decided, body.requested_max_tokens)
-        for pool in (decided.pool, decided.target):
-            if pool and not self.config.model(self._pool_models[pool]).chat:
-                raise APIError(
-                    400,
-                    f"model {self._pool_models[pool]!r} (pool {pool!r}) is completion-only; "
-                    "use /v1/completions",
-                    param="model",
-                )
-        request = GenerationRequest(new_id("chatcmpl"), sampling, messages=messages)
-        return await self._serve(body, decided, request, _chat_shaper, _chat_body)
-
-    async def _completion(self, body: CompletionRequest, wishes: Wishes) -> Routed:
-        text = body.prompt_text
-        decided, _ = await self.plan(body, text, wishes, body.requested_max_tokens or 16)
-        _, sampling = self._sampling(body, decided, body.requested_max_tokens)
-        request = GenerationRequest(new_id("cmpl"), sampling, prompt=text)
-        return await self._serve(body, decided, request, _completion_shaper, _completion_body)
-
     async def _serve(
         self,
         body: SamplingFields,
@@ -312,89 +284,57 @@ class OpenAIServing:
         whole: Callable[[GenerationRequest, RouteInfo, Outcome], BaseModel],
     ) -> Routed:
         started = time.monotonic()
-        self.counters[f"strategy.{decided.strategy}"] += 1
-        self.metrics.decided(decided.pool, decided.reason)
+        self.metrics.decided(decided.strategy, decided.pool, decided.reason)
         if decided.downgrade:
             self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream and decided.strategy == "route":
             pool, first, chunks, tried = await self.executor.open_stream(decided, request)
-            ttft = time.monotonic() - started
+            flight = InFlight(decided, pool, started, ttft_s=time.monotonic() - started)
             route = self._route_info(decided, pool, tried)
-            done = partial(self._finished, decided.strategy, pool, started, ttft, None)
-            lines = _sse_lines(first, chunks, shaper(request, route), include_usage, done)
+            done = partial(self._finished, flight)
+            lines = sse_lines(first, chunks, shaper(request, route), include_usage, done)
             return Routed(route, stream=lines)
         outcome = await self.executor.execute(decided, request)
-        self._count(outcome)
+        self.metrics.answered(outcome)
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
+        flight = InFlight(decided, outcome.pool, started, outcome=outcome)
         result = outcome.result
         if body.stream:
-            chunk = result.as_chunk()
-            ttft = time.monotonic() - started
-            done = partial(self._finished, decided.strategy, outcome.pool, started, ttft, outcome)
-            lines = _sse_lines(chunk, _empty(), shaper(request, route), include_usage, done)
+            flight.ttft_s = time.monotonic() - started
+            done = partial(self._finished, flight)
+            lines = sse_lines(
+                result.as_chunk(), no_more_chunks(), shaper(request, route), include_usage, done
+            )
             return Routed(route, stream=lines)
-        self._finished(
-            decided.strategy, outcome.pool, started, None, outcome,
-            "ok", result.prompt_tokens, result.completion_tokens,
-        )  # fmt: skip
+        self._finished(flight, "ok", result.prompt_tokens, result.completion_tokens)
         return Routed(route, body=whole(request, route, outcome))
 
     def _finished(
-        self,
-        strategy: str,
-        pool: str,
-        started: float,
-        ttft_s: float | None,
-        outcome: Outcome | None,
-        ended: str,
-        prompt_tokens: int,
-        completion_tokens: int,
+        self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Count a request whose answer started: at its end, or when its stream ended."""
-        spec = self.config.model(self._pool_models[pool])
+        spec = self._pool_specs[flight.pool]
         cost = spec.cost.of(prompt_tokens, completion_tokens)
+        outcome = flight.outcome
         if outcome is not None and outcome.discarded_pool is not None:
-            lost = self.config.model(self._pool_models[outcome.discarded_pool])
+            lost = self._pool_specs[outcome.discarded_pool]
             cost += lost.cost.of(0, outcome.discarded_tokens)
-        large = (
-            self._large_model.cost.of(prompt_tokens, completion_tokens)
-            if self._large_model
-            else cost
-        )
+        large = self._large_model
         self.metrics.finished(
             Finished(
-                strategy=strategy,
+                strategy=flight.plan.strategy,
                 outcome=ended,
-                latency_s=time.monotonic() - started,
-                pool=pool,
+                latency_s=time.monotonic() - flight.started,
+                pool=flight.pool,
                 model=spec.id,
-                ttft_s=ttft_s,
+                ttft_s=flight.ttft_s,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 cost_usd=cost,
-                large_cost_usd=large,
+                large_cost_usd=large.cost.of(prompt_tokens, completion_tokens) if large else cost,
             )
         )
-
-    def _count(self, outcome: Outcome) -> None:
-        c = self.counters
-        c[f"served.{outcome.pool}"] += 1
-        c["escalations"] += outcome.escalated
-        c["fallbacks"] += len(outcome.tried) > 1 and outcome.strategy == "route"
-        if outcome.winner:
-            c[f"speculative.{outcome.winner}_won"] += 1
-            self.metrics.speculated(outcome.winner)
-        c["discarded_tokens"] += outcome.discarded_tokens
-        if outcome.escalated and outcome.strategy == "cascade":
-            self.metrics.escalated(outcome.tried[0], outcome.pool)
-        if outcome.discarded_pool is not None:
-            self.metrics.discarded(
-                outcome.discarded_pool,
-                outcome.strategy,
-                outcome.discarded_tokens,
-                outcome.discarded_engine_s,
-            )
 
     def _route_info(
         self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None
@@ -420,155 +360,10 @@ class OpenAIServing:
         )
 
 
-async def _empty() -> AsyncIterator[GenerationChunk]:
-    return
-    yield  # pragma: no cover - makes this an async generator
-
-
-ChunkShaper = Callable[[GenerationChunk | None, Usage | None], BaseModel]
-
-
-StreamDone = Callable[[str, int, int], None]
-
-
-async def _sse_lines(
-    first: GenerationChunk | None,
-    chunks: AsyncIterator[GenerationChunk],
-    shape: ChunkShaper,
-    include_usage: bool,
-    done: StreamDone,
-) -> AsyncIterator[str]:
-    """The SSE lines of an answer; `done(outcome, prompt_tokens, completion_tokens)` at the end."""
-    prompt_tokens = completion_tokens = 0
-    ended = "cancelled"  # unless the loop finishes or fails: the client left
-    try:
-        yield sse_event(shape(None, None))
-        chunk = first
-        while chunk is not None:
-            prompt_tokens = chunk.prompt_tokens or prompt_tokens
-            completion_tokens += len(chunk.token_ids)
-            yield sse_event(shape(chunk, None))
-            chunk = await anext(chunks, None)
-        if include_usage:
-            yield sse_event(shape(None, usage(prompt_tokens, completion_tokens)))
-        ended = "ok"
-    except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
-        ended = outcome_of(exc)
-        yield sse_error_event(exc)
-    finally:
-        # NOTE: also runs when the client leaves early (the generator is closed).
-        done(ended, prompt_tokens, completion_tokens)
-    yield SSE_DONE
-
-
-def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChatLogprobs | None:
-    if tokens is None:
-        return None
-    return ChatLogprobs(
-        content=[
-            ChatTokenLogprob(
-                token=t.token,
-                logprob=t.logprob,
-                bytes=list(t.token.encode()),
-                top_logprobs=[
-                    TopLogprob(token=tok, logprob=lp, bytes=list(tok.encode())) for tok, lp in t.top
-                ],
-            )
-            for t in tokens
-        ]
+def _limits(pool: PoolConfig) -> PoolLimits:
+    scaling = pool.autoscaling_config
+    return PoolLimits(
+        max_ongoing=pool.max_ongoing_requests,
+        cold_start_timeout_s=pool.cold_start_timeout_s,
+        may_scale_to_zero=scaling is not None and scaling.min_replicas == 0,
     )
-
-
-def _completion_logprobs(
-    tokens: list[TokenLogprob] | None, offset: int = 0
-) -> CompletionLogprobs | None:
-    """`offset`: characters of the answer before these tokens (a stream's earlier chunks)."""
-    if tokens is None:
-        return None
-    offsets = []
-    for t in tokens:
-        offsets.append(offset)
-        offset += len(t.token)
-    return CompletionLogprobs(
-        tokens=[t.token for t in tokens],
-        token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[dict(t.top) for t in tokens],
-        text_offset=offsets,
-    )
-
-
-def _chat_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
-    result = outcome.result
-    return ChatCompletionResponse(
-        id=request.request_id,
-        model=route.model,
-        choices=[
-            ChatChoice(
-                message=ChatMessageOut(content=result.text),
-                finish_reason=result.finish_reason,
-                logprobs=_chat_logprobs(result.tokens),
-            )
-        ],
-        usage=usage(result.prompt_tokens, result.completion_tokens),
-        switchyard=route,
-    )
-
-
-def _completion_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
-    result = outcome.result
-    return CompletionResponse(
-        id=request.request_id,
-        model=route.model,
-        choices=[
-            CompletionChoice(
-                text=result.text,
-                finish_reason=result.finish_reason,
-                logprobs=_completion_logprobs(result.tokens),
-            )
-        ],
-        usage=usage(result.prompt_tokens, result.completion_tokens),
-        switchyard=route,
-    )
-
-
-def _chat_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    make = partial(
-        ChatCompletionChunk, id=request.request_id, created=int(time.time()), model=route.model
-    )
-
-    def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        if final_usage is not None:
-            return make(choices=[], usage=final_usage)
-        if chunk is None:  # opening chunk: the role, and who serves the request
-            delta = ChatDelta(role="assistant", content="")
-            return make(choices=[ChatChunkChoice(delta=delta)], switchyard=route)
-        choice = ChatChunkChoice(
-            delta=ChatDelta(content=chunk.text),
-            finish_reason=chunk.finish_reason,
-            logprobs=_chat_logprobs(chunk.tokens),
-        )
-        return make(choices=[choice])
-
-    return shape
-
-
-def _completion_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    make = partial(
-        CompletionResponse, id=request.request_id, created=int(time.time()), model=route.model
-    )
-    sent = 0  # characters streamed so far: where the next chunk's text_offset starts
-
-    def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        nonlocal sent
-        if final_usage is not None:
-            return make(choices=[], usage=final_usage)
-        if chunk is None:
-            return make(choices=[CompletionChoice(text="", finish_reason=None)], switchyard=route)
-        logprobs = _completion_logprobs(chunk.tokens, sent)
-        sent += len(chunk.text)
-        choice = CompletionChoice(
-            text=chunk.text, finish_reason=chunk.finish_reason, logprobs=logprobs
-        )
-        return make(choices=[choice])
-
-    return shape

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from core.errors import EngineUnavailableError
 from models.catalog import ModelSpec
-from models.engines.base import Engine, EngineUnavailableError
+from models.engines.base import Engine
 from models.engines.fake import FakeEngine, FakeEngineOptions
 
 __all__ = ["create_engine", "model_location"]

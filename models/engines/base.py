@@ -6,14 +6,9 @@ request it is running, and reports its load. Two implementations exist: the vLLM
 (`models.engines.fake`). The pool deployment only sees this interface, so which engine
 runs is a config choice, never an import.
 
-Exceptions raised by engines:
-
-    EngineError                 the engine failed while serving a request (5xx)
-    ├── EngineUnavailableError  the engine is dead or not started (503)
-    PromptError                 the request cannot be served as asked (4xx)
-    └── ContextLengthError      prompt + max_tokens exceed the context window (400)
-
-They carry a client-safe `message`; the original exception stays in `__cause__` for logs.
+Engines raise the domain errors of `core.errors`: `PromptError` (with
+`ContextLengthError`) when the request cannot be served as asked, `EngineError` and
+`EngineUnavailableError` when the engine fails or is not running.
 """
 
 from __future__ import annotations
@@ -23,41 +18,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from core.errors import ContextLengthError
+
 FinishReason = Literal["stop", "length", "abort"]
-
-
-class EngineError(Exception):
-    """An engine failed; `message` is safe to show to clients."""
-
-    def __init__(self, message: str = "the model engine failed to serve the request") -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class EngineUnavailableError(EngineError):
-    """The engine is not running (dead, starting or shut down)."""
-
-    def __init__(self, message: str = "the model engine is not available") -> None:
-        super().__init__(message)
-
-
-class PromptError(Exception):
-    """The request cannot be served as asked; maps to a 400 with `param`."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def __reduce__(self) -> tuple[object, ...]:
-        # NOTE: exceptions cross the replica -> ingress boundary by pickle; keep all fields.
-        return (type(self), (self.message, self.param, self.code))
-
-
-class ContextLengthError(PromptError):
-    def __init__(self, message: str, param: str | None = "messages", code: str | None = None):
-        super().__init__(message, param, code or "context_length_exceeded")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from pydantic import Field
 
 from core.config import StrictConfig
+from core.errors import EngineError
 from models.engines.base import (
     Engine,
-    EngineError,
     EngineStats,
     FinishReason,
     GenerationChunk,

@@ -15,15 +15,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.errors import EngineError, EngineUnavailableError, PromptError
 from models.catalog import ModelSpec
 from models.engines.base import (
     Engine,
-    EngineError,
     EngineStats,
-    EngineUnavailableError,
     GenerationChunk,
     GenerationRequest,
-    PromptError,
     TokenLogprob,
     check_context_length,
 )

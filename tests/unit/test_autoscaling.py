@@ -10,18 +10,18 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 from deployments.autoscaling import (
     ANTICIPATED,
     ENGINE_WAITING,
-    PoolLoad,
+    ScalingSignals,
     desired_replicas,
     pool_autoscaling_policy,
     pool_load,
 )
 
 
-def load(**kw: float) -> PoolLoad:
+def load(**kw: float) -> ScalingSignals:
     base: dict[str, Any] = dict(
         replicas=2, ongoing=0.0, queued=0.0, engine_waiting=0.0, anticipated=0.0, target=4.0
     )
-    return PoolLoad(**{**base, **kw})
+    return ScalingSignals(**{**base, **kw})
 
 
 def context(
@@ -90,7 +90,7 @@ def test_pool_load_reads_serve_context_and_custom_metrics() -> None:
             ANTICIPATED: {"r0": 3.0, "r1": 3.0},
         },
     )
-    assert pool_load(ctx) == PoolLoad(
+    assert pool_load(ctx) == ScalingSignals(
         replicas=2, ongoing=7, queued=1, engine_waiting=3, anticipated=3, target=4
     )
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from routing.breaker import CircuitBreaker
+from execution.breaker import CircuitBreaker
 
 
 class Clock:

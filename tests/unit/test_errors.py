@@ -1,14 +1,40 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
+from pathlib import Path
 
 import pytest
 from fastapi.exceptions import RequestValidationError
 
-from deployments.openai.errors import APIError, create_error_response, sse_error_event, to_api_error
+from core.errors import (
+    AllPoolsFailedError,
+    CircuitOpenError,
+    ColdStartError,
+    ContextLengthError,
+    EngineError,
+    EngineUnavailableError,
+    PoolNotAllowedError,
+    PoolOverloadedError,
+    PoolTimeoutError,
+    PromptError,
+    SwitchyardError,
+    TierNotAllowedError,
+    UnknownModelError,
+    UnknownTierError,
+)
+from deployments.openai.errors import (
+    APIError,
+    create_error_response,
+    outcome_of,
+    sse_error_event,
+    to_api_error,
+)
 from deployments.openai.protocol import ChatCompletionRequest
-from models.engines.base import ContextLengthError, EngineError, EngineUnavailableError, PromptError
-from routing.policy import UnknownModelError
+from execution.executor import counts_against_circuit, moves_on
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def body(exc: BaseException) -> tuple[int, dict[str, object]]:
@@ -137,3 +163,67 @@ def test_unknown_parameters_are_refused_by_name_not_dropped() -> None:
         (name,) = extra
         assert (status, error["param"], error["code"]) == (400, name, "unsupported_parameter")
         assert "refused, not ignored" in str(error["message"])
+
+
+# --- the domain taxonomy ---------------------------------------------------------------
+
+DOMAIN_CASES = [
+    # error, status, code, outcome, next pool tried?, counts against the circuit?
+    (PromptError("no", param="max_tokens"), 400, None, "client_error", False, False),
+    (UnknownTierError("gold", ["free"]), 400, "unknown_tier", "client_error", False, False),
+    (UnknownModelError("x", ["auto"]), 404, "model_not_found", "client_error", False, False),
+    (TierNotAllowedError("no"), 403, "tier_not_allowed", "client_error", False, False),
+    (PoolNotAllowedError("large", "free"), 403, "pool_not_allowed", "client_error", False, False),
+    (PoolOverloadedError("small"), 429, "pool_overloaded", "rejected", True, False),
+    (ColdStartError("code"), 503, "cold_start", "unavailable", True, False),
+    (CircuitOpenError("small", 30), 503, "circuit_open", "unavailable", True, False),
+    (PoolTimeoutError("large", 5), 504, "timeout", "timeout", True, True),
+    (EngineError(), 500, "engine_error", "error", True, True),
+    (EngineUnavailableError(), 503, "pool_unavailable", "unavailable", True, True),
+    (AllPoolsFailedError(["small", "large"]), 503, "pool_unavailable", "unavailable", False, False),
+]
+
+
+@pytest.mark.parametrize(("exc", "status", "code", "outcome", "moves", "circuit"), DOMAIN_CASES)
+def test_each_domain_error_says_what_it_means_once(
+    exc: SwitchyardError, status: int, code: str | None, outcome: str, moves: bool, circuit: bool
+) -> None:
+    api = to_api_error(exc)
+    assert (api.status, api.code, outcome_of(exc)) == (status, code, outcome)
+    assert (moves_on(exc), counts_against_circuit(exc)) == (moves, circuit)
+    restored = pickle.loads(pickle.dumps(exc))  # pools raise them; Ray pickles them
+    assert (type(restored), restored.message, restored.code, restored.param) == (
+        type(exc), exc.message, exc.code, exc.param
+    )  # fmt: skip
+
+
+def test_a_pool_outside_the_tier_counts_as_a_client_error_not_a_server_error() -> None:
+    assert outcome_of(PoolNotAllowedError("large", "free")) == "client_error"  # was "error"
+    assert outcome_of(APIError(403, "no")) == "client_error"
+
+
+def test_refusals_with_a_wait_carry_retry_after() -> None:
+    for exc in (PoolOverloadedError("s"), ColdStartError("c"), CircuitOpenError("s", 12)):
+        headers = to_api_error(exc).headers
+        assert headers is not None and int(headers["retry-after"]) >= 1
+
+
+def error_codes_in_code() -> set[str]:
+    """Every `code` a client can receive: domain errors' and the HTTP layer's literals."""
+    codes = {c for c in (sub.default_code for sub in _subclasses(SwitchyardError)) if c}
+    for path in [*ROOT.glob("deployments/**/*.py"), *ROOT.glob("core/*.py")]:
+        codes |= set(re.findall(r'code="([a-z_]+)"', path.read_text()))
+    return codes
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_every_error_code_a_client_can_get_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Errors") : readme.index("### Limits and hostile clients")]
+    documented = set(re.findall(r"`([a-z_]+)`", table))
+    codes = error_codes_in_code()
+    assert {"cold_start", "circuit_open", "pool_overloaded", "body_too_large"} <= codes
+    assert codes - documented == set()

@@ -8,14 +8,22 @@ from typing import Any
 
 import pytest
 
-from deployments.execution import EscalationForecast
-from deployments.openai.errors import APIError
+from core.errors import ColdStartError, PromptError
+from deployments.openai.errors import to_api_error
+from execution.monitor import EscalationForecast
 from models.engines.base import EngineStats
 from routing.planner import Wishes
+from tests.conftest import fake_app_args
 from tests.unit.test_serving import chat, events, serving
 
 UNSURE = {"logprobs": [-2.0]}
 CODE = "fix this python bug: def f(: pass"
+
+
+def no_fallback_for_code() -> dict[str, Any]:
+    args = fake_app_args()
+    args["routing"] = {"fallback": {"chains": {"small": ["large"], "large": ["small"]}}}
+    return args
 
 
 def info(routed: Any) -> dict[str, Any]:
@@ -24,7 +32,7 @@ def info(routed: Any) -> dict[str, Any]:
 
 async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> None:
     svc, pools = serving()
-    svc.executor.load["code"].replicas = 0
+    svc.monitor.record_replicas("code", 0)
     routed = await svc.chat(chat(text=CODE))
     assert (info(routed)["pool"], info(routed)["fallback"]) == ("large", True)
     assert pools.woken == ["code"]
@@ -32,14 +40,12 @@ async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> N
 
 
 async def test_without_a_fallback_a_cold_pool_is_awaited_until_a_replica_runs() -> None:
-    svc, pools = serving()
-    load = svc.executor.load["code"]
-    load.replicas = 0
-    svc.config.routing.fallback.chains["code"].clear()  # nowhere else to go
+    svc, pools = serving(no_fallback_for_code())
+    svc.monitor.record_replicas("code", 0)
 
     async def replica_comes_up() -> None:
         await asyncio.sleep(0.3)
-        load.replicas = 1
+        svc.monitor.record_replicas("code", 1)
 
     up = asyncio.create_task(replica_comes_up())
     routed = await svc.chat(chat(text=CODE))
@@ -49,21 +55,22 @@ async def test_without_a_fallback_a_cold_pool_is_awaited_until_a_replica_runs() 
 
 
 async def test_a_cold_pool_that_does_not_start_in_time_is_a_clean_503() -> None:
-    svc, pools = serving()
-    svc.executor.load["code"].replicas = 0
-    svc.config.routing.fallback.chains["code"].clear()
-    object.__setattr__(svc.executor.limits["code"], "cold_start_timeout_s", 0.2)
-    with pytest.raises(APIError) as err:
+    args = no_fallback_for_code()
+    args["pools"]["code"]["cold_start_timeout_s"] = 0.2
+    svc, pools = serving(args)
+    svc.monitor.record_replicas("code", 0)
+    with pytest.raises(ColdStartError) as err:
         await svc.chat(chat(text=CODE))
-    assert (err.value.status, err.value.code) == (503, "cold_start")
-    assert "retry-after" in err.value.headers
+    api = to_api_error(err.value)
+    assert (api.status, api.code) == (503, "cold_start")
+    assert api.headers is not None and "retry-after" in api.headers
     assert pools.calls == []
     assert svc.metrics.summary()["outcomes"] == {"unavailable": 1}
 
 
 async def test_cascade_keeps_an_unsure_answer_when_the_target_is_saturated() -> None:
     svc, pools = serving(small=UNSURE)
-    svc.executor.load["large"].stats = EngineStats(running=32, waiting=3)
+    svc.monitor.record_stats("large", EngineStats(running=32, waiting=3))
     result = info(await svc.chat(chat(), Wishes(strategy="cascade")))
     assert (result["pool"], result["escalated"]) == ("small", False)
     assert "escalation skipped: pool 'large' is saturated" in result["notes"]
@@ -72,7 +79,7 @@ async def test_cascade_keeps_an_unsure_answer_when_the_target_is_saturated() -> 
 
 async def test_speculation_downgrades_to_cascade_when_the_target_is_saturated() -> None:
     svc, _ = serving(small={"logprobs": [-0.1]})
-    svc.executor.load["large"].stats = EngineStats(running=32, waiting=0)
+    svc.monitor.record_stats("large", EngineStats(running=32, waiting=0))
     result = info(await svc.chat(chat(), Wishes(strategy="speculative")))
     assert (result["strategy"], result["pool"]) == ("cascade", "small")
     assert any("downgraded to cascade" in n for n in result["notes"])
@@ -93,20 +100,21 @@ async def test_running_cascades_feed_the_forecast() -> None:
     svc, _ = serving(small={"token_latency_s": 0.05, **UNSURE})
     task = asyncio.create_task(svc.chat(chat(), Wishes(strategy="cascade")))
     await asyncio.sleep(0.05)
-    assert svc.executor.forecast.expected() == {"large": 0.5}
+    assert svc.monitor.forecast.expected() == {"large": 0.5}
     await task
-    assert svc.executor.forecast.expected() == {"large": 0.0}
-    assert svc.executor.forecast.share["large"] > 0.5  # it escalated
+    assert svc.monitor.forecast.expected() == {"large": 0.0}
+    assert svc.monitor.forecast.share["large"] > 0.5  # it escalated
 
 
 async def test_metrics_summary_counts_outcomes_models_and_savings() -> None:
-    svc, _ = serving()
-    for model in svc.config.models:  # the large model costs 10x the small one
-        price = 10.0 if model.id == "big-chat" else 1.0
-        object.__setattr__(model.cost, "output_per_million", price)
+    args = fake_app_args()
+    for model in args["models"]:  # the large model costs 10x the small one
+        price = 10.0 if model["id"] == "big-chat" else 1.0
+        model["cost"] = {"output_per_million": price}
+    svc, _ = serving(args)
     await svc.chat(chat())
     await svc.chat(chat(model="large"))
-    with pytest.raises(APIError):
+    with pytest.raises(PromptError):
         await svc.chat(chat(max_tokens=100_000))
     summary = svc.metrics.summary()
     assert summary["requests"] == 3

@@ -4,8 +4,10 @@ from typing import Any
 
 import pytest
 
+from core.errors import PromptError
 from routing.config import RoutingConfig
 from routing.planner import PoolView, Wishes, match_scores, objective, plan
+from routing.profile import Refusal, RequestProfile
 from routing.rules import RouteDecision
 
 POOL_MODELS = {"small": "tiny", "large": "big", "code": "coder"}
@@ -24,8 +26,14 @@ def views(**overrides: dict[str, Any]) -> dict[str, PoolView]:
     }
 
 
+def profile(text: str, model: str = "auto", **kw: Any) -> RequestProfile:
+    return RequestProfile(model, text, len(text) / 4, {p: 128 for p in POOL_MODELS}, **kw)
+
+
 def auto(text: str, **kw: Any) -> Any:
-    return plan("auto", text, kw.pop("views", views()), POOL_MODELS, kw.pop("config", CONFIG), **kw)
+    facts = {k: kw.pop(k) for k in ("similarities", "learned", "unservable") if k in kw}
+    request = profile(text, kw.pop("model", "auto"), **facts)
+    return plan(request, kw.pop("views", views()), POOL_MODELS, kw.pop("config", CONFIG), **kw)
 
 
 # --- route ---------------------------------------------------------------------
@@ -75,7 +83,7 @@ def test_latency_weight_moves_traffic_from_a_slow_pool() -> None:
 
 
 def test_pinned_model_ignores_strategy() -> None:
-    decided = plan("coder", "hi", views(), POOL_MODELS, CONFIG, Wishes(strategy="cascade"))
+    decided = auto("hi", model="coder", wishes=Wishes(strategy="cascade"))
     assert (decided.strategy, decided.pool, decided.reason) == ("route", "code", "pinned_model")
     assert decided.notes == ("strategy ignored: the request pins a pool",)
     assert decided.fallbacks == ("large",)
@@ -153,3 +161,46 @@ def test_learned_router_sends_hard_requests_to_strong_pool() -> None:
     assert (easy.pool, easy.reason) == ("small", "default")
     code = auto("fix my python", config=config, learned=(0.9, 0.69))
     assert code.pool == "code"  # rules come first
+
+
+# --- what decided, and pools that cannot serve -------------------------------------
+
+LOW_QUALITY_WEIGHT = RoutingConfig.model_validate({"scoring": {"gamma_quality": 0.1}})
+
+
+def test_a_pool_without_semantic_examples_can_win_on_score() -> None:
+    # Only `code` has examples; `small` is down and `code` is dear: `large` wins on J.
+    # This was a KeyError (a 500): the label read the winner's similarity.
+    v = views(small=dict(available=False), code=dict(cost_per_request=0.01))
+    decided = auto("hello", views=v, similarities={"code": 0.9}, config=LOW_QUALITY_WEIGHT)
+    assert (decided.pool, decided.reason) == ("large", "score")
+
+
+def test_semantic_label_only_when_the_most_similar_pool_wins() -> None:
+    v = views(small=dict(available=False), code=dict(cost_per_request=0.01))
+    similar = {"code": 0.9, "large": 0.4}
+    decided = auto("hello", views=v, similarities=similar, config=LOW_QUALITY_WEIGHT)
+    assert (decided.pool, decided.reason) == ("large", "score")  # cost decided, not the match
+    cheap_code = views(small=dict(available=False))
+    decided = auto("hello", views=cheap_code, similarities=similar, config=LOW_QUALITY_WEIGHT)
+    assert (decided.pool, decided.reason) == ("code", "semantic")
+
+
+def test_pools_that_cannot_serve_are_never_chosen_nor_fallbacks() -> None:
+    too_long = {"small": Refusal("max_tokens", "max_tokens=100 exceeds the limit of 64")}
+    decided = auto("hello", unservable=too_long)
+    assert (decided.pool, decided.reason) == ("code", "score")  # lowest J of the others
+    assert "small" not in decided.scores and "small" not in decided.fallbacks
+    cascade = auto("hello", unservable=too_long, wishes=Wishes(strategy="cascade"))
+    assert (cascade.strategy, cascade.pool) == ("route", "code")  # no cheap pool to try
+    assert any("'small'" in note for note in cascade.notes)
+
+
+def test_a_pinned_pool_that_cannot_serve_is_a_400_naming_the_field() -> None:
+    refusal = {"small": Refusal("max_tokens", "max_tokens=100 exceeds the limit of 64")}
+    with pytest.raises(PromptError) as err:
+        auto("hello", model="small", unservable=refusal)
+    assert (err.value.param, err.value.message) == ("max_tokens", refusal["small"].message)
+    everyone = {p: Refusal("model", f"{p} is completion-only") for p in POOL_MODELS}
+    with pytest.raises(PromptError, match="small is completion-only"):
+        auto("hello", unservable=everyone)  # the pool the rules chose says why

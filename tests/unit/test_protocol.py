@@ -87,7 +87,7 @@ def test_max_completion_tokens_wins() -> None:
 
 def test_completion_defaults_and_limits() -> None:
     req = CompletionRequest.model_validate({"model": "auto", "prompt": "x"})
-    assert req.requested_max_tokens == 16  # OpenAI's default for completions
+    assert req.requested_max_tokens is None  # the catalog's default_max_tokens applies
     assert req.stop_list() == ()
     with pytest.raises(ValidationError, match="one string"):
         CompletionRequest.model_validate({"model": "auto", "prompt": ["a", "b"]})

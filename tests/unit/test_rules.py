@@ -5,7 +5,8 @@ import threading
 import pytest
 from pydantic import ValidationError
 
-from routing.policy import UnknownModelError, choose_pool
+from core.errors import UnknownModelError
+from routing.planner import pinned_pool
 from routing.rules import RouteDecision, RulesConfig, decide, extract_features
 
 RULES = RulesConfig()
@@ -75,32 +76,20 @@ def test_invalid_regex_is_a_config_error() -> None:
         RulesConfig(code_patterns=["(unclosed"])
 
 
-def test_auto_uses_rules() -> None:
-    decision = choose_pool("auto", "write a bash script", POOLS, RULES)
-    assert (decision.pool, decision.reason) == ("code", "code_markers")
-
-
-def test_auto_falls_back_to_default_when_rule_pool_missing() -> None:
-    decision = choose_pool("auto", "write a bash script", {"small": "tiny-chat"}, RULES)
-    assert decision.pool == "small"
-    assert decision.reason == "code_markers"
-    assert "pool 'code' is not configured" in decision.detail
-
-
 def test_pool_name_pins() -> None:
-    decision = choose_pool("large", "hi", POOLS, RULES)
+    decision = pinned_pool("large", POOLS)
     assert (decision.pool, decision.reason) == ("large", "pinned_pool")
 
 
 def test_model_id_pins_first_pool_serving_it() -> None:
     pools = {"small": "tiny-chat", "large": "coder", "code": "coder"}
-    decision = choose_pool("coder", "hi", pools, RULES)
+    decision = pinned_pool("coder", pools)
     assert (decision.pool, decision.reason) == ("large", "pinned_model")
 
 
 def test_unknown_model_lists_choices() -> None:
     with pytest.raises(UnknownModelError) as err:
-        choose_pool("gpt-4", "hi", POOLS, RULES)
+        pinned_pool("gpt-4", POOLS)
     assert "auto, small, large, code, tiny-chat, big-chat, coder" in str(err.value)
 
 

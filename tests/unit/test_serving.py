@@ -8,29 +8,25 @@ from typing import Any
 
 import pytest
 
+from core.errors import ContextLengthError, EngineError, PromptError
 from deployments.config import AppConfig
-from deployments.openai.errors import APIError
+from deployments.openai.errors import to_api_error
 from deployments.openai.protocol import ChatCompletionRequest, CompletionRequest
-from deployments.openai.serving import SSE_DONE, OpenAIServing, Routed
+from deployments.openai.responses import SSE_DONE
+from deployments.openai.serving import OpenAIServing, Routed
 from models.engines import create_engine
-from models.engines.base import (
-    ContextLengthError,
-    EngineError,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    collect,
-)
+from models.engines.base import GenerationChunk, GenerationRequest, GenerationResult, collect
+from models.engines.fake import FakeEngineOptions
 from routing.planner import Wishes
-from tests.conftest import fake_app_args
+from tests.conftest import fake_app, fake_app_args
 
 
 class InProcessPools:
     """PoolClient over fake engines, recording which pool got which request."""
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, fake: dict[str, FakeEngineOptions]) -> None:
         self.engines = {
-            name: create_engine("fake", config.model(p.model), pool=name, fake=p.fake)
+            name: create_engine("fake", config.model(p.model), pool=name, fake=fake.get(name))
             for name, p in config.pools.items()
         }
         self.calls: list[tuple[str, GenerationRequest]] = []
@@ -49,9 +45,12 @@ class InProcessPools:
             yield chunk
 
 
-def serving(**fakes: dict[str, Any]) -> tuple[OpenAIServing, InProcessPools]:
-    config = AppConfig.model_validate(fake_app_args(**fakes))
-    pools = InProcessPools(config)
+def serving(
+    args: dict[str, Any] | None = None, **fakes: dict[str, Any]
+) -> tuple[OpenAIServing, InProcessPools]:
+    """The serving logic over in-process fake engines; `args` replaces `fake_app_args()`."""
+    config, fake = fake_app(args, **fakes)
+    pools = InProcessPools(config, fake)
     return OpenAIServing(config, pools), pools
 
 
@@ -125,10 +124,27 @@ async def test_max_tokens_truncates_with_length_finish() -> None:
 
 async def test_max_tokens_above_model_cap_is_400() -> None:
     svc, pools = serving()
-    with pytest.raises(APIError) as err:
+    with pytest.raises(PromptError) as err:
         await svc.chat(chat(model="small", max_tokens=65))
-    assert (err.value.status, err.value.param) == (400, "max_tokens")
+    api = to_api_error(err.value)
+    assert (api.status, api.param) == (400, "max_tokens")
+    assert "limit of 64 for model 'tiny-chat'" in api.message
     assert pools.calls == []
+
+
+async def test_auto_routes_past_a_pool_whose_model_cannot_give_max_tokens() -> None:
+    svc, pools = serving()
+    routed = await svc.chat(chat(max_tokens=65))  # small's model stops at 64
+    assert routed.route.pool != "small"
+    assert [p for p, _ in pools.calls] == [routed.route.pool]
+
+
+async def test_without_max_tokens_each_pool_uses_its_models_default() -> None:
+    svc, pools = serving(small={"logprobs": [-3.0]})  # unsure: the cascade escalates
+    await svc.chat(chat(), Wishes(strategy="cascade"))
+    assert [(p, r.sampling.max_tokens) for p, r in pools.calls] == [("small", 64), ("large", 256)]
+    await svc.completion(CompletionRequest(model="small", prompt="hi"))
+    assert pools.calls[-1][1].sampling.max_tokens == 64  # the catalog default, not 16
 
 
 async def test_prompt_longer_than_context_is_refused() -> None:
@@ -138,13 +154,14 @@ async def test_prompt_longer_than_context_is_refused() -> None:
 
 
 async def test_chat_to_completion_only_model_is_400() -> None:
-    config = fake_app_args()
-    config["pools"]["small"]["model"] = "base-lm"
-    svc = OpenAIServing(
-        AppConfig.model_validate(config), InProcessPools(AppConfig.model_validate(config))
-    )
-    with pytest.raises(APIError, match="completion-only"):
+    args = fake_app_args()
+    args["pools"]["small"]["model"] = "base-lm"
+    svc, _ = serving(args)
+    with pytest.raises(PromptError, match="completion-only") as err:
         await svc.chat(chat(model="small"))
+    assert (to_api_error(err.value).status, err.value.param) == (400, "model")
+    routed = await svc.chat(chat())  # auto: the chat goes to a chat model
+    assert routed.route.pool != "small"
 
 
 async def test_stream_chunks_in_openai_format() -> None:
@@ -279,6 +296,6 @@ async def test_vllm_sampling_extensions_reach_the_engine() -> None:
 
 async def test_min_tokens_above_max_tokens_is_refused() -> None:
     svc, _ = serving()
-    with pytest.raises(APIError) as err:
+    with pytest.raises(PromptError) as err:
         await svc.chat(chat(model="small", max_tokens=4, min_tokens=5))
-    assert (err.value.status, err.value.param) == (400, "min_tokens")
+    assert (to_api_error(err.value).status, err.value.param) == (400, "min_tokens")

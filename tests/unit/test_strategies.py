@@ -104,7 +104,7 @@ async def test_fallback_opens_the_breaker_then_skips_the_pool() -> None:
             ["small", "large"],
             True,
         )
-    assert svc.executor.breakers["small"].state == "open"
+    assert svc.monitor.circuit("small") == "open"
     info = body(await svc.chat(chat()))["switchyard"]
     # the open circuit is seen by the planner: small is not eligible any more
     assert info["pools_tried"] == ["large"]
@@ -133,6 +133,6 @@ async def test_dry_run_returns_the_plan_without_generating() -> None:
     req = ChatCompletionRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "write python code"}]}
     )
-    decided = await svc.dry_run(req, "write python code", Wishes(strategy="speculative"))
+    decided = await svc.dry_run(req, "write python code", Wishes(strategy="speculative"), chat=True)
     assert (decided.strategy, decided.pool, decided.target) == ("speculative", "small", "code")
     assert pools.calls == []

@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
+from core.errors import PoolNotAllowedError, TierNotAllowedError, UnknownTierError
 from deployments.ingress import wishes
 from deployments.openai.errors import APIError, to_api_error
 from deployments.openai.protocol import ChatCompletionRequest
 from routing.config import RoutingConfig
-from routing.planner import PoolNotAllowedError, Wishes
-from routing.tiers import TierNotAllowedError, UnknownTierError, apply_tier
+from routing.planner import Wishes
+from routing.tiers import apply_tier
 from tests.unit.test_serving import chat, serving
 
 TIERS: dict[str, Any] = {

@@ -1,0 +1,225 @@
+"""The domain errors: what went wrong, in words every layer shares.
+
+Raised where the fact is known (an engine, the planner, the executor, the Serve
+boundary) and turned into an HTTP response in exactly one place,
+`deployments/openai/errors.py`. Each class says what the rest of the system needs to
+know about it, so nobody re-derives it from a status code:
+
+    retryable               another pool may succeed: the executor tries the next one
+    counts_against_circuit  the pool misbehaved: its circuit breaker counts it
+    outcome                 the `outcome` label of the request in metrics
+    reason                  the `reason` label when a request moves to another pool
+
+    SwitchyardError                          message is safe to show to clients
+    ├── ClientError                          the request itself is wrong; no pool helps
+    │   ├── PromptError                      cannot be served as asked (400)
+    │   │   └── ContextLengthError           prompt + max_tokens exceed the context
+    │   ├── UnknownTierError                 no such tier (400)
+    │   ├── UnknownModelError                no such model or pool (404)
+    │   └── NotAllowedError                  the client may not do this (403)
+    │       ├── TierNotAllowedError          a tier it may not choose
+    │       └── PoolNotAllowedError          a pool outside its tier
+    └── PoolError                            one pool could not answer; retryable
+        ├── PoolOverloadedError              queue full (429 + Retry-After)
+        ├── ColdStartError                   scaled to zero, starting (503 + Retry-After)
+        ├── CircuitOpenError                 recent failures; not tried (503)
+        ├── PoolTimeoutError                 no answer in time (504)
+        └── EngineError                      the engine failed (500)
+            └── EngineUnavailableError       dead, unreachable, not started (503)
+                └── AllPoolsFailedError      every pool of the chain failed (503)
+
+Messages are fixed or built from our own values; the original exception stays in
+`__cause__` for the logs. Every error pickles with all its fields: pool replicas raise
+them and Ray carries them to the ingress.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SwitchyardError(Exception):
+    """Base of every domain error; `message` is safe to show to clients."""
+
+    default_code: ClassVar[str | None] = None
+    default_param: ClassVar[str | None] = None
+    retryable: ClassVar[bool] = False
+    counts_against_circuit: ClassVar[bool] = False
+    outcome: ClassVar[str] = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param or self.default_param
+        self.retry_after_s = retry_after_s
+
+    @property
+    def reason(self) -> str:
+        """Why a request left this pool for the next (a metrics label)."""
+        return self.outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # NOTE: subclasses take different constructor arguments; rebuild from the state.
+        return (_restore, (type(self), self.args, self.__dict__))
+
+
+def _restore(cls: type[SwitchyardError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+# --- the client's request -----------------------------------------------------------
+
+
+class ClientError(SwitchyardError):
+    """The request is wrong as sent; another pool would refuse it too."""
+
+    outcome = "client_error"
+
+
+class PromptError(ClientError):
+    """The request cannot be served as asked (too many tokens, a chat to a base model)."""
+
+
+class ContextLengthError(PromptError):
+    default_code = "context_length_exceeded"
+    default_param = "messages"
+
+
+class UnknownTierError(ClientError):
+    default_code = "unknown_tier"
+    default_param = "switchyard.tier"
+
+    def __init__(self, tier: str, known: list[str]) -> None:
+        super().__init__(f"unknown tier {tier[:64]!r} (known: {', '.join(known) or 'none'})")
+
+
+class UnknownModelError(ClientError):
+    """The requested model is neither `auto`, a pool name, nor a served model id."""
+
+    default_code = "model_not_found"
+    default_param = "model"
+
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(f"model {model!r} does not exist; available: {', '.join(known)}")
+
+
+class NotAllowedError(ClientError):
+    """The client may not do what it asked (its tier forbids it)."""
+
+
+class TierNotAllowedError(NotAllowedError):
+    default_code = "tier_not_allowed"
+    default_param = "switchyard.tier"
+
+
+class PoolNotAllowedError(NotAllowedError):
+    """A request pinned a pool its tier may not use."""
+
+    default_code = "pool_not_allowed"
+    default_param = "model"
+
+    def __init__(self, pool: str, tier: str | None) -> None:
+        super().__init__(f"tier {tier!r} may not use pool {pool!r}")
+
+
+# --- one pool's failure -------------------------------------------------------------
+
+
+class PoolError(SwitchyardError):
+    """A pool could not answer; the next pool of the fallback chain may."""
+
+    retryable = True
+
+
+class PoolOverloadedError(PoolError):
+    """Every replica's queue is full. Being busy is not being broken: no circuit count."""
+
+    default_code = "pool_overloaded"
+    outcome = "rejected"
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"pool {pool!r} is at capacity; retry shortly", retry_after_s=1)
+
+
+class ColdStartError(PoolError):
+    """The pool is at zero replicas and starting one; the request did not wait for it."""
+
+    default_code = "cold_start"
+    outcome = "unavailable"
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(
+            f"pool {pool!r} is scaled to zero and starting a replica; retry shortly",
+            retry_after_s=30,
+        )
+
+    @property
+    def reason(self) -> str:
+        return "cold_start"
+
+
+class CircuitOpenError(PoolError):
+    """Recent failures opened the pool's circuit: it was not called."""
+
+    default_code = "circuit_open"
+    outcome = "unavailable"
+
+    def __init__(self, pool: str, retry_after_s: int) -> None:
+        super().__init__(
+            f"pool {pool!r} is failing and rests for a while; retry shortly",
+            retry_after_s=retry_after_s,
+        )
+
+    @property
+    def reason(self) -> str:
+        return "circuit_open"
+
+
+class PoolTimeoutError(PoolError):
+    default_code = "timeout"
+    counts_against_circuit = True
+    outcome = "timeout"
+
+    def __init__(self, pool: str, timeout_s: float) -> None:
+        super().__init__(f"pool {pool!r} did not finish within {timeout_s:g} s")
+
+
+class EngineError(PoolError):
+    """An engine failed while serving a request."""
+
+    default_code = "engine_error"
+    counts_against_circuit = True
+
+    def __init__(self, message: str = "the model engine failed to serve the request") -> None:
+        super().__init__(message)
+
+
+class EngineUnavailableError(EngineError):
+    """The engine or its replica is dead, unreachable, or not started."""
+
+    default_code = "pool_unavailable"
+    outcome = "unavailable"
+
+    def __init__(self, message: str = "the model engine is not available") -> None:
+        super().__init__(message)
+
+
+class AllPoolsFailedError(EngineUnavailableError):
+    """Every pool of a fallback chain failed: nothing left to try, nothing to count."""
+
+    retryable = False
+    counts_against_circuit = False
+
+    def __init__(self, tried: list[str]) -> None:
+        super().__init__(f"no pool could serve the request (tried: {', '.join(tried)})")

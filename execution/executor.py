@@ -1,0 +1,372 @@
+"""Carrying out a routing `Plan`: route, cascade, speculative, each with fallbacks.
+
+Pools are reached through `PoolClient` (the ingress backs it with Serve handles, tests
+with fake engines). Live pool state is read from and reported to the `PoolMonitor`.
+
+Which failures move a request to the next pool of its fallback chain is decided by the
+error itself (`core.errors`: `retryable`, `counts_against_circuit`): an engine failure,
+an unavailable or full pool, a timeout, an open circuit, a cold start move on; a client
+error (a prompt too long) does not, since another pool would refuse it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from core.errors import (
+    AllPoolsFailedError,
+    CircuitOpenError,
+    ColdStartError,
+    PoolOverloadedError,
+    SwitchyardError,
+)
+from execution.monitor import PoolMonitor
+from models.engines.base import GenerationChunk, GenerationRequest, GenerationResult
+from routing.confidence import confidence
+from routing.config import ConfidenceRule
+from routing.planner import Plan
+
+
+class PoolClient(Protocol):
+    """How execution reaches a pool; the ingress backs it with Serve handles."""
+
+    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult: ...
+
+    def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+
+    def wake(self, pool: str) -> None:
+        """Make a pool that is scaled to zero start a replica; returns at once."""
+
+
+class ExecutionEvents(Protocol):
+    """What execution reports as it goes (the ingress's metrics implement it)."""
+
+    def fell_back(self, from_pool: str, to_pool: str, reason: str) -> None: ...
+
+    def downgraded(self, strategy: str, reason: str) -> None: ...
+
+
+class _NoEvents:
+    def fell_back(self, from_pool: str, to_pool: str, reason: str) -> None:
+        pass
+
+    def downgraded(self, strategy: str, reason: str) -> None:
+        pass
+
+
+def moves_on(exc: BaseException) -> bool:
+    """Should the next pool be tried? Pool failures yes, client errors and bugs no."""
+    return isinstance(exc, SwitchyardError) and exc.retryable
+
+
+def counts_against_circuit(exc: BaseException) -> bool:
+    return isinstance(exc, SwitchyardError) and exc.counts_against_circuit
+
+
+@dataclass
+class Outcome:
+    """What happened to one request, for the response and the counters."""
+
+    result: GenerationResult
+    pool: str
+    strategy: str
+    tried: list[str] = field(default_factory=list)
+    escalated: bool = False
+    confidence: float | None = None
+    discarded_tokens: int = 0
+    discarded_engine_s: float = 0.0
+    discarded_pool: str | None = None  # whose tokens were thrown away
+    winner: str | None = None  # speculative: "source" or "target"
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request and what each pool may spend on it (`max_tokens` differs by model)."""
+
+    request: GenerationRequest
+    max_tokens: Mapping[str, int] = field(default_factory=dict)
+
+    def for_pool(self, pool: str) -> GenerationRequest:
+        sampling = self.request.sampling
+        tokens = self.max_tokens.get(pool, sampling.max_tokens)
+        return replace(
+            self.request,
+            request_id=f"{self.request.request_id}-{pool}",
+            sampling=replace(sampling, max_tokens=tokens),
+        )
+
+
+@dataclass
+class _Race:
+    """One speculative request: two pools at once, and what each produced so far."""
+
+    source: str
+    target: str
+    rule: ConfidenceRule
+    started: float = field(default_factory=time.monotonic)
+    tasks: dict[str, asyncio.Task[GenerationResult]] = field(default_factory=dict)
+    partial: dict[str, GenerationResult] = field(default_factory=dict)
+
+    @property
+    def tried(self) -> list[str]:
+        return [self.source, self.target]
+
+    def which(self, pool: str) -> str:
+        return "source" if pool == self.source else "target"
+
+
+class Executor:
+    def __init__(
+        self, pools: PoolClient, monitor: PoolMonitor, events: ExecutionEvents | None = None
+    ) -> None:
+        self.pools = pools
+        self.monitor = monitor
+        self.events: ExecutionEvents = events or _NoEvents()
+
+    async def _warm(self, pool: str, can_fall_back: bool) -> None:
+        """A pool scaled to zero: wake it, then fall back at once or wait a bounded time.
+
+        Starting a replica takes from seconds (fake engine) to minutes (a GPU model load),
+        so a request with somewhere else to go does not wait for it.
+        """
+        monitor = self.monitor
+        if not monitor.scaled_to_zero(pool):
+            return
+        self.pools.wake(pool)
+        if not can_fall_back:
+            deadline = time.monotonic() + monitor.limits[pool].cold_start_timeout_s
+            while monitor.scaled_to_zero(pool) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            if not monitor.scaled_to_zero(pool):
+                return
+        raise ColdStartError(pool)
+
+    async def _enter(self, pool: str, can_fall_back: bool) -> None:
+        """Before calling a pool: its circuit must admit the request, and it must be up."""
+        if not self.monitor.admit(pool):
+            raise CircuitOpenError(pool, self.monitor.retry_after_s(pool))
+        await self._warm(pool, can_fall_back)
+
+    # --- single calls -------------------------------------------------------------
+
+    async def _call(
+        self, pool: str, job: Job, tried: list[str], can_fall_back: bool = False
+    ) -> GenerationResult:
+        await self._enter(pool, can_fall_back)
+        tried.append(pool)
+        async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
+            result = await self.pools.generate(pool, job.for_pool(pool))
+            acc.completion_tokens = result.completion_tokens
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, pool: str, acc: GenerationResult) -> AsyncIterator[GenerationResult]:
+        """Report a pool call's outcome to the monitor (circuit and latency estimate)."""
+        started = time.monotonic()
+        try:
+            yield acc
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if counts_against_circuit(exc):
+                self.monitor.record_failure(pool)
+            raise
+        self.monitor.record_success(pool, time.monotonic() - started, acc.completion_tokens)
+
+    async def _with_fallback(
+        self, chain: list[str], job: Job, tried: list[str]
+    ) -> tuple[str, GenerationResult]:
+        last: BaseException | None = None
+        for i, pool in enumerate(chain):
+            try:
+                return pool, await self._call(pool, job, tried, i + 1 < len(chain))
+            except BaseException as exc:
+                if not moves_on(exc):
+                    raise
+                last = exc
+                self._fell_back(pool, chain[i + 1 : i + 2], exc)
+        raise _exhausted(chain, tried, last)
+
+    def _fell_back(self, pool: str, following: list[str], exc: BaseException) -> None:
+        if following and isinstance(exc, SwitchyardError):
+            self.events.fell_back(pool, following[0], exc.reason)
+
+    async def open_stream(
+        self, plan: Plan, request: GenerationRequest
+    ) -> tuple[str, GenerationChunk | None, AsyncIterator[GenerationChunk], list[str]]:
+        """Start streaming from the plan's pool, falling back until a first chunk arrives.
+
+        After the first chunk the client has seen output, so a later failure ends the
+        stream with an error event instead of switching models mid-answer.
+        """
+        job, chain, tried = Job(request, plan.max_tokens), [plan.pool, *plan.fallbacks], []
+        last: BaseException | None = None
+        for i, pool in enumerate(chain):
+            try:
+                await self._enter(pool, i + 1 < len(chain))
+                tried.append(pool)
+                chunks = self.pools.stream(pool, job.for_pool(pool))
+                first = await anext(chunks, None)
+            except BaseException as exc:
+                if not moves_on(exc):
+                    raise
+                if counts_against_circuit(exc):
+                    self.monitor.record_failure(pool)
+                last = exc
+                self._fell_back(pool, chain[i + 1 : i + 2], exc)
+                continue
+            self.monitor.record_success(pool, 0.0, 0)
+            return pool, first, chunks, tried
+        raise _exhausted(chain, tried, last)
+
+    # --- strategies -----------------------------------------------------------------
+
+    async def execute(self, plan: Plan, request: GenerationRequest) -> Outcome:
+        job = Job(request, plan.max_tokens)
+        if plan.strategy == "cascade":
+            return await self._cascade(plan, job)
+        if plan.strategy == "speculative":
+            return await self._speculative(plan, job)
+        tried: list[str] = []
+        pool, result = await self._with_fallback([plan.pool, *plan.fallbacks], job, tried)
+        return Outcome(result, pool, "route", tried)
+
+    async def _cascade(self, plan: Plan, job: Job) -> Outcome:
+        assert plan.target is not None and plan.rule is not None
+        tried: list[str] = []
+        started = time.monotonic()
+        verdict: bool | None = None
+        forecast = self.monitor.forecast
+        forecast.started(plan.target)
+        escalation = [plan.target, *plan.target_fallbacks]
+        try:
+            source, first = plan.pool, await self._call(plan.pool, job, tried, True)
+            score = _confidence(plan.rule, first)
+            verdict = score < plan.rule.threshold
+        except BaseException as exc:
+            if not moves_on(exc):
+                raise
+            self._fell_back(plan.pool, [plan.target], exc)
+            pool, result = await self._with_fallback(escalation, job, tried)
+            return Outcome(result, pool, "cascade", tried, escalated=True)
+        finally:
+            forecast.finished(plan.target, verdict)
+        if not verdict:
+            return Outcome(first, source, "cascade", tried, confidence=score)
+        if self.monitor.saturated(plan.target):
+            # Shedding quality, not requests: the unsure answer beats queueing on a full pool.
+            self.events.downgraded("cascade", "target_saturated")
+            note = f"escalation skipped: pool {plan.target!r} is saturated"
+            return Outcome(first, source, "cascade", tried, confidence=score, notes=[note])
+        spent = time.monotonic() - started
+        pool, result = await self._with_fallback(escalation, job, tried)
+        return Outcome(
+            result, pool, "cascade", tried, escalated=True, confidence=score,
+            discarded_tokens=first.completion_tokens, discarded_engine_s=round(spent, 4),
+            discarded_pool=source,
+        )  # fmt: skip
+
+    async def _speculative(self, plan: Plan, job: Job) -> Outcome:
+        """Race the cheap and the strong pool; keep the cheap answer only if confident."""
+        assert plan.target is not None and plan.rule is not None
+        race = _Race(plan.pool, plan.target, plan.rule)
+        for pool in race.tried:
+            race.tasks[pool] = asyncio.create_task(self._collect(pool, job, race.partial))
+        try:
+            return await self._decide(race)
+        finally:
+            for task in race.tasks.values():
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(*race.tasks.values(), return_exceptions=True)
+
+    async def _decide(self, race: _Race) -> Outcome:
+        source, target, tasks = race.source, race.target, race.tasks
+        done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+        first_spent = time.monotonic() - race.started  # engine time of the first finisher
+        first = next(p for p, t in tasks.items() if t in done)
+        other = target if first == source else source
+        first_result = _result_or_none(tasks[first])
+        score = None
+        if first == source and first_result is not None:
+            score = _confidence(race.rule, first_result)
+            if score >= race.rule.threshold:
+                return await self._won(race, first, first_result, score)
+        elif first == target and first_result is not None:
+            if tasks[source].done() and (src := _result_or_none(tasks[source])) is not None:
+                score = _confidence(race.rule, src)
+            return await self._won(race, first, first_result, score)
+        # The first finisher failed or is not confident: the other one decides.
+        await asyncio.wait([tasks[other]])
+        other_result = _result_or_none(tasks[other])
+        if other_result is None:
+            if first_result is not None:  # strong pool failed: a weak answer beats none
+                return Outcome(
+                    first_result, first, "speculative", race.tried, confidence=score,
+                    winner="source",
+                )  # fmt: skip
+            raise AllPoolsFailedError(race.tried) from tasks[other].exception()
+        if other == source:
+            score = _confidence(race.rule, other_result)
+        discarded = first_result.completion_tokens if first_result is not None else 0
+        return Outcome(
+            other_result, other, "speculative", race.tried,
+            escalated=other == target, confidence=score, discarded_tokens=discarded,
+            discarded_engine_s=round(first_spent, 4) if discarded else 0.0,
+            discarded_pool=first if discarded else None, winner=race.which(other),
+        )  # fmt: skip
+
+    async def _won(
+        self, race: _Race, winner: str, result: GenerationResult, score: float | None
+    ) -> Outcome:
+        """Abort the loser now (its engine frees the slot) and account for its work."""
+        loser = race.target if winner == race.source else race.source
+        race.tasks[loser].cancel()
+        with contextlib.suppress(BaseException):
+            await race.tasks[loser]
+        lost = race.partial.get(loser)
+        return Outcome(
+            result, winner, "speculative", race.tried,
+            escalated=winner == race.target, confidence=score,
+            discarded_tokens=lost.completion_tokens if lost else 0,
+            discarded_engine_s=round(time.monotonic() - race.started, 4),
+            discarded_pool=loser, winner=race.which(winner),
+        )  # fmt: skip
+
+    async def _collect(
+        self, pool: str, job: Job, partial: dict[str, GenerationResult]
+    ) -> GenerationResult:
+        """Stream one pool's answer, keeping what arrived so far for loser accounting."""
+        await self._enter(pool, can_fall_back=True)  # the other racer answers meanwhile
+        acc = partial[pool] = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
+        async with self._guard(pool, acc):
+            async for chunk in self.pools.stream(pool, job.for_pool(pool)):
+                acc.add(chunk)
+        return acc
+
+
+def _confidence(rule: ConfidenceRule, result: GenerationResult) -> float:
+    return confidence(result.logprobs, rule.method, rule.quantile)
+
+
+def _exhausted(chain: list[str], tried: list[str], last: BaseException | None) -> BaseException:
+    """The error for a fallback chain where no pool answered."""
+    if last is None:
+        return AllPoolsFailedError(chain)
+    if isinstance(last, PoolOverloadedError):
+        return last  # every pool tried was full: the client should retry, not give up
+    if len(tried) <= 1:
+        return last  # one pool tried (or all circuits open): its own error says most
+    return AllPoolsFailedError(tried)
+
+
+def _result_or_none(task: asyncio.Task[GenerationResult]) -> GenerationResult | None:
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()

@@ -1,0 +1,90 @@
+"""What routing knows about one request, computed once before planning.
+
+The ingress builds a `RequestProfile` from the request (its text, whether it needs a
+chat model, the tokens it asks for) and the models the pools serve: the effective
+`max_tokens` on each pool (the client's, or that model's default), the pools that
+cannot serve it and why, and the classifier's readings of its one embedding. The planner
+reads only this, so the cost and latency it weighs are those of the request that will
+run, and it never picks a pool (or a fallback) that would then have to refuse it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+
+class ModelLimits(Protocol):
+    """What the profile reads from a catalog entry (`models.catalog.ModelSpec`)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def chat(self) -> bool: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def default_max_tokens(self) -> int: ...
+
+
+class Refusal(NamedTuple):
+    """Why a pool cannot serve the request, as the 400 would say it."""
+
+    param: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RequestProfile:
+    model: str  # what the client asked for: `auto`, a pool name or a model id
+    text: str  # the text routing reads (chat messages joined)
+    prompt_tokens: float  # estimated from characters
+    max_tokens: Mapping[str, int]  # pool -> tokens it would generate at most
+    unservable: Mapping[str, Refusal] = field(default_factory=dict)  # pool -> why not
+    similarities: Mapping[str, float] = field(default_factory=dict)  # semantic classifier
+    learned: tuple[float, float] | None = None  # learned router: (P(strong needed), threshold)
+
+    def servable(self, pool: str) -> bool:
+        return pool not in self.unservable
+
+
+def profile_request(
+    model: str,
+    text: str,
+    *,
+    chat: bool,
+    requested_max_tokens: int | None,
+    min_tokens: int,
+    pool_models: Mapping[str, ModelLimits],
+    chars_per_token: float,
+    similarities: Mapping[str, float] | None = None,
+    learned: tuple[float, float] | None = None,
+) -> RequestProfile:
+    """The profile of one request against the pools' models (`pool_models`: pool -> spec)."""
+    max_tokens: dict[str, int] = {}
+    unservable: dict[str, Refusal] = {}
+    for pool, spec in pool_models.items():
+        tokens = requested_max_tokens or spec.default_max_tokens
+        max_tokens[pool] = tokens
+        if chat and not spec.chat:
+            message = f"model {spec.id!r} (pool {pool!r}) is completion-only; use /v1/completions"
+            unservable[pool] = Refusal("model", message)
+        elif tokens > spec.max_tokens:
+            message = f"max_tokens={tokens} exceeds the limit of {spec.max_tokens} for model "
+            unservable[pool] = Refusal("max_tokens", message + repr(spec.id))
+        elif min_tokens > tokens:
+            message = f"min_tokens={min_tokens} exceeds max_tokens={tokens}"
+            unservable[pool] = Refusal("min_tokens", message)
+    return RequestProfile(
+        model=model,
+        text=text,
+        prompt_tokens=len(text) / chars_per_token,
+        max_tokens=max_tokens,
+        unservable=unservable,
+        similarities=dict(similarities or {}),
+        learned=learned,
+    )
