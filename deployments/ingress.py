@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
@@ -36,7 +36,6 @@ from deployments.openai.protocol import (
     RoutePlanResponse,
     RouteRequest,
     SamplingFields,
-    SwitchyardOptions,
 )
 from deployments.openai.schema import (
     GENERATION_ERRORS,
@@ -46,16 +45,14 @@ from deployments.openai.schema import (
     responses,
 )
 from deployments.openai.serving import OpenAIServing, Routed, is_counted
+from deployments.openai.wishes import Headers, RoutingHeaders, wishes
 from deployments.pool_client import HandlePoolClient
 from models.engines.base import EngineStats
-from routing.config import STRATEGIES, RoutingConfig
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
-from routing.tiers import apply_tier
 
 logger = logging.getLogger(__name__)
 
-Hdr = Annotated[str | None, Header()]
 
 api = FastAPI(title="Switchyard", description="OpenAI-compatible multi-model LLM router")
 api.add_middleware(GuardMiddleware)
@@ -115,45 +112,6 @@ def _respond(routed: Routed) -> Response:
     )
 
 
-def wishes(
-    body: SamplingFields,
-    config: RoutingConfig,
-    strategy_header: str | None,
-    tenant: str | None = None,
-    tier_header: str | None = None,
-) -> Wishes:
-    """Routing wishes from the `switchyard` body field and the `x-switchyard-*` headers,
-    completed by the client's tier (routing/tiers.py says what is trusted)."""
-    opts = body.switchyard or SwitchyardOptions()
-    strategy = opts.strategy
-    if strategy is None and strategy_header:
-        if strategy_header not in STRATEGIES:
-            raise APIError(
-                400,
-                f"x-switchyard-strategy must be one of {', '.join(STRATEGIES)}",
-                param="x-switchyard-strategy",
-            )
-        strategy = strategy_header
-    if tenant is not None and not config.trust_tenant_header:
-        raise APIError(
-            400,
-            "x-switchyard-tenant is not accepted from clients here: tenants are set by the "
-            "operator's gateway (routing.trust_tenant_header)",
-            param="x-switchyard-tenant",
-        )
-    for name, value in (("x-switchyard-tenant", tenant), ("x-switchyard-tier", tier_header)):
-        if value is not None and not 0 < len(value) <= HEADER_VALUE_CHARS:
-            raise APIError(400, f"{name} must be 1 to {HEADER_VALUE_CHARS} characters", param=name)
-    asked = Wishes(
-        strategy=strategy,
-        min_quality=opts.min_quality,
-        max_cost_usd=opts.max_cost_usd,
-        latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
-    )
-    return apply_tier(config, asked, tenant, opts.tier or tier_header)
-
-
-HEADER_VALUE_CHARS = 64
 STATS_PERIOD_S = 1.0
 REPLICAS_PERIOD_S = 2.0
 HEALTH_FIRST_SAMPLE_S = 3.0  # longest /health waits for the first stats round after start
@@ -276,10 +234,8 @@ class Ingress:
                 self._replicas_log.failed(exc)
             await asyncio.sleep(REPLICAS_PERIOD_S)
 
-    def _wishes(
-        self, body: SamplingFields, strategy: str | None, tenant: str | None, tier: str | None
-    ) -> Wishes:
-        return wishes(body, self.config.routing, strategy, tenant, tier)
+    def _wishes(self, body: SamplingFields, headers: RoutingHeaders) -> Wishes:
+        return wishes(body, self.config.routing, headers)
 
     @api.get("/v1/models", responses=responses(ModelList, READ_ERRORS))
     async def models(self) -> Response:
@@ -292,11 +248,9 @@ class Ingress:
     async def chat_completions(
         self,
         body: ChatCompletionRequest,
-        x_switchyard_strategy: Hdr = None,
-        x_switchyard_tenant: Hdr = None,
-        x_switchyard_tier: Hdr = None,
+        headers: Headers,
     ) -> Response:
-        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        asked = self._wishes(body, headers)
         return _respond(await self.serving.chat(body, asked))
 
     @api.post(
@@ -305,22 +259,18 @@ class Ingress:
     async def completions(
         self,
         body: CompletionRequest,
-        x_switchyard_strategy: Hdr = None,
-        x_switchyard_tenant: Hdr = None,
-        x_switchyard_tier: Hdr = None,
+        headers: Headers,
     ) -> Response:
-        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        asked = self._wishes(body, headers)
         return _respond(await self.serving.completion(body, asked))
 
     @api.post("/v1/route", responses=responses(RoutePlanResponse, ROUTE_ERRORS))
     async def route(
         self,
         body: RouteRequest,
-        x_switchyard_strategy: Hdr = None,
-        x_switchyard_tenant: Hdr = None,
-        x_switchyard_tier: Hdr = None,
+        headers: Headers,
     ) -> Response:
-        asked = self._wishes(body, x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+        asked = self._wishes(body, headers)
         decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
         return Response(decided.model_dump_json(), media_type="application/json")
 

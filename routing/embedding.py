@@ -8,11 +8,11 @@ Every `model="auto"` request is embedded before dispatch, so encode latency is a
 time-to-first-token. Two backends compute the same vectors:
 
     onnx    (default) the BERT encoder exported once to ONNX, int8-quantized, run by
-            ONNX Runtime; mean pooling and normalisation in numpy. ~2-3 ms per short
-            prompt on 2 CPU cores; cosine to torch ~0.99 on average, ~0.97 on the
-            worst prompts seen (short pleasantries). `precision="fp32"`: identical
-            vectors, ~5 ms.
-    torch   sentence-transformers, the reference; ~15-20 ms per short prompt.
+            ONNX Runtime; mean pooling and normalisation in numpy. p50 3.4 ms per
+            routing decision on 2 CPU cores (`bench/routing.py`; p99 35-38 ms on
+            long prompts); cosine to torch ~0.99 on average, ~0.97 on the worst
+            prompts seen (short pleasantries). `precision="fp32"`: ~4.5 ms.
+    torch   sentence-transformers, the reference; ~11 ms.
 
 The exported file is cached under `models.prepare.cache_root()/embeddings`, written on
 the first `load()` that misses it (a few seconds, needs torch and onnx), never at import.

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from core.errors import PoolNotAllowedError, TierNotAllowedError, UnknownTierError
-from deployments.ingress import wishes
 from deployments.openai.errors import APIError, to_api_error
 from deployments.openai.protocol import ChatCompletionRequest
+from deployments.openai.wishes import RoutingHeaders, wishes
 from routing.config import RoutingConfig
 from routing.planner import Wishes
 from routing.tiers import apply_tier
@@ -68,7 +68,7 @@ def test_tiers_are_not_self_service() -> None:
         {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     )
     with pytest.raises(TierNotAllowedError) as err:
-        wishes(body, config(), None, tier_header="pro")
+        wishes(body, config(), RoutingHeaders(tier="pro"))
     api = to_api_error(err.value)
     assert (api.status, api.code, api.type) == (403, "tier_not_allowed", "permission_error")
 
@@ -80,11 +80,11 @@ def test_the_tenant_header_is_refused_unless_a_gateway_sets_it() -> None:
     )
     untrusted = RoutingConfig.model_validate({**TIERS, "tenants": {}, "trust_tenant_header": False})
     with pytest.raises(APIError) as err:
-        wishes(body, untrusted, None, tenant="acme")
+        wishes(body, untrusted, RoutingHeaders(tenant="acme"))
     assert (err.value.status, err.value.param) == (400, "x-switchyard-tenant")
-    assert wishes(body, config(), None, tenant="acme").tier == "pro"  # behind a gateway
+    assert wishes(body, config(), RoutingHeaders(tenant="acme")).tier == "pro"  # behind a gateway
     with pytest.raises(APIError) as err:
-        wishes(body, config(), None, tenant="x" * 65)
+        wishes(body, config(), RoutingHeaders(tenant="x" * 65))
     assert err.value.status == 400
     with pytest.raises(ValueError, match="trust_tenant_header"):
         RoutingConfig.model_validate({**TIERS, "trust_tenant_header": False})
@@ -101,7 +101,7 @@ def test_unknown_tier_is_a_400() -> None:
         }
     )
     with pytest.raises(UnknownTierError) as err:
-        wishes(body, config(), None)
+        wishes(body, config(), RoutingHeaders())
     api = to_api_error(err.value)
     assert (api.status, api.param, api.code) == (400, "switchyard.tier", "unknown_tier")
 

@@ -1,0 +1,77 @@
+"""What a client asks of routing: the `switchyard` body field and `x-switchyard-*` headers.
+
+Read once per request into `Wishes` for the planner, completed and bounded by the
+client's tier (routing/tiers.py). Headers are hostile input like the body: each is
+length-checked, and the tenant header is refused unless a trusted gateway sets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header
+
+from deployments.openai.errors import APIError
+from deployments.openai.protocol import SamplingFields, SwitchyardOptions
+from routing.config import STRATEGIES, RoutingConfig
+from routing.planner import Wishes
+from routing.tiers import apply_tier
+
+HEADER_VALUE_CHARS = 64
+
+Hdr = Annotated[str | None, Header()]
+
+
+@dataclass(frozen=True)
+class RoutingHeaders:
+    """The `x-switchyard-*` headers of one request (FastAPI reads them, see `Headers`)."""
+
+    strategy: str | None = None
+    tenant: str | None = None
+    tier: str | None = None
+
+
+def routing_headers(
+    x_switchyard_strategy: Hdr = None,
+    x_switchyard_tenant: Hdr = None,
+    x_switchyard_tier: Hdr = None,
+) -> RoutingHeaders:
+    return RoutingHeaders(x_switchyard_strategy, x_switchyard_tenant, x_switchyard_tier)
+
+
+# The routing headers as one endpoint parameter (they still appear in /openapi.json).
+Headers = Annotated[RoutingHeaders, Depends(routing_headers)]
+
+
+def wishes(body: SamplingFields, config: RoutingConfig, headers: RoutingHeaders) -> Wishes:
+    """Routing wishes from the `switchyard` body field and the `x-switchyard-*` headers,
+    completed by the client's tier (routing/tiers.py says what is trusted)."""
+    opts = body.switchyard or SwitchyardOptions()
+    strategy_header, tenant, tier_header = headers.strategy, headers.tenant, headers.tier
+    strategy = opts.strategy
+    if strategy is None and strategy_header:
+        if strategy_header not in STRATEGIES:
+            raise APIError(
+                400,
+                f"x-switchyard-strategy must be one of {', '.join(STRATEGIES)}",
+                param="x-switchyard-strategy",
+            )
+        strategy = strategy_header
+    if tenant is not None and not config.trust_tenant_header:
+        raise APIError(
+            400,
+            "x-switchyard-tenant is not accepted from clients here: tenants are set by the "
+            "operator's gateway (routing.trust_tenant_header)",
+            param="x-switchyard-tenant",
+        )
+    for name, value in (("x-switchyard-tenant", tenant), ("x-switchyard-tier", tier_header)):
+        if value is not None and not 0 < len(value) <= HEADER_VALUE_CHARS:
+            raise APIError(400, f"{name} must be 1 to {HEADER_VALUE_CHARS} characters", param=name)
+    asked = Wishes(
+        strategy=strategy,
+        min_quality=opts.min_quality,
+        max_cost_usd=opts.max_cost_usd,
+        latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
+    )
+    return apply_tier(config, asked, tenant, opts.tier or tier_header)
