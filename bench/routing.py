@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from routing.config import RoutingConfig  # noqa: E402
 from routing.planner import PoolView, plan  # noqa: E402
+from routing.profile import RequestProfile  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -42,6 +43,13 @@ VIEWS = {
 POOLS = {"small": "a", "large": "b", "code": "c"}
 
 
+def profile(text: str, similarities: dict[str, float] | None = None) -> RequestProfile:
+    """What `OpenAIServing.profile` hands the planner (the embedding is timed with it)."""
+    return RequestProfile(
+        "auto", text, len(text) / 4, dict.fromkeys(POOLS, 128), {}, similarities or {}
+    )
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -52,7 +60,7 @@ def decisions(embed: bool, n: int = 2000) -> None:
     times = []
     for i in range(n):
         t = time.perf_counter()
-        plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config)
+        plan(profile(PROMPTS[i % len(PROMPTS)]), VIEWS, POOLS, config)
         times.append((time.perf_counter() - t) * 1000)
     print(
         f"decision, rules only:       p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
@@ -77,7 +85,7 @@ def decisions(embed: bool, n: int = 2000) -> None:
         for i in range(200):
             t = time.perf_counter()
             sims = classifier.similarities(PROMPTS[i % len(PROMPTS)])
-            plan("auto", PROMPTS[i % len(PROMPTS)], VIEWS, POOLS, config, similarities=sims)
+            plan(profile(PROMPTS[i % len(PROMPTS)], sims), VIEWS, POOLS, config)
             times.append((time.perf_counter() - t) * 1000)
         print(
             f"decision, rules + {label + ':':11}"

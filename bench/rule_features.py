@@ -7,7 +7,7 @@ event loop, before any limit on work per request applies, so a client controls h
 long they take. This times, for prompts of 1 KB, 100 KB and 1 MB:
 
     rules  `routing.rules.extract_features` + `decide` with a default `RulesConfig()`
-    plan   `routing.planner.plan("auto", ...)` as `OpenAIServing.plan` calls it: the same
+    plan   `routing.planner.plan(profile, ...)` as `OpenAIServing.plan` calls it: the same
            rules plus the pool table (`PoolView`s built like `OpenAIServing.views` on an
            idle app) and the route score
 
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from routing.config import RoutingConfig  # noqa: E402
 from routing.planner import PoolView, plan  # noqa: E402
+from routing.profile import RequestProfile  # noqa: E402
 from routing.rules import (  # noqa: E402
     DEFAULT_CODE_PATTERNS,
     DEFAULT_COMPLEX_PATTERNS,
@@ -130,7 +131,13 @@ def bench_rules(repeats: int) -> float:
 
             def plan_call(text: str = text) -> object:
                 table = views(len(text), MAX_TOKENS, routing.rules.chars_per_token)
-                return plan("auto", text, table, POOL_MODELS, routing)
+                facts = RequestProfile(
+                    "auto",
+                    text,
+                    len(text) / routing.rules.chars_per_token,
+                    dict.fromkeys(POOL_MODELS, MAX_TOKENS),
+                )
+                return plan(facts, table, POOL_MODELS, routing)
 
             def whole_call(text: str = text) -> object:
                 assert whole is not None
