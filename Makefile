@@ -54,8 +54,8 @@ bench-vllm: models
 	$(PY) bench/vllm_peer.py $(BENCH_ARGS)
 
 check: install
-	$(VENV)/bin/ruff check core models routing execution deployments tests bench cluster
-	$(VENV)/bin/ruff format --check core models routing execution deployments tests bench cluster
+	$(VENV)/bin/ruff check core models routing execution tenancy deployments tests bench cluster
+	$(VENV)/bin/ruff format --check core models routing execution tenancy deployments tests bench cluster
 	$(VENV)/bin/mypy
 
 clean:

@@ -1,8 +1,8 @@
 """The `switchyard` console command: one subcommand per task, each owned by its module.
 
-It lives in `routing.training` because three of its four subcommands (`train-router`,
+It lives in `routing.training` because three of its five subcommands (`train-router`,
 `calibrate`, `eval`) are the offline routing tools of this package; `prepare` is
-dispatched to `models.prepare`. Subcommands parse their own arguments, so
+dispatched to `models.prepare`, `keys` to `tenancy.keys`. Subcommands parse their own arguments, so
 `switchyard prepare ...` and `python -m models.prepare ...` accept exactly the same
 options. Each module is imported only when its subcommand runs, so `switchyard prepare`
 never pays for (or depends on) scikit-learn, matplotlib or the sentence-embedding stack
@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "routing.training.evaluation",
         "evaluate a router: accuracy vs strong calls, APGR, CPT",
     ),
+    "keys": ("tenancy.keys", "create, list and revoke API keys"),
 }
 
 # Top-level packages of the `[train]` extra: missing ones get an install hint, not a trace.

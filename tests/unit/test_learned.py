@@ -246,12 +246,12 @@ def test_cli_train_reports_bad_columns(tmp_path: Path, capsys: pytest.CaptureFix
     assert "error: no column 'tiny'" in capsys.readouterr().err
 
 
-def test_help_lists_the_four_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         cli.main(["--help"])
     assert exited.value.code == 0
     printed = capsys.readouterr().out
-    for name in ("prepare", "train-router", "calibrate", "eval"):
+    for name in ("prepare", "train-router", "calibrate", "eval", "keys"):
         assert re.search(rf"^\s+{name}\s", printed, re.MULTILINE), (name, printed)
 
 
