@@ -16,6 +16,7 @@ know about it, so nobody re-derives it from a status code:
     │   │   └── ContextLengthError           prompt + max_tokens exceed the context
     │   ├── UnknownTierError                 no such tier (400)
     │   ├── UnknownModelError                no such model or pool (404)
+    │   ├── AuthenticationError              no key, or not a valid one (401)
     │   └── NotAllowedError                  the client may not do this (403)
     │       ├── TierNotAllowedError          a tier it may not choose
     │       └── PoolNotAllowedError          a pool outside its tier
@@ -112,6 +113,16 @@ class UnknownModelError(ClientError):
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(f"model {model!r} does not exist; available: {', '.join(known)}")
+
+
+class AuthenticationError(ClientError):
+    """The request carries no API key, or one that is unknown, revoked or malformed."""
+
+    default_code = "invalid_api_key"
+    outcome = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class NotAllowedError(ClientError):

@@ -2,7 +2,8 @@
 (`import_path: deployments.builder:build_app`); `build_fake_app` is its test-only twin.
 
 Both validate the typed config first, so a bad config fails before any replica starts,
-then bind one `PoolServer` per pool and the ingress in front of them.
+bring the state database's schema up to date (once, here, so replicas never race to
+migrate), then bind one `PoolServer` per pool and the ingress in front of them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from deployments.config import AppConfig, load_app_config, load_fake_app_config
 from deployments.ingress import Ingress
 from deployments.pool import PoolServer
 from models.engines.fake import FakeEngineOptions
+from tenancy.db import connect, database_url, migrate
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -35,6 +37,11 @@ def build_fake_app(args: dict[str, Any]) -> Application:
 
 
 def _bind(config: AppConfig, fakes: Mapping[str, FakeEngineOptions]) -> Application:
+    engine = connect(database_url(config.database.url))
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
     # NOTE: `@serve.deployment` turns the classes into Deployments, which mypy cannot see.
     pool_server, ingress = cast(Deployment, PoolServer), cast(Deployment, Ingress)
     pools = {

@@ -19,6 +19,7 @@ from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
 from routing.planner import AUTO_MODEL
+from tenancy.config import AuthConfig, DatabaseConfig
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
@@ -236,6 +237,12 @@ class AppConfig(StrictConfig):
     api: ApiConfig = Field(
         default_factory=ApiConfig, description="HTTP limits and which endpoints are exposed."
     )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys (`keys`, the default) or `off`."
+    )
+    database: DatabaseConfig = Field(
+        default_factory=DatabaseConfig, description="Where keys, ledger and feedback live."
+    )
     request_timeout_s: float = Field(
         default=300.0,
         gt=0,
@@ -262,6 +269,15 @@ class AppConfig(StrictConfig):
             raise ValueError(
                 "ingress.max_ongoing_requests must exceed api.max_active_requests: the "
                 "ingress refuses excess requests itself (429) and needs headroom for /health"
+            )
+        if (
+            self.routing.tenants
+            and self.auth.mode == "off"
+            and not self.routing.trust_tenant_header
+        ):
+            raise ValueError(
+                "routing.tenants needs a way to tell tenants apart: API keys (auth.mode: keys) "
+                "or a gateway that sets x-switchyard-tenant (routing.trust_tenant_header: true)"
             )
         scaling = self.ingress.autoscaling_config
         if scaling is not None and scaling.min_replicas < 1:

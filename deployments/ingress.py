@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import SwitchyardError
 from deployments.config import AppConfig
 from deployments.metrics import Finished, RequestMetrics
+from deployments.openai.auth import Authenticated, Authenticator
 from deployments.openai.errors import APIError, create_error_response, outcome_of, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
@@ -50,6 +51,8 @@ from deployments.pool_client import HandlePoolClient
 from models.engines.base import EngineStats
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
+from tenancy.db import connect, database_url
+from tenancy.keys import Caller, KeyStore
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,18 @@ class Ingress:
         # passes everything through while `api.state` has none.
         self.guard = RequestGuard(config.api)
         api.state.guard = self.guard
+        self.db = connect(database_url(config.database.url))
+        self.keys = KeyStore(self.db)
+        self.auth = Authenticator(config.auth)
+        if config.auth.mode == "keys":
+            self.auth.ring.replace(await asyncio.to_thread(self.keys.all))
+            logger.info("API keys required; %d active keys", len(self.auth.ring))
+        else:
+            logger.warning(
+                "authentication is OFF (auth.mode: off): anyone who reaches this port is "
+                "served; keep it on 127.0.0.1 or set auth.mode: keys"
+            )
+        api.state.auth = self.auth
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
@@ -155,6 +170,7 @@ class Ingress:
         self._stats_log = FailureLog("pool stats poll")
         self._replicas_log = FailureLog("reading replica counts from Serve")
         self._forecast_log = FailureLog("sending the escalation forecast")
+        self._keys_log = FailureLog("reloading API keys")
         # NOTE: pool load reaches the monitor through these background loops, never
         # through a call on the request path.
         loop = asyncio.get_running_loop()
@@ -162,6 +178,8 @@ class Ingress:
             loop.create_task(self._poll_stats()),
             loop.create_task(self._poll_replicas()),
         ]
+        if config.auth.mode == "keys":
+            self._loops.append(loop.create_task(self._reload_keys()))
 
     async def _poll_stats(self) -> None:
         """Every second, each awake pool's engine stats (all at once, each call bounded).
@@ -234,11 +252,22 @@ class Ingress:
                 self._replicas_log.failed(exc)
             await asyncio.sleep(REPLICAS_PERIOD_S)
 
-    def _wishes(self, body: SamplingFields, headers: RoutingHeaders) -> Wishes:
-        return wishes(body, self.config.routing, headers)
+    async def _reload_keys(self) -> None:
+        """Keys from the database every `auth.key_refresh_s`: revocations take effect."""
+        while True:
+            await asyncio.sleep(self.config.auth.key_refresh_s)
+            try:
+                self.auth.ring.replace(await asyncio.to_thread(self.keys.all))
+            except Exception as exc:  # noqa: BLE001 - the last good keys stay in force
+                self._keys_log.failed(exc)
+
+    def _wishes(
+        self, body: SamplingFields, headers: RoutingHeaders, caller: Caller | None
+    ) -> Wishes:
+        return wishes(body, self.config.routing, headers, caller)
 
     @api.get("/v1/models", responses=responses(ModelList, READ_ERRORS))
-    async def models(self) -> Response:
+    async def models(self, _caller: Authenticated) -> Response:
         return Response(self.serving.models().model_dump_json(), media_type="application/json")
 
     @api.post(
@@ -249,8 +278,9 @@ class Ingress:
         self,
         body: ChatCompletionRequest,
         headers: Headers,
+        caller: Authenticated,
     ) -> Response:
-        asked = self._wishes(body, headers)
+        asked = self._wishes(body, headers, caller)
         return _respond(await self.serving.chat(body, asked))
 
     @api.post(
@@ -260,8 +290,9 @@ class Ingress:
         self,
         body: CompletionRequest,
         headers: Headers,
+        caller: Authenticated,
     ) -> Response:
-        asked = self._wishes(body, headers)
+        asked = self._wishes(body, headers, caller)
         return _respond(await self.serving.completion(body, asked))
 
     @api.post("/v1/route", responses=responses(RoutePlanResponse, ROUTE_ERRORS))
@@ -269,13 +300,14 @@ class Ingress:
         self,
         body: RouteRequest,
         headers: Headers,
+        caller: Authenticated,
     ) -> Response:
-        asked = self._wishes(body, headers)
+        asked = self._wishes(body, headers, caller)
         decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
         return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
-    async def metrics_summary(self) -> JSONResponse:
+    async def metrics_summary(self, _caller: Authenticated) -> JSONResponse:
         """JSON summary of this ingress replica; Prometheus metrics are on Ray's metrics port."""
         return JSONResponse(self.metrics.summary())
 

@@ -149,9 +149,10 @@ class RoutingConfig(StrictConfig):
     )
     trust_tenant_header: bool = Field(
         default=False,
-        description="Read the tenant id from `x-switchyard-tenant`. Set it only when a "
-        "gateway you trust sets that header and strips it from clients; otherwise the "
-        "header is refused (400), since any client could claim any tenant.",
+        description="With `auth.mode: off` only: read the tenant id from "
+        "`x-switchyard-tenant`. Set it only when a gateway you trust sets that header and "
+        "strips it from clients; otherwise the header is refused (400), since any client "
+        "could claim any tenant. With API keys, a gateway key may send it instead.",
     )
 
     @model_validator(mode="after")
@@ -163,11 +164,6 @@ class RoutingConfig(StrictConfig):
         unknown = sorted(named - set(self.tiers))
         if unknown:
             raise ValueError(f"tenants/default_tier name unknown tiers: {unknown}")
-        if self.tenants and not self.trust_tenant_header:
-            raise ValueError(
-                "tenants are identified by the x-switchyard-tenant header, which a gateway "
-                "must set: add trust_tenant_header: true once yours does"
-            )
         return self
 
     def pools_named(self) -> dict[str, list[str]]:

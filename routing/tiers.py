@@ -17,9 +17,15 @@ from routing.config import RoutingConfig
 from routing.planner import Wishes
 
 
-def tier_of(config: RoutingConfig, tenant: str | None, asked: str | None) -> str | None:
-    if tenant is not None and tenant in config.tenants:
-        mapped = config.tenants[tenant]
+def tier_of(
+    config: RoutingConfig, tenant: str | None, asked: str | None, assigned: str | None = None
+) -> str | None:
+    """The tier of a request: the caller's API key's (`assigned`), else the tenant's
+    mapping, else one the request may choose, else the default tier."""
+    mapped = assigned or (config.tenants.get(tenant) if tenant is not None else None)
+    if mapped is not None:
+        if mapped not in config.tiers:
+            raise UnknownTierError(mapped, sorted(config.tiers))
         if asked is not None and asked != mapped:
             raise TierNotAllowedError(
                 f"this tenant is on tier {mapped!r} and cannot choose tier {asked[:64]!r}"
@@ -37,10 +43,14 @@ def tier_of(config: RoutingConfig, tenant: str | None, asked: str | None) -> str
 
 
 def apply_tier(
-    config: RoutingConfig, wishes: Wishes, tenant: str | None, asked: str | None
+    config: RoutingConfig,
+    wishes: Wishes,
+    tenant: str | None,
+    asked: str | None,
+    assigned: str | None = None,
 ) -> Wishes:
     """The request's wishes, completed by its tier's defaults and bounded by its limits."""
-    name = tier_of(config, tenant, asked)
+    name = tier_of(config, tenant, asked, assigned)
     if name is None:
         return wishes
     tier = config.tiers[name]

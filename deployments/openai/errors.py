@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from core.errors import (
+    AuthenticationError,
     CircuitOpenError,
     ClientError,
     ColdStartError,
@@ -73,7 +74,7 @@ class APIError(Exception):
 
 
 def _default_type(status: int) -> str:
-    if status in (401, 403):
+    if status == 403:
         return "permission_error"
     if status == 404:
         return "not_found_error"
@@ -122,6 +123,7 @@ def _http_api_error(exc: HTTPException) -> APIError:
 # Most specific first: the first class an error is an instance of gives its status.
 _STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
     (UnknownModelError, 404),
+    (AuthenticationError, 401),
     (NotAllowedError, 403),
     (ClientError, 400),
     (PoolOverloadedError, 429),
@@ -138,6 +140,8 @@ def _domain_api_error(exc: SwitchyardError) -> APIError:
     if status == 500:
         logger.error("engine error: %r", exc.__cause__ or exc)
     headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
+    if status == 401:
+        headers = {"www-authenticate": "Bearer"}
     return APIError(status, exc.message, param=exc.param, code=exc.code, headers=headers)
 
 
@@ -164,6 +168,8 @@ def outcome_of(exc: BaseException | None) -> str:
     if isinstance(exc, SwitchyardError):
         return exc.outcome
     status = to_api_error(exc).status
+    if status == 401:
+        return "unauthorized"
     if status == 429:
         return "rejected"
     if status == 503:

@@ -1,8 +1,8 @@
 """What `/openapi.json` declares: every status a client can get, with its body.
 
 FastAPI documents only the 200 and a 422 we never send. Clients and fuzzers that read
-the schema need the real answers: the error shape for each refusal (400, 403, 404, 408,
-413, 429, 431, 5xx) and the event stream a `stream: true` request gets.
+the schema need the real answers: the error shape for each refusal (400, 401, 403, 404,
+408, 413, 429, 431, 5xx) and the event stream a `stream: true` request gets.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from deployments.openai.protocol import ErrorResponse
 
 _WHY = {
     400: "Invalid request: the message says what to fix, `param` names the field.",
+    401: "No API key, or an unknown, revoked or malformed one (`invalid_api_key`).",
     403: "Not allowed for this client (pool or tier outside its tier).",
     404: "Unknown model, or an endpoint that does not exist or is switched off.",
     408: "The request body did not arrive within the body timeout.",
@@ -27,7 +28,7 @@ _WHY = {
     503: "Pool unavailable or starting (cold start); see Retry-After when given.",
     504: "No answer within the request timeout.",
 }
-_REFUSALS = (404, 408, 413, 429, 431)  # the guard's, on every endpoint
+_REFUSALS = (401, 404, 408, 413, 429, 431)  # the guard's and auth's, on every /v1 endpoint
 GENERATION_ERRORS = (400, 403, *_REFUSALS, 500, 503, 504)
 ROUTE_ERRORS = (400, 403, *_REFUSALS)
 READ_ERRORS = _REFUSALS

@@ -17,6 +17,7 @@ from deployments.openai.protocol import SamplingFields, SwitchyardOptions
 from routing.config import STRATEGIES, RoutingConfig
 from routing.planner import Wishes
 from routing.tiers import apply_tier
+from tenancy.keys import Caller
 
 HEADER_VALUE_CHARS = 64
 
@@ -44,9 +45,19 @@ def routing_headers(
 Headers = Annotated[RoutingHeaders, Depends(routing_headers)]
 
 
-def wishes(body: SamplingFields, config: RoutingConfig, headers: RoutingHeaders) -> Wishes:
+def wishes(
+    body: SamplingFields,
+    config: RoutingConfig,
+    headers: RoutingHeaders,
+    caller: Caller | None = None,
+) -> Wishes:
     """Routing wishes from the `switchyard` body field and the `x-switchyard-*` headers,
-    completed by the client's tier (routing/tiers.py says what is trusted)."""
+    completed by the client's tier (routing/tiers.py says what is trusted).
+
+    With API keys (`caller`), the tenant and its tier come from the key; only a gateway
+    key may name the tenant in `x-switchyard-tenant`. Without keys the header counts only
+    when `routing.trust_tenant_header` says a gateway sets it.
+    """
     opts = body.switchyard or SwitchyardOptions()
     strategy_header, tenant, tier_header = headers.strategy, headers.tenant, headers.tier
     strategy = opts.strategy
@@ -58,7 +69,19 @@ def wishes(body: SamplingFields, config: RoutingConfig, headers: RoutingHeaders)
                 param="x-switchyard-strategy",
             )
         strategy = strategy_header
-    if tenant is not None and not config.trust_tenant_header:
+    assigned = None
+    if caller is not None and caller.role == "gateway":
+        tenant = tenant or caller.tenant
+    elif caller is not None:
+        if tenant is not None and tenant != caller.tenant:
+            raise APIError(
+                400,
+                "x-switchyard-tenant is accepted only from a gateway key: this key's "
+                "requests are its own tenant's",
+                param="x-switchyard-tenant",
+            )
+        tenant, assigned = caller.tenant, caller.tier
+    elif tenant is not None and not config.trust_tenant_header:
         raise APIError(
             400,
             "x-switchyard-tenant is not accepted from clients here: tenants are set by the "
@@ -74,4 +97,4 @@ def wishes(body: SamplingFields, config: RoutingConfig, headers: RoutingHeaders)
         max_cost_usd=opts.max_cost_usd,
         latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
     )
-    return apply_tier(config, asked, tenant, opts.tier or tier_header)
+    return apply_tier(config, asked, tenant, opts.tier or tier_header, assigned)

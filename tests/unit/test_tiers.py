@@ -7,12 +7,15 @@ from typing import Any
 import pytest
 
 from core.errors import PoolNotAllowedError, TierNotAllowedError, UnknownTierError
+from deployments.config import load_fake_app_config
 from deployments.openai.errors import APIError, to_api_error
 from deployments.openai.protocol import ChatCompletionRequest
 from deployments.openai.wishes import RoutingHeaders, wishes
 from routing.config import RoutingConfig
 from routing.planner import Wishes
 from routing.tiers import apply_tier
+from tenancy.keys import Caller
+from tests.conftest import fake_app_args
 from tests.unit.test_serving import chat, serving
 
 TIERS: dict[str, Any] = {
@@ -86,8 +89,28 @@ def test_the_tenant_header_is_refused_unless_a_gateway_sets_it() -> None:
     with pytest.raises(APIError) as err:
         wishes(body, config(), RoutingHeaders(tenant="x" * 65))
     assert err.value.status == 400
+    args = {**fake_app_args(), "auth": {"mode": "off"}}
+    args["routing"] = {**TIERS, "trust_tenant_header": False}
     with pytest.raises(ValueError, match="trust_tenant_header"):
-        RoutingConfig.model_validate({**TIERS, "trust_tenant_header": False})
+        load_fake_app_config(args)
+    load_fake_app_config({**args, "auth": {"mode": "keys"}})  # keys tell tenants apart
+
+
+def test_with_api_keys_the_key_says_who_the_tenant_is() -> None:
+    body = ChatCompletionRequest.model_validate(
+        {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    mapped = Caller(tenant="acme", key_id="k1")
+    assert wishes(body, config(), RoutingHeaders(), mapped).tier == "pro"  # tenants: acme
+    assigned = Caller(tenant="other", key_id="k2", tier="batch")
+    assert wishes(body, config(), RoutingHeaders(), assigned).tier == "batch"  # the key's
+    with pytest.raises(APIError) as err:  # a spoofed tenant is refused, never used
+        wishes(body, config(), RoutingHeaders(tenant="acme"), assigned)
+    assert (err.value.status, err.value.param) == (400, "x-switchyard-tenant")
+    with pytest.raises(TierNotAllowedError):  # a key's tier cannot be swapped per request
+        wishes(body, config(), RoutingHeaders(tier="pro"), assigned)
+    gateway = Caller(tenant="edge", key_id="g1", role="gateway")
+    assert wishes(body, config(), RoutingHeaders(tenant="acme"), gateway).tier == "pro"
 
 
 def test_unknown_tier_is_a_400() -> None:

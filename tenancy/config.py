@@ -1,0 +1,39 @@
+"""Config of the tenancy layer: how callers authenticate, where state is kept."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from core.config import StrictConfig
+
+
+class AuthConfig(StrictConfig):
+    """Who may call the API.
+
+    `keys`: every request carries `Authorization: Bearer <key>` (see `switchyard keys`);
+    its tenant and tier come from the key, and `x-switchyard-tenant` counts only from a
+    gateway key. `off`: anyone who reaches the port is served (the embedded profile, on
+    127.0.0.1); the ingress logs that it runs without authentication.
+    """
+
+    mode: Literal["keys", "off"] = Field(default="keys", description="`keys` or `off`.")
+    key_refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often the ingress reloads keys: a revoked key works at most "
+        "this long after `switchyard keys revoke`.",
+    )
+
+
+class DatabaseConfig(StrictConfig):
+    """Where keys, the usage ledger and feedback are kept."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. `postgresql+psycopg://user@host/db`. The "
+        "environment variable SWITCHYARD_DATABASE_URL wins (keep passwords there); "
+        "without either, SQLite in the cache dir.",
+    )

@@ -1,0 +1,115 @@
+"""API keys on the real app (Serve, fake engine): who may call, and as which tenant."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tenancy.db import connect, migrate
+from tenancy.keys import KeyStore
+from tests.conftest import delete_app, fake_app_args, run_app
+
+APP = "authapp"
+
+
+@pytest.fixture(scope="module")
+def keyed(serve_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyStore]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('auth') / 'state.db'}"
+    engine = connect(url)
+    migrate(engine)
+    args = fake_app_args()
+    args["auth"] = {"mode": "keys", "key_refresh_s": 0.5}
+    args["database"] = {"url": url}
+    args["routing"] = {
+        "tiers": {"free": {"pools": ["small"]}, "pro": {}},
+        "tenants": {"acme": "pro"},
+        "default_tier": "free",
+    }
+    store = KeyStore(engine)
+    store.create("acme", name="before start")  # loaded when the ingress starts
+    run_app(args, APP)
+    yield store
+    delete_app(APP)
+
+
+def base(serve_port: int) -> str:
+    return f"http://127.0.0.1:{serve_port}/{APP}/v1"
+
+
+def ask(api: openai.OpenAI, **extra: object) -> openai.types.chat.ChatCompletion:
+    return api.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], **extra
+    )
+
+
+def test_a_valid_key_is_served_as_its_tenant(serve_port: int, keyed: KeyStore) -> None:
+    key, _ = keyed.create("acme", name="app")
+    time.sleep(1.2)  # the ingress reloads keys every 0.5 s
+    api = openai.OpenAI(base_url=base(serve_port), api_key=key, max_retries=0)
+    assert ask(api).choices[0].message.content == "small answer from tiny-chat"
+    # acme is on `pro`, which may pin `large`; the default tier `free` may not
+    pinned = api.chat.completions.create(model="large", messages=[{"role": "user", "content": "x"}])
+    assert pinned.model == "big-chat"
+
+
+def test_no_key_or_a_bad_key_is_a_401_the_openai_client_understands(
+    serve_port: int, keyed: KeyStore
+) -> None:
+    for key in ("unused", "sy-000000000000-" + "x" * 43):
+        api = openai.OpenAI(base_url=base(serve_port), api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            ask(api)
+        assert err.value.status_code == 401
+        assert err.value.code == "invalid_api_key"
+        assert err.value.response.headers["www-authenticate"] == "Bearer"
+    bare = httpx.post(f"{base(serve_port)}/chat/completions", json={}, timeout=10)
+    assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
+    health = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health", timeout=10)
+    assert health.status_code == 200  # probes need no key
+
+
+def test_a_revoked_key_stops_working_within_the_refresh_period(
+    serve_port: int, keyed: KeyStore
+) -> None:
+    key, record = keyed.create("acme", name="short-lived")
+    time.sleep(1.2)
+    api = openai.OpenAI(base_url=base(serve_port), api_key=key, max_retries=0)
+    ask(api)
+    assert keyed.revoke(record.id)
+    time.sleep(1.2)
+    with pytest.raises(openai.AuthenticationError):
+        ask(api)
+
+
+def test_a_tenant_key_cannot_claim_another_tenant(serve_port: int, keyed: KeyStore) -> None:
+    key, _ = keyed.create("small-co")  # default tier `free`: only the small pool
+    time.sleep(1.2)
+    api = openai.OpenAI(base_url=base(serve_port), api_key=key, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(api, extra_headers={"x-switchyard-tenant": "acme"})
+    assert err.value.code is None and "gateway key" in str(err.value)
+    with pytest.raises(openai.PermissionDeniedError):  # not its tier's pool
+        api.chat.completions.create(model="large", messages=[{"role": "user", "content": "x"}])
+    gateway, _ = keyed.create("edge", role="gateway")
+    time.sleep(1.2)
+    edge = openai.OpenAI(base_url=base(serve_port), api_key=gateway, max_retries=0)
+    claimed = edge.chat.completions.create(
+        model="large",
+        messages=[{"role": "user", "content": "x"}],
+        extra_headers={"x-switchyard-tenant": "acme"},
+    )
+    assert claimed.model == "big-chat"  # served as acme (pro) through the trusted gateway
+
+
+def test_the_key_file_is_never_in_the_response_or_models(serve_port: int, keyed: KeyStore) -> None:
+    key, _ = keyed.create("acme")
+    time.sleep(1.2)
+    models = httpx.get(
+        f"{base(serve_port)}/models", headers={"authorization": f"Bearer {key}"}, timeout=10
+    )
+    assert models.status_code == 200 and key not in models.text
+    assert httpx.get(f"{base(serve_port)}/models", timeout=10).status_code == 401
