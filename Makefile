@@ -9,7 +9,7 @@ CONFIG ?= serve_config.yaml
 STAMP := $(VENV)/.switchyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install models serve test test-unit test-integration test-e2e check clean bench-vllm
+.PHONY: install models serve test test-unit test-integration test-e2e postgres-check check clean bench-vllm
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ test-integration: install
 
 test-e2e: models
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+# Can this machine run the tests' own PostgreSQL server (tests/support/postgres.py)?
+# Fails instead of skipping when it cannot, as in CI.
+postgres-check: install
+	SWITCHYARD_REQUIRE_POSTGRES=1 $(PY) -m pytest tests/integration/test_postgres_server.py $(PYTEST_ARGS)
 
 # Switchyard against vLLM's own OpenAI server, same weights and engine settings, driven
 # by `vllm bench serve`: one table with ratios, JSON under reports/bench-vllm/. Takes

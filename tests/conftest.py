@@ -50,6 +50,24 @@ def serve_port() -> Iterator[int]:
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One real PostgreSQL server for the session (tests/support/postgres.py): the SQLAlchemy
+    URL of its fresh database. Stopped and deleted at the end of the session.
+
+    Without PostgreSQL installed the tests using it skip, or fail when
+    SWITCHYARD_REQUIRE_POSTGRES=1 (CI sets it).
+    """
+    from tests.support.postgres import PostgresNotInstalled, PostgresServer, skip_or_fail
+
+    try:
+        server = PostgresServer()
+    except PostgresNotInstalled as missing:
+        skip_or_fail(missing)
+    with server as url:
+        yield url
+
+
 def run_app(args: dict[str, Any], name: str) -> None:
     """Deploy the app under `/<name>` and wait until it is running.
 
