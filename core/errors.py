@@ -15,11 +15,14 @@ know about it, so nobody re-derives it from a status code:
     │   ├── PromptError                      cannot be served as asked (400)
     │   │   └── ContextLengthError           prompt + max_tokens exceed the context
     │   ├── UnknownTierError                 no such tier (400)
-    │   ├── UnknownModelError                no such model or pool (404)
+    │   ├── NotFoundError                    no such thing (404)
+    │   │   ├── UnknownModelError            no such model or pool
+    │   │   └── UnknownResponseError         feedback on an id the ledger does not know
     │   ├── AuthenticationError              no key, or not a valid one (401)
     │   └── NotAllowedError                  the client may not do this (403)
     │       ├── TierNotAllowedError          a tier it may not choose
-    │       └── PoolNotAllowedError          a pool outside its tier
+    │       ├── PoolNotAllowedError          a pool outside its tier
+    │       └── ForeignResponseError         feedback on another tenant's response
     └── PoolError                            one pool could not answer; retryable
         ├── PoolOverloadedError              queue full (429 + Retry-After)
         ├── ColdStartError                   scaled to zero, starting (503 + Retry-After)
@@ -105,7 +108,11 @@ class UnknownTierError(ClientError):
         super().__init__(f"unknown tier {tier[:64]!r} (known: {', '.join(known) or 'none'})")
 
 
-class UnknownModelError(ClientError):
+class NotFoundError(ClientError):
+    """What the request names does not exist."""
+
+
+class UnknownModelError(NotFoundError):
     """The requested model is neither `auto`, a pool name, nor a served model id."""
 
     default_code = "model_not_found"
@@ -113,6 +120,14 @@ class UnknownModelError(ClientError):
 
     def __init__(self, model: str, known: list[str]) -> None:
         super().__init__(f"model {model!r} does not exist; available: {', '.join(known)}")
+
+
+class UnknownResponseError(NotFoundError):
+    default_code = "response_not_found"
+    default_param = "id"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no response with id {request_id[:64]!r} in the ledger")
 
 
 class AuthenticationError(ClientError):
@@ -142,6 +157,16 @@ class PoolNotAllowedError(NotAllowedError):
 
     def __init__(self, pool: str, tier: str | None) -> None:
         super().__init__(f"tier {tier!r} may not use pool {pool!r}")
+
+
+class ForeignResponseError(NotAllowedError):
+    """Feedback on a response that belongs to another tenant."""
+
+    default_code = "response_not_allowed"
+    default_param = "id"
+
+    def __init__(self) -> None:
+        super().__init__("this response belongs to another tenant")
 
 
 # --- one pool's failure -------------------------------------------------------------

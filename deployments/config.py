@@ -19,7 +19,7 @@ from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
 from routing.planner import AUTO_MODEL
-from tenancy.config import AuthConfig, DatabaseConfig
+from tenancy.config import AuthConfig, DatabaseConfig, TenantConfig
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
@@ -242,6 +242,9 @@ class AppConfig(StrictConfig):
     )
     database: DatabaseConfig = Field(
         default_factory=DatabaseConfig, description="Where keys, ledger and feedback live."
+    )
+    tenants: dict[str, TenantConfig] = Field(
+        default_factory=dict, description="Per-tenant policies, by tenant id."
     )
     request_timeout_s: float = Field(
         default=300.0,

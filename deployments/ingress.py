@@ -22,7 +22,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import SwitchyardError
+from core.errors import ForeignResponseError, SwitchyardError, UnknownResponseError
 from deployments.config import AppConfig
 from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.auth import Authenticated, Authenticator
@@ -33,12 +33,16 @@ from deployments.openai.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelList,
     RoutePlanResponse,
     RouteRequest,
     SamplingFields,
+    new_id,
 )
 from deployments.openai.schema import (
+    FEEDBACK_ERRORS,
     GENERATION_ERRORS,
     READ_ERRORS,
     ROUTE_ERRORS,
@@ -53,6 +57,8 @@ from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
 from tenancy.db import connect, database_url
 from tenancy.keys import Caller, KeyStore
+from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, tenant_of
+from tenancy.ledger import summary as ledger_summary
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +75,26 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     """Map every error to the OpenAI shape; count refused generation requests.
 
     Requests refused before `OpenAIServing` saw them (a body that fails validation, a
-    bad header) are counted here, so `/v1/metrics` sees every request it answered.
+    bad header, no API key) are counted and recorded in the ledger here, so metrics and
+    the ledger see every generation request answered.
     """
     err = to_api_error(exc)
-    metrics: RequestMetrics | None = getattr(request.app.state, "metrics", None)
-    generation = request.url.path.endswith(GENERATION_PATHS)  # under any route prefix
-    if metrics is not None and generation and not is_counted(exc):
-        metrics.finished(Finished("none", outcome_of(err), 0.0))
+    path = request.url.path
+    generation = path.endswith(GENERATION_PATHS)  # under any route prefix
+    if generation and not is_counted(exc):
+        outcome = outcome_of(err)
+        metrics: RequestMetrics | None = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.finished(Finished("none", outcome, 0.0))
+        ledger: LedgerWriter | None = getattr(request.app.state, "ledger", None)
+        if ledger is not None:
+            endpoint = "chat" if path.endswith(GENERATION_PATHS[0]) else "completions"
+            ledger.record(
+                LedgerEntry(
+                    id=new_id("refused"), created_at=time.time(), endpoint=endpoint,
+                    model_asked="", strategy="none", outcome=outcome, latency_s=0.0,
+                )
+            )  # fmt: skip
     return create_error_response(err)
 
 
@@ -148,6 +167,9 @@ class Ingress:
         api.state.guard = self.guard
         self.db = connect(database_url(config.database.url))
         self.keys = KeyStore(self.db)
+        self.ledger = LedgerWriter(self.db, config.database.flush_interval_s)
+        self.ledger.start()
+        api.state.ledger = self.ledger
         self.auth = Authenticator(config.auth)
         if config.auth.mode == "keys":
             self.auth.ring.replace(await asyncio.to_thread(self.keys.all))
@@ -161,7 +183,9 @@ class Ingress:
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
-        self.serving = OpenAIServing(config, client, semantic, learned, self.metrics)
+        self.serving = OpenAIServing(
+            config, client, semantic, learned, self.metrics, ledger=self.ledger
+        )
         self.monitor = self.serving.monitor
         context = serve.get_replica_context()
         self._app, self._me = context.app_name, context.replica_tag
@@ -281,7 +305,8 @@ class Ingress:
         caller: Authenticated,
     ) -> Response:
         asked = self._wishes(body, headers, caller)
-        return _respond(await self.serving.chat(body, asked))
+        key_id = caller.key_id if caller else None
+        return _respond(await self.serving.chat(body, asked, key_id))
 
     @api.post(
         "/v1/completions", responses=responses(CompletionResponse, GENERATION_ERRORS, stream=True)
@@ -293,7 +318,9 @@ class Ingress:
         caller: Authenticated,
     ) -> Response:
         asked = self._wishes(body, headers, caller)
-        return _respond(await self.serving.completion(body, asked))
+        return _respond(
+            await self.serving.completion(body, asked, caller.key_id if caller else None)
+        )
 
     @api.post("/v1/route", responses=responses(RoutePlanResponse, ROUTE_ERRORS))
     async def route(
@@ -307,9 +334,39 @@ class Ingress:
         return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
-    async def metrics_summary(self, _caller: Authenticated) -> JSONResponse:
-        """JSON summary of this ingress replica; Prometheus metrics are on Ray's metrics port."""
-        return JSONResponse(self.metrics.summary())
+    async def metrics_summary(self, caller: Authenticated) -> JSONResponse:
+        """Traffic, cost and model mix from the ledger: every replica's requests, across
+        restarts (written up to `database.flush_interval_s` late). A tenant key sees its
+        own tenant; a gateway key, or no auth, sees everything. Prometheus metrics are on
+        Ray's metrics port."""
+        tenant = caller.tenant if caller is not None and caller.role == "tenant" else None
+        body = await asyncio.to_thread(ledger_summary, self.db, tenant)
+        return JSONResponse(body)
+
+    @api.post("/v1/feedback", responses=responses(FeedbackResponse, FEEDBACK_ERRORS))
+    async def feedback(self, body: FeedbackRequest, caller: Authenticated) -> Response:
+        """A verdict on one of the caller's own responses, kept with its ledger record."""
+        queued, _ = self.ledger.queued_tenant(body.id)
+        if queued:  # answered here moments ago: write it now rather than wait
+            await asyncio.to_thread(self.ledger.flush)
+        known, owner = await asyncio.to_thread(tenant_of, self.db, body.id)
+        if not known:  # maybe another replica's, not written yet: one flush period later
+            await asyncio.sleep(self.config.database.flush_interval_s * 1.5)
+            known, owner = await asyncio.to_thread(tenant_of, self.db, body.id)
+        if not known:
+            raise UnknownResponseError(body.id)
+        if caller is not None and caller.role == "tenant" and owner != caller.tenant:
+            raise ForeignResponseError()
+        tenant = caller.tenant if caller is not None else owner
+        added = await asyncio.to_thread(
+            add_feedback, self.db, body.id, tenant, body.score, body.label, body.comment
+        )
+        answer = FeedbackResponse(id=added, request_id=body.id)
+        return Response(answer.model_dump_json(), media_type="application/json")
+
+    async def __del__(self) -> None:
+        """Serve calls this on a graceful replica stop: queued ledger records are written."""
+        await asyncio.to_thread(self.ledger.close)
 
     @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:

@@ -59,6 +59,7 @@ class Wishes:
     latency_budget_s: float | None = None
     tier: str | None = None
     pools: frozenset[str] | None = None  # the tier's pools; None = all
+    tenant: str | None = None  # who asks (an API key's tenant, or a trusted gateway's)
 
 
 @dataclass(frozen=True)

@@ -37,3 +37,20 @@ class DatabaseConfig(StrictConfig):
         "environment variable SWITCHYARD_DATABASE_URL wins (keep passwords there); "
         "without either, SQLite in the cache dir.",
     )
+    flush_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each ingress writes its queued ledger records (one "
+        "transaction each time); also the most a crashed replica can lose.",
+    )
+
+
+class TenantConfig(StrictConfig):
+    """What one tenant agreed to (more comes with budgets and rate limits)."""
+
+    store_prompts: bool = Field(
+        default=False,
+        description="Keep this tenant's prompt text in the ledger (router training data). "
+        "Off by default: the ledger keeps no request text.",
+    )

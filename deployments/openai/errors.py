@@ -38,10 +38,10 @@ from core.errors import (
     ColdStartError,
     EngineUnavailableError,
     NotAllowedError,
+    NotFoundError,
     PoolOverloadedError,
     PoolTimeoutError,
     SwitchyardError,
-    UnknownModelError,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _http_api_error(exc: HTTPException) -> APIError:
 
 # Most specific first: the first class an error is an instance of gives its status.
 _STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
-    (UnknownModelError, 404),
+    (NotFoundError, 404),
     (AuthenticationError, 401),
     (NotAllowedError, 403),
     (ClientError, 400),

@@ -370,6 +370,21 @@ class ErrorDetail(BaseModel):
     code: str | None
 
 
+class FeedbackRequest(WireModel):
+    """`POST /v1/feedback`: a caller's verdict on one of its own responses."""
+
+    id: str = Field(min_length=1, max_length=64, description="The response's `id`.")
+    score: float = Field(ge=0, le=1, description="0 (bad) to 1 (good).")
+    label: str | None = Field(default=None, max_length=64, description="e.g. `wrong`.")
+    comment: str | None = Field(default=None, max_length=4096)
+
+
+class FeedbackResponse(BaseModel):
+    object: Literal["feedback"] = "feedback"
+    id: int
+    request_id: str
+
+
 class ErrorResponse(BaseModel):
     """Every non-2xx answer: `{"error": {"message", "type", "param", "code"}}`."""
 

@@ -18,8 +18,9 @@ from deployments.openai.protocol import ErrorResponse
 _WHY = {
     400: "Invalid request: the message says what to fix, `param` names the field.",
     401: "No API key, or an unknown, revoked or malformed one (`invalid_api_key`).",
-    403: "Not allowed for this client (pool or tier outside its tier).",
-    404: "Unknown model, or an endpoint that does not exist or is switched off.",
+    403: "Not allowed for this client (a pool or tier outside its tier, another "
+    "tenant's response).",
+    404: "Unknown model or response id, or an endpoint that does not exist or is off.",
     408: "The request body did not arrive within the body timeout.",
     413: "The request body is larger than the configured limit.",
     429: "The router or every pool tried is at capacity; see Retry-After.",
@@ -32,6 +33,7 @@ _REFUSALS = (401, 404, 408, 413, 429, 431)  # the guard's and auth's, on every /
 GENERATION_ERRORS = (400, 403, *_REFUSALS, 500, 503, 504)
 ROUTE_ERRORS = (400, 403, *_REFUSALS)
 READ_ERRORS = _REFUSALS
+FEEDBACK_ERRORS = (400, 403, *_REFUSALS)
 
 
 def responses(ok: type[BaseModel] | None, errors: tuple[int, ...], stream: bool = False) -> Any:

@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 from pydantic import BaseModel
 
@@ -55,6 +56,7 @@ from routing.learned import LearnedRouter
 from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
 from routing.profile import RequestProfile, profile_request
 from routing.semantic import SemanticClassifier
+from tenancy.ledger import LedgerEntry
 
 NO_WISHES = Wishes()
 
@@ -90,15 +92,29 @@ class Routed:
         }
 
 
+class LedgerSink(Protocol):
+    """Where finished requests are recorded (tenancy.ledger.LedgerWriter); never blocks."""
+
+    def record(self, entry: LedgerEntry) -> None: ...
+
+
 @dataclass
 class InFlight:
-    """One request whose answer has started: what its metrics need when it ends."""
+    """One request from arrival to its end: what metrics and the ledger need then."""
 
-    plan: Plan
-    pool: str
-    started: float
+    id: str
+    endpoint: str  # "chat" | "completions"
+    model_asked: str
+    tenant: str | None = None
+    key_id: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+    plan: Plan | None = None
+    pool: str | None = None
+    tried: list[str] = field(default_factory=list)
     ttft_s: float | None = None
     outcome: Outcome | None = None
+    prompt: str | None = None  # kept only for tenants that opted in
 
 
 class OpenAIServing:
@@ -109,9 +125,11 @@ class OpenAIServing:
         semantic: SemanticClassifier | None = None,
         learned: LearnedRouter | None = None,
         metrics: RequestMetrics | None = None,
+        ledger: LedgerSink | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or RequestMetrics(export=False)
+        self.ledger = ledger
         self.pools = pools
         self.semantic = semantic
         self.learned = learned
@@ -247,61 +265,82 @@ class OpenAIServing:
 
     # --- endpoints ----------------------------------------------------------------
 
-    async def chat(self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
-        with self._failures(wishes):
+    async def chat(
+        self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
+    ) -> Routed:
+        flight = self._arrived("chat", "chatcmpl", body, wishes, key_id)
+        with self._failures(flight, wishes):
             messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
             text = "\n".join(m.content for m in messages)
-            decided, _ = await self.plan(body, text, wishes, chat=True)
-            sampling = self._sampling(body, decided)
-            request = GenerationRequest(new_id("chatcmpl"), sampling, messages=messages)
-            return await self._serve(body, decided, request, chat_shaper, chat_body)
+            flight.prompt = text if self._keeps_prompts(flight.tenant) else None
+            flight.plan, _ = await self.plan(body, text, wishes, chat=True)
+            sampling = self._sampling(body, flight.plan)
+            request = GenerationRequest(flight.id, sampling, messages=messages)
+            return await self._serve(body, flight, request, chat_shaper, chat_body)
 
-    async def completion(self, body: CompletionRequest, wishes: Wishes = NO_WISHES) -> Routed:
-        with self._failures(wishes):
+    async def completion(
+        self, body: CompletionRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
+    ) -> Routed:
+        flight = self._arrived("completions", "cmpl", body, wishes, key_id)
+        with self._failures(flight, wishes):
             text = body.prompt_text
-            decided, _ = await self.plan(body, text, wishes, chat=False)
-            request = GenerationRequest(new_id("cmpl"), self._sampling(body, decided), prompt=text)
-            return await self._serve(body, decided, request, completion_shaper, completion_body)
+            flight.prompt = text if self._keeps_prompts(flight.tenant) else None
+            flight.plan, _ = await self.plan(body, text, wishes, chat=False)
+            request = GenerationRequest(flight.id, self._sampling(body, flight.plan), prompt=text)
+            return await self._serve(body, flight, request, completion_shaper, completion_body)
+
+    def _arrived(
+        self, endpoint: str, prefix: str, body: SamplingFields, wishes: Wishes, key_id: str | None
+    ) -> InFlight:
+        return InFlight(new_id(prefix), endpoint, body.model, wishes.tenant, key_id)
+
+    def _keeps_prompts(self, tenant: str | None) -> bool:
+        policy = self.config.tenants.get(tenant) if tenant is not None else None
+        return policy is not None and policy.store_prompts
 
     @contextlib.contextmanager
-    def _failures(self, wishes: Wishes) -> Iterator[None]:
+    def _failures(self, flight: InFlight, wishes: Wishes) -> Iterator[None]:
         """Count a request that fails before its answer starts (successes count at the end)."""
-        started = time.monotonic()
         try:
             yield
         except Exception as exc:
             strategy = wishes.strategy or self.config.routing.default_strategy
-            self.metrics.finished(Finished(strategy, outcome_of(exc), time.monotonic() - started))
+            latency = time.monotonic() - flight.started
+            ended = outcome_of(exc)
+            self.metrics.finished(Finished(strategy, ended, latency))
+            self._record(flight, strategy, ended, latency)
             mark_counted(exc)
             raise
 
     async def _serve(
         self,
         body: SamplingFields,
-        decided: Plan,
+        flight: InFlight,
         request: GenerationRequest,
         shaper: Callable[[GenerationRequest, RouteInfo], ChunkShaper],
         whole: Callable[[GenerationRequest, RouteInfo, Outcome], BaseModel],
     ) -> Routed:
-        started = time.monotonic()
+        decided = flight.plan
+        assert decided is not None
         self.metrics.decided(decided.strategy, decided.pool, decided.reason)
         if decided.downgrade:
             self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream and decided.strategy == "route":
             pool, first, chunks, tried = await self.executor.open_stream(decided, request)
-            flight = InFlight(decided, pool, started, ttft_s=time.monotonic() - started)
+            flight.pool, flight.tried = pool, tried
+            flight.ttft_s = time.monotonic() - flight.started
             route = self._route_info(decided, pool, tried)
             done = partial(self._finished, flight)
             lines = sse_lines(first, chunks, shaper(request, route), include_usage, done)
             return Routed(route, stream=lines)
         outcome = await self.executor.execute(decided, request)
         self.metrics.answered(outcome)
+        flight.pool, flight.tried, flight.outcome = outcome.pool, outcome.tried, outcome
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
-        flight = InFlight(decided, outcome.pool, started, outcome=outcome)
         result = outcome.result
         if body.stream:
-            flight.ttft_s = time.monotonic() - started
+            flight.ttft_s = time.monotonic() - flight.started
             done = partial(self._finished, flight)
             lines = sse_lines(
                 result.as_chunk(), no_more_chunks(), shaper(request, route), include_usage, done
@@ -314,6 +353,7 @@ class OpenAIServing:
         self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Count a request whose answer started: at its end, or when its stream ended."""
+        assert flight.plan is not None and flight.pool is not None
         spec = self._pool_specs[flight.pool]
         cost = spec.cost.of(prompt_tokens, completion_tokens)
         outcome = flight.outcome
@@ -321,18 +361,58 @@ class OpenAIServing:
             lost = self._pool_specs[outcome.discarded_pool]
             cost += lost.cost.of(0, outcome.discarded_tokens)
         large = self._large_model
-        self.metrics.finished(
-            Finished(
-                strategy=flight.plan.strategy,
+        done = Finished(
+            strategy=flight.plan.strategy,
+            outcome=ended,
+            latency_s=time.monotonic() - flight.started,
+            pool=flight.pool,
+            model=spec.id,
+            ttft_s=flight.ttft_s,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=cost,
+            large_cost_usd=large.cost.of(prompt_tokens, completion_tokens) if large else cost,
+        )
+        self.metrics.finished(done)
+        self._record(flight, done.strategy, ended, done.latency_s, done)
+
+    def _record(
+        self,
+        flight: InFlight,
+        strategy: str,
+        ended: str,
+        latency_s: float,
+        done: Finished | None = None,
+    ) -> None:
+        """The request's ledger record (tenancy/ledger.py), queued without waiting."""
+        if self.ledger is None:
+            return
+        outcome, plan = flight.outcome, flight.plan
+        self.ledger.record(
+            LedgerEntry(
+                id=flight.id,
+                created_at=flight.created_at,
+                endpoint=flight.endpoint,
+                model_asked=flight.model_asked[:256],
+                strategy=strategy,
                 outcome=ended,
-                latency_s=time.monotonic() - flight.started,
+                latency_s=round(latency_s, 6),
+                tenant=flight.tenant,
+                key_id=flight.key_id,
+                pools_tried=",".join(flight.tried),
                 pool=flight.pool,
-                model=spec.id,
+                model=done.model if done else None,
+                reason=plan.reason if plan else None,
+                prompt_tokens=done.prompt_tokens if done else 0,
+                completion_tokens=done.completion_tokens if done else 0,
+                cost_usd=done.cost_usd if done else 0.0,
+                large_cost_usd=done.large_cost_usd if done else 0.0,
+                discarded_tokens=outcome.discarded_tokens if outcome else 0,
+                discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
                 ttft_s=flight.ttft_s,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost_usd=cost,
-                large_cost_usd=large.cost.of(prompt_tokens, completion_tokens) if large else cost,
+                confidence=outcome.confidence if outcome else None,
+                escalated=int(outcome.escalated) if outcome else 0,
+                prompt=flight.prompt,
             )
         )
 

@@ -96,5 +96,6 @@ def wishes(
         min_quality=opts.min_quality,
         max_cost_usd=opts.max_cost_usd,
         latency_budget_s=opts.latency_budget_ms / 1000 if opts.latency_budget_ms else None,
+        tenant=tenant,
     )
     return apply_tier(config, asked, tenant, opts.tier or tier_header, assigned)

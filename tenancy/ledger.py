@@ -1,0 +1,226 @@
+"""The usage ledger: one record per request, written in batches off the request path.
+
+`LedgerWriter.record` only appends to an in-memory queue; a background thread inserts
+what accumulated every `flush_interval_s` in one transaction. So a request never waits
+on the database, and the database sees one write per second per ingress replica instead
+of one per request.
+
+What can be lost, and how much: records still in the queue when a replica dies without
+closing the writer (at most `flush_interval_s` of traffic per replica), and, while the
+database is unreachable, records beyond `max_pending` (the oldest are dropped and
+counted in `dropped`; the rest are retried). A clean shutdown flushes everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import Engine, func, insert, select, true
+from sqlalchemy.orm import Session
+
+from tenancy.schema import Feedback, RequestRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One request as it ended (the columns of `RequestRecord`)."""
+
+    id: str
+    created_at: float
+    endpoint: str
+    model_asked: str
+    strategy: str
+    outcome: str
+    latency_s: float
+    tenant: str | None = None
+    key_id: str | None = None
+    pools_tried: str = ""
+    pool: str | None = None
+    model: str | None = None
+    reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    large_cost_usd: float = 0.0
+    discarded_tokens: int = 0
+    discarded_engine_s: float = 0.0
+    ttft_s: float | None = None
+    confidence: float | None = None
+    escalated: int = 0
+    prompt: str | None = None
+
+
+class LedgerWriter:
+    def __init__(
+        self, engine: Engine, flush_interval_s: float = 1.0, max_pending: int = 100_000
+    ) -> None:
+        self.engine = engine
+        self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
+        self.written = 0
+        self.dropped = 0
+        self._queue: deque[LedgerEntry] = deque()
+        self._lock = threading.Lock()  # one flush at a time (the thread, or close/flush)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error_log = 0.0
+
+    # --- the request path -----------------------------------------------------------
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Queue one record; never blocks, never raises."""
+        if len(self._queue) >= self.max_pending:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(entry)
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def queued_tenant(self, request_id: str) -> tuple[bool, str | None]:
+        """(queued?, its tenant) for a record not written yet (feedback may come first)."""
+        for entry in list(self._queue):
+            if entry.id == request_id:
+                return True, entry.tenant
+        return False, None
+
+    # --- the background thread --------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread and write what is queued."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+
+    def flush(self) -> int:
+        """Write everything queued now, in one transaction; returns records written."""
+        with self._lock:
+            batch = list(self._queue)
+            if not batch:
+                return 0
+            try:
+                with Session(self.engine) as session, session.begin():
+                    session.execute(insert(RequestRecord), [asdict(e) for e in batch])
+            except Exception as exc:  # noqa: BLE001 - kept queued, retried next flush
+                now = time.monotonic()
+                if now - self._last_error_log >= 60:
+                    logger.warning("ledger write of %d records failed: %r", len(batch), exc)
+                    self._last_error_log = now
+                return 0
+            # NOTE: records were appended (or, when full, the oldest dropped) meanwhile:
+            # remove exactly the written ones from the front.
+            ids = {e.id for e in batch}
+            while self._queue and self._queue[0].id in ids:
+                self._queue.popleft()
+            self.written += len(batch)
+            return len(batch)
+
+
+def tenant_of(engine: Engine, request_id: str) -> tuple[bool, str | None]:
+    """(known?, tenant) of a written request record."""
+    with Session(engine) as session:
+        row = session.execute(
+            select(RequestRecord.tenant).where(RequestRecord.id == request_id)
+        ).first()
+    return (row is not None, row[0] if row is not None else None)
+
+
+def add_feedback(
+    engine: Engine,
+    request_id: str,
+    tenant: str | None,
+    score: float,
+    label: str | None = None,
+    comment: str | None = None,
+) -> int:
+    with Session(engine) as session, session.begin():
+        item = Feedback(
+            request_id=request_id, tenant=tenant, score=score, label=label, comment=comment,
+            created_at=time.time(),
+        )  # fmt: skip
+        session.add(item)
+        session.flush()
+        return int(item.id)
+
+
+def summary(engine: Engine, tenant: str | None = None) -> dict[str, object]:
+    """What `/v1/metrics` shows, over every request in the ledger (all replicas, ever);
+    one tenant's requests when `tenant` is given."""
+    mine = RequestRecord.tenant == tenant if tenant is not None else true()
+    theirs = Feedback.tenant == tenant if tenant is not None else true()
+    with Session(engine) as session:
+        outcomes = dict(
+            session.execute(
+                select(RequestRecord.outcome, func.count())
+                .where(mine)
+                .group_by(RequestRecord.outcome)
+            ).all()
+        )
+        served = dict(
+            session.execute(
+                select(RequestRecord.model, func.count())
+                .where(RequestRecord.outcome == "ok", mine)
+                .group_by(RequestRecord.model)
+            ).all()
+        )
+        totals = session.execute(
+            select(
+                func.coalesce(func.sum(RequestRecord.escalated), 0),
+                func.coalesce(func.sum(RequestRecord.completion_tokens), 0),
+                func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
+                func.coalesce(func.sum(RequestRecord.large_cost_usd), 0.0),
+            ).where(RequestRecord.outcome == "ok", mine)
+        ).one()
+        feedback = session.execute(
+            select(func.count(), func.avg(Feedback.score)).where(theirs)
+        ).one()
+    return _summary(outcomes, served, *totals, feedback)
+
+
+def _summary(
+    outcomes: dict[str, int],
+    served: dict[str | None, int],
+    escalations: int,
+    completion_tokens: int,
+    cost: float,
+    large_cost: float,
+    feedback: Iterable[object],
+) -> dict[str, object]:
+    total = sum(outcomes.values())
+    ok = outcomes.get("ok", 0)
+    saved = large_cost - cost
+    count, mean = tuple(feedback)
+    return {
+        "requests": total,
+        "outcomes": outcomes,
+        "success_rate": round(ok / total, 4) if total else None,
+        "model_distribution": {
+            str(model): round(n / ok, 4) for model, n in sorted(served.items(), key=lambda x: -x[1])
+        },
+        "escalations": int(escalations),
+        "completion_tokens": int(completion_tokens),
+        "cost_usd": round(cost, 6),
+        "always_large_cost_usd": round(large_cost, 6),
+        "cost_saved_usd": round(saved, 6),
+        "cost_saved_ratio": round(saved / large_cost, 4) if large_cost else None,
+        "feedback": {
+            "count": count,
+            "mean_score": round(float(str(mean)), 4) if mean is not None else None,
+        },
+    }
