@@ -336,10 +336,11 @@ class Ingress:
     @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
     async def metrics_summary(self, caller: Authenticated) -> JSONResponse:
         """Traffic, cost and model mix from the ledger: every replica's requests, across
-        restarts (written up to `database.flush_interval_s` late). A tenant key sees its
-        own tenant; a gateway key, or no auth, sees everything. Prometheus metrics are on
-        Ray's metrics port."""
+        restarts (this replica's written first; others' up to `database.flush_interval_s`
+        late). A tenant key sees its own tenant; a gateway key, or no auth, sees
+        everything. Prometheus metrics are on Ray's metrics port."""
         tenant = caller.tenant if caller is not None and caller.role == "tenant" else None
+        await asyncio.to_thread(self.ledger.flush)
         body = await asyncio.to_thread(ledger_summary, self.db, tenant)
         return JSONResponse(body)
 

@@ -5,8 +5,11 @@ Ray is imported inside the fixtures only, so unit tests never start or import it
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +97,19 @@ def client(port: int, name: str) -> openai.OpenAI:
     )
 
 
+_STATE_DIR: list[str] = []
+
+
+def state_database_url() -> str:
+    """A fresh SQLite file for each app a test builds, outside the user's cache dir."""
+    if not _STATE_DIR:
+        _STATE_DIR.append(tempfile.mkdtemp(prefix="switchyard-state-"))
+        atexit.register(shutil.rmtree, _STATE_DIR[0], True)
+    fd, path = tempfile.mkstemp(suffix=".db", dir=_STATE_DIR[0])
+    os.close(fd)
+    return f"sqlite:///{path}"
+
+
 def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:
     """Args of `build_fake_app`: three pools on the fake engine.
 
@@ -109,6 +125,8 @@ def fake_app_args(**pool_fakes: dict[str, Any]) -> dict[str, Any]:
     return {
         "fake": fake,
         "engine": "fake",
+        "auth": {"mode": "off"},
+        "database": {"url": state_database_url()},
         "models": [
             {
                 "id": "tiny-chat",
