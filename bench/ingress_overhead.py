@@ -1,6 +1,6 @@
 """Ingress overhead: what Switchyard's ingress adds on top of calling a pool directly.
 
-    .venv/bin/python bench/ingress_overhead.py [--requests 300] [--warmup 30]
+    .venv/bin/python bench/ingress_overhead.py [--requests 300] [--warmup 30] [--auth keys]
 
 Starts its own local Ray (2 CPUs) and Serve on a free port, deploys the real app
 (`deployments.builder.build_fake_app`) on zero-latency fake engines with a one-word reply,
@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployments.builder import build_fake_app  # noqa: E402
 from models.engines.base import ChatMessage, GenerationRequest, SamplingOptions  # noqa: E402
+from tenancy.db import connect, migrate  # noqa: E402
+from tenancy.keys import KeyStore  # noqa: E402
 from tests.conftest import fake_app_args, free_port  # noqa: E402
 
 APP = "switchyard"
@@ -79,6 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--requests", type=int, default=300, help="timed requests per path")
     parser.add_argument("--warmup", type=int, default=30, help="untimed requests per path")
+    parser.add_argument(
+        "--auth",
+        choices=["off", "keys"],
+        default="off",
+        help="`keys`: every ingress request carries an API key the ingress checks",
+    )
     args = parser.parse_args()
 
     # NOTE: address="local" always starts a private instance, never joins someone else's.
@@ -87,6 +95,13 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         app_args = fake_app_args(small=ZERO_LATENCY, large=ZERO_LATENCY, code=ZERO_LATENCY)
+        headers: dict[str, str] = {}
+        if args.auth == "keys":
+            app_args["auth"] = {"mode": "keys"}
+            engine = connect(app_args["database"]["url"])
+            migrate(engine)
+            key, _ = KeyStore(engine).create("bench")
+            headers["authorization"] = f"Bearer {key}"
         serve.run(build_fake_app(app_args), name=APP, route_prefix=f"/{APP}")
         serve.run(cast(Deployment, Echo).bind(), name="echo", route_prefix="/echo")
         pool = serve.get_deployment_handle("pool-small", APP)
@@ -109,7 +124,7 @@ def main() -> None:
                 http.post("/echo/", json=body).raise_for_status()
 
             def via_ingress() -> None:
-                resp = http.post(f"/{APP}/v1/chat/completions", json=body)
+                resp = http.post(f"/{APP}/v1/chat/completions", json=body, headers=headers)
                 resp.raise_for_status()
                 assert resp.headers["x-switchyard-pool"] == "small"
 

@@ -416,6 +416,19 @@ def test_every_rayservice_ray_container_loads_the_proxy_edge() -> None:
         assert env == [{"name": PROXY_ENV, "value": PROXY_CALLBACK}], name
 
 
+def test_every_rayservice_ray_container_reads_the_state_database_from_a_secret() -> None:
+    """Ingress replicas run on any node; all must share one database (no per-node SQLite),
+    and its password must not sit in the manifest."""
+    cluster = rayservice()["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        env = {var["name"]: var for var in ray_container(group).get("env", [])}
+        secret = env["SWITCHYARD_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "switchyard-db", "key": "url"}, group.get("groupName", "head")
+    app = yaml.safe_load((CLUSTER / "serve_config.gpu.yaml").read_text())["applications"][0]
+    assert app["args"]["auth"]["mode"] == "keys"
+    assert "database" not in app["args"] or "url" not in app["args"]["database"]
+
+
 def test_launcher_starts_every_ray_node_with_the_proxy_edge() -> None:
     config = launcher()
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
