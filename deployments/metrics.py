@@ -37,6 +37,7 @@ class Finished:
     completion_tokens: int = 0
     cost_usd: float = 0.0  # served answer plus discarded work
     large_cost_usd: float = 0.0  # the same tokens on the large pool's model
+    tenant: str = ""  # the API key's tenant ("" without keys, or when refused before)
 
 
 class _Metric(Protocol):
@@ -67,16 +68,18 @@ class RequestMetrics:
         if not self._ray:
             return
         tags = {"pool": done.pool, "model": done.model}
-        self._ray["requests"].inc(tags={**tags, "strategy": done.strategy, "outcome": done.outcome})
+        # NOTE: tenants come from the key store or the config, so `tenant` stays bounded.
+        mine = {**tags, "tenant": done.tenant}
+        self._ray["requests"].inc(tags={**mine, "strategy": done.strategy, "outcome": done.outcome})
         self._ray["latency"].observe(done.latency_s, tags={**tags, "strategy": done.strategy})
         if done.ttft_s is not None:
             self._ray["ttft"].observe(done.ttft_s, tags=tags)
         if done.outcome == "ok":
-            self._inc("tokens", done.prompt_tokens, {**tags, "direction": "in"})
-            self._inc("tokens", done.completion_tokens, {**tags, "direction": "out"})
+            self._inc("tokens", done.prompt_tokens, {**mine, "direction": "in"})
+            self._inc("tokens", done.completion_tokens, {**mine, "direction": "out"})
             # NOTE: a saving can be negative (discarded work), a counter cannot: the
             # dashboard subtracts the two counters.
-            self._inc("cost", done.cost_usd, tags)
+            self._inc("cost", done.cost_usd, mine)
             self._inc("large_cost", done.large_cost_usd, tags)
 
     def answered(self, outcome: Outcome) -> None:
@@ -161,7 +164,7 @@ def _ray_metrics() -> dict[str, Any]:
 
     return {
         "requests": counter(
-            "requests", "Requests by outcome", "pool", "model", "strategy", "outcome"
+            "requests", "Requests by outcome", "pool", "model", "tenant", "strategy", "outcome"
         ),
         "latency": m.Histogram(
             "switchyard_request_latency_seconds",
@@ -176,7 +179,12 @@ def _ray_metrics() -> dict[str, Any]:
             tag_keys=("pool", "model"),
         ),
         "tokens": counter(
-            "tokens", "Prompt (in) and completion (out) tokens", "pool", "model", "direction"
+            "tokens",
+            "Prompt (in) and completion (out) tokens",
+            "pool",
+            "model",
+            "tenant",
+            "direction",
         ),
         "escalations": counter(
             "escalations", "Answers served by the escalation target", "source", "target"
@@ -195,7 +203,7 @@ def _ray_metrics() -> dict[str, Any]:
             "downgrades", "Speculation or escalation skipped", "strategy", "reason"
         ),
         "decisions": counter("route_decisions", "Routing decisions", "pool", "reason"),
-        "cost": counter("cost_usd", "Estimated cost of served requests", "pool", "model"),
+        "cost": counter("cost_usd", "Estimated cost of served requests", "pool", "model", "tenant"),
         "large_cost": counter(
             "always_large_cost_usd", "Estimated cost had the large pool served", "pool", "model"
         ),

@@ -307,7 +307,7 @@ class OpenAIServing:
             strategy = wishes.strategy or self.config.routing.default_strategy
             latency = time.monotonic() - flight.started
             ended = outcome_of(exc)
-            self.metrics.finished(Finished(strategy, ended, latency))
+            self.metrics.finished(Finished(strategy, ended, latency, tenant=flight.tenant or ""))
             self._record(flight, strategy, ended, latency)
             mark_counted(exc)
             raise
@@ -372,6 +372,7 @@ class OpenAIServing:
             completion_tokens=completion_tokens,
             cost_usd=cost,
             large_cost_usd=large.cost.of(prompt_tokens, completion_tokens) if large else cost,
+            tenant=flight.tenant or "",
         )
         self.metrics.finished(done)
         self._record(flight, done.strategy, ended, done.latency_s, done)
