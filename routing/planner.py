@@ -60,6 +60,7 @@ class Wishes:
     tier: str | None = None
     pools: frozenset[str] | None = None  # the tier's pools; None = all
     tenant: str | None = None  # who asks (an API key's tenant, or a trusted gateway's)
+    frugal: str | None = None  # why routing must save (a budget near its limit), if it must
 
 
 @dataclass(frozen=True)
@@ -177,11 +178,39 @@ def plan(
             _require_servable(profile, decision.pool)
         decision = RouteDecision(next(iter(views)), decision.reason, decision.detail)
     strategy = wishes.strategy or config.default_strategy
+    if wishes.frugal is not None:
+        return _frugal(strategy, decision, views, config, wishes, profile)
     if strategy == "route":
         decided = _route(decision, views, config, wishes, profile.similarities)
     else:
         decided = _escalating(strategy, decision, views, config, wishes)
     return replace(decided, max_tokens=profile.max_tokens)
+
+
+FRUGAL_COST_FACTOR = 3.0  # how much more cost weighs in J for a tenant near its budget
+
+
+def _frugal(
+    strategy: Strategy,
+    decision: RouteDecision,
+    views: Mapping[str, PoolView],
+    config: RoutingConfig,
+    wishes: Wishes,
+    profile: RequestProfile,
+) -> Plan:
+    """A tenant near its budget: one pool, no speculation or escalation, cost weighs more."""
+    scoring = config.scoring.model_copy(
+        update={"beta_cost": config.scoring.beta_cost * FRUGAL_COST_FACTOR}
+    )
+    cheaper = config.model_copy(update={"scoring": scoring})
+    decided = _route(decision, views, cheaper, wishes, profile.similarities)
+    note = f"{wishes.frugal}: frugal routing, cost weighs {FRUGAL_COST_FACTOR:g}x"
+    if strategy != "route":
+        note += f", {strategy} skipped"
+    downgrade = (strategy, "budget") if strategy != "route" else None
+    return replace(
+        decided, notes=(*decided.notes, note), downgrade=downgrade, max_tokens=profile.max_tokens
+    )
 
 
 def _require_servable(profile: RequestProfile, pool: str) -> None:
