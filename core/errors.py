@@ -19,6 +19,8 @@ know about it, so nobody re-derives it from a status code:
     │   │   ├── UnknownModelError            no such model or pool
     │   │   └── UnknownResponseError         feedback on an id the ledger does not know
     │   ├── AuthenticationError              no key, or not a valid one (401)
+    │   ├── RateLimitedError                 over the tenant's requests/tokens per minute (429)
+    │   ├── QuotaExceededError               the tenant's budget is spent (429)
     │   └── NotAllowedError                  the client may not do this (403)
     │       ├── TierNotAllowedError          a tier it may not choose
     │       ├── PoolNotAllowedError          a pool outside its tier
@@ -46,6 +48,7 @@ class SwitchyardError(Exception):
     """Base of every domain error; `message` is safe to show to clients."""
 
     default_code: ClassVar[str | None] = None
+    error_type: ClassVar[str | None] = None  # OpenAI's `type`, when not the status's default
     default_param: ClassVar[str | None] = None
     retryable: ClassVar[bool] = False
     counts_against_circuit: ClassVar[bool] = False
@@ -64,6 +67,7 @@ class SwitchyardError(Exception):
         self.code = code or self.default_code
         self.param = param or self.default_param
         self.retry_after_s = retry_after_s
+        self.headers: dict[str, str] = {}  # extra response headers (e.g. x-ratelimit-*)
 
     @property
     def reason(self) -> str:
@@ -138,6 +142,34 @@ class AuthenticationError(ClientError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class RateLimitedError(ClientError):
+    """The tenant sent more requests (or tokens) this minute than its limit allows."""
+
+    default_code = "rate_limit_exceeded"
+    outcome = "rejected"
+
+    def __init__(self, what: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            f"rate limit reached: {limit} {what} per minute for this tenant; retry in "
+            f"{retry_after_s} s",
+            retry_after_s=retry_after_s,
+        )
+
+
+class QuotaExceededError(ClientError):
+    """The tenant's budget for the current window is spent: no engine work is done."""
+
+    default_code = "insufficient_quota"
+    error_type = "insufficient_quota"
+    outcome = "rejected"
+
+    def __init__(self, what: str, retry_after_s: int) -> None:
+        super().__init__(
+            f"budget exhausted: {what}; it resets in {retry_after_s} s",
+            retry_after_s=retry_after_s,
+        )
 
 
 class NotAllowedError(ClientError):

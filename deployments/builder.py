@@ -16,6 +16,7 @@ from ray.serve import Application, Deployment
 from deployments.config import AppConfig, load_app_config, load_fake_app_config
 from deployments.ingress import Ingress
 from deployments.pool import PoolServer
+from deployments.quota import QuotaKeeper
 from models.engines.fake import FakeEngineOptions
 from tenancy.db import connect, database_url, migrate
 
@@ -50,4 +51,7 @@ def _bind(config: AppConfig, fakes: Mapping[str, FakeEngineOptions]) -> Applicat
         )
         for name, pool in config.pools.items()
     }
-    return ingress.options(**config.ingress.serve_options()).bind(config, pools)
+    # NOTE: the keeper resolves the database URL itself, from its own environment: a URL
+    # with a password never travels as a constructor argument.
+    quota = cast(Deployment, QuotaKeeper).bind(config.tenants, config.database.url)
+    return ingress.options(**config.ingress.serve_options()).bind(config, pools, quota)

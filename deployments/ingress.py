@@ -52,10 +52,12 @@ from deployments.openai.schema import (
 from deployments.openai.serving import OpenAIServing, Routed, is_counted
 from deployments.openai.wishes import Headers, RoutingHeaders, wishes
 from deployments.pool_client import HandlePoolClient
+from deployments.quota import KeeperClient
 from models.engines.base import EngineStats
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
 from tenancy.db import connect, database_url
+from tenancy.gate import QuotaGate
 from tenancy.keys import Caller, KeyStore
 from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, tenant_of
 from tenancy.ledger import summary as ledger_summary
@@ -136,6 +138,7 @@ def _respond(routed: Routed) -> Response:
 
 STATS_PERIOD_S = 1.0
 REPLICAS_PERIOD_S = 2.0
+SPEND_REPORT_S = 0.5  # how often spend reaches the quota keeper (part of the overshoot bound)
 HEALTH_FIRST_SAMPLE_S = 3.0  # longest /health waits for the first stats round after start
 HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
@@ -144,7 +147,10 @@ HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pool
 @serve.ingress(api)
 class Ingress:
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, config: AppConfig, pools: dict[str, DeploymentHandle[Any]]
+        self,
+        config: AppConfig,
+        pools: dict[str, DeploymentHandle[Any]],
+        quota: DeploymentHandle[Any] | None = None,
     ) -> None:
         self.config = config
         self.pools = pools
@@ -183,8 +189,9 @@ class Ingress:
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
+        self.gate = QuotaGate(config.tenants, KeeperClient(quota)) if quota else None
         self.serving = OpenAIServing(
-            config, client, semantic, learned, self.metrics, ledger=self.ledger
+            config, client, semantic, learned, self.metrics, ledger=self.ledger, gate=self.gate
         )
         self.monitor = self.serving.monitor
         context = serve.get_replica_context()
@@ -204,6 +211,8 @@ class Ingress:
         ]
         if config.auth.mode == "keys":
             self._loops.append(loop.create_task(self._reload_keys()))
+        if self.gate is not None and self.gate.tenants:
+            self._loops.append(loop.create_task(self._report_spend()))
 
     async def _poll_stats(self) -> None:
         """Every second, each awake pool's engine stats (all at once, each call bounded).
@@ -285,6 +294,13 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - the last good keys stay in force
                 self._keys_log.failed(exc)
 
+    async def _report_spend(self) -> None:
+        """What this replica's requests spent, to the quota keeper, twice a second."""
+        assert self.gate is not None
+        while True:
+            await asyncio.sleep(SPEND_REPORT_S)
+            await self.gate.flush()  # NOTE: logs and keeps the batch when the keeper is down
+
     def _wishes(
         self, body: SamplingFields, headers: RoutingHeaders, caller: Caller | None
     ) -> Wishes:
@@ -343,6 +359,14 @@ class Ingress:
         await asyncio.to_thread(self.ledger.flush)
         body = await asyncio.to_thread(ledger_summary, self.db, tenant)
         return JSONResponse(body)
+
+    @api.get("/v1/budget", responses=responses(None, READ_ERRORS))
+    async def budget(self, caller: Authenticated) -> JSONResponse:
+        """The caller's tenant: limits, use per window, remaining, reset times."""
+        tenant = caller.tenant if caller is not None else None
+        if tenant is None or self.gate is None:
+            return JSONResponse({"object": "budget", "tenant": tenant, "limited": False})
+        return JSONResponse(await self.gate.budget(tenant))
 
     @api.post("/v1/feedback", responses=responses(FeedbackResponse, FEEDBACK_ERRORS))
     async def feedback(self, body: FeedbackRequest, caller: Authenticated) -> Response:

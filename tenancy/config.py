@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from core.config import StrictConfig
+from tenancy.quota import Budget, RateLimits
 
 
 class AuthConfig(StrictConfig):
@@ -47,7 +48,17 @@ class DatabaseConfig(StrictConfig):
 
 
 class TenantConfig(StrictConfig):
-    """What one tenant agreed to (more comes with budgets and rate limits)."""
+    """What one tenant may use, and what it agreed to."""
+
+    limits: RateLimits = Field(
+        default_factory=RateLimits,
+        description="Requests and tokens per minute, across every ingress replica.",
+    )
+    budget: Budget = Field(
+        default_factory=Budget,
+        description="USD per hour/day/month and token quotas; frugal routing from "
+        "`frugal_at`, 429 insufficient_quota at the limit.",
+    )
 
     store_prompts: bool = Field(
         default=False,

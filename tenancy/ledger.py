@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Engine, func, insert, select, true
 from sqlalchemy.orm import Session
 
+from tenancy.quota import PERIODS, Period, window
 from tenancy.schema import Feedback, RequestRecord
 
 logger = logging.getLogger(__name__)
@@ -224,3 +225,30 @@ def _summary(
             "mean_score": round(float(str(mean)), 4) if mean is not None else None,
         },
     }
+
+
+def window_totals(
+    engine: Engine, tenant: str, now: float
+) -> tuple[dict[Period, tuple[float, float]], int]:
+    """A tenant's (tokens, usd) per current window, and requests admitted this minute,
+    from the ledger: what the quota keeper restores after a restart."""
+    totals: dict[Period, tuple[float, float]] = {}
+    tokens = RequestRecord.prompt_tokens + RequestRecord.completion_tokens
+    with Session(engine) as session:
+        for period in PERIODS:
+            start = window(now, period)[0]
+            row = session.execute(
+                select(
+                    func.coalesce(func.sum(tokens), 0),
+                    func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
+                ).where(RequestRecord.tenant == tenant, RequestRecord.created_at >= start)
+            ).one()
+            totals[period] = (float(row[0]), float(row[1]))
+        admitted = session.scalar(
+            select(func.count()).where(
+                RequestRecord.tenant == tenant,
+                RequestRecord.created_at >= window(now, "minute")[0],
+                RequestRecord.outcome.not_in(("rejected", "unauthorized")),
+            )
+        )
+    return totals, int(admitted or 0)

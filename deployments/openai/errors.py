@@ -41,6 +41,8 @@ from core.errors import (
     NotFoundError,
     PoolOverloadedError,
     PoolTimeoutError,
+    QuotaExceededError,
+    RateLimitedError,
     SwitchyardError,
 )
 
@@ -124,6 +126,8 @@ def _http_api_error(exc: HTTPException) -> APIError:
 _STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
     (NotFoundError, 404),
     (AuthenticationError, 401),
+    (RateLimitedError, 429),
+    (QuotaExceededError, 429),
     (NotAllowedError, 403),
     (ClientError, 400),
     (PoolOverloadedError, 429),
@@ -139,10 +143,15 @@ def _domain_api_error(exc: SwitchyardError) -> APIError:
     status = next(code for cls, code in _STATUS if isinstance(exc, cls))
     if status == 500:
         logger.error("engine error: %r", exc.__cause__ or exc)
-    headers = {"retry-after": str(exc.retry_after_s)} if exc.retry_after_s else None
+    headers = dict(exc.headers)
+    if exc.retry_after_s:
+        headers["retry-after"] = str(exc.retry_after_s)
     if status == 401:
-        headers = {"www-authenticate": "Bearer"}
-    return APIError(status, exc.message, param=exc.param, code=exc.code, headers=headers)
+        headers["www-authenticate"] = "Bearer"
+    return APIError(
+        status, exc.message, type=exc.error_type, param=exc.param, code=exc.code,
+        headers=headers or None,
+    )  # fmt: skip
 
 
 def to_api_error(exc: BaseException) -> APIError:

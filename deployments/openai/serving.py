@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Protocol
 
@@ -56,6 +56,7 @@ from routing.learned import LearnedRouter
 from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
 from routing.profile import RequestProfile, profile_request
 from routing.semantic import SemanticClassifier
+from tenancy.gate import QuotaGate
 from tenancy.ledger import LedgerEntry
 
 NO_WISHES = Wishes()
@@ -82,6 +83,7 @@ class Routed:
     route: RouteInfo
     body: BaseModel | None = None
     stream: AsyncIterator[str] | None = None
+    extra_headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-*
 
     def headers(self) -> dict[str, str]:
         return {
@@ -89,6 +91,7 @@ class Routed:
             "x-switchyard-model": self.route.model,
             "x-switchyard-route": self.route.reason,
             "x-switchyard-strategy": self.route.strategy,
+            **self.extra_headers,
         }
 
 
@@ -115,6 +118,7 @@ class InFlight:
     ttft_s: float | None = None
     outcome: Outcome | None = None
     prompt: str | None = None  # kept only for tenants that opted in
+    headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
 
 
 class OpenAIServing:
@@ -126,10 +130,12 @@ class OpenAIServing:
         learned: LearnedRouter | None = None,
         metrics: RequestMetrics | None = None,
         ledger: LedgerSink | None = None,
+        gate: QuotaGate | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or RequestMetrics(export=False)
         self.ledger = ledger
+        self.gate = gate
         self.pools = pools
         self.semantic = semantic
         self.learned = learned
@@ -270,6 +276,7 @@ class OpenAIServing:
     ) -> Routed:
         flight = self._arrived("chat", "chatcmpl", body, wishes, key_id)
         with self._failures(flight, wishes):
+            wishes = await self._admit(flight, wishes)
             messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
             text = "\n".join(m.content for m in messages)
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
@@ -283,6 +290,7 @@ class OpenAIServing:
     ) -> Routed:
         flight = self._arrived("completions", "cmpl", body, wishes, key_id)
         with self._failures(flight, wishes):
+            wishes = await self._admit(flight, wishes)
             text = body.prompt_text
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
             flight.plan, _ = await self.plan(body, text, wishes, chat=False)
@@ -293,6 +301,14 @@ class OpenAIServing:
         self, endpoint: str, prefix: str, body: SamplingFields, wishes: Wishes, key_id: str | None
     ) -> InFlight:
         return InFlight(new_id(prefix), endpoint, body.model, wishes.tenant, key_id)
+
+    async def _admit(self, flight: InFlight, wishes: Wishes) -> Wishes:
+        """Budgets and rate limits (tenancy/gate.py): a 429, or the wishes, maybe frugal."""
+        if self.gate is None or not self.gate.governs(flight.tenant):
+            return wishes
+        admission = await self.gate.admit(flight.tenant)
+        flight.headers = admission.headers
+        return replace(wishes, frugal=admission.frugal) if admission.frugal else wishes
 
     def _keeps_prompts(self, tenant: str | None) -> bool:
         policy = self.config.tenants.get(tenant) if tenant is not None else None
@@ -333,7 +349,7 @@ class OpenAIServing:
             route = self._route_info(decided, pool, tried)
             done = partial(self._finished, flight)
             lines = sse_lines(first, chunks, shaper(request, route), include_usage, done)
-            return Routed(route, stream=lines)
+            return Routed(route, stream=lines, extra_headers=flight.headers)
         outcome = await self.executor.execute(decided, request)
         self.metrics.answered(outcome)
         flight.pool, flight.tried, flight.outcome = outcome.pool, outcome.tried, outcome
@@ -345,9 +361,9 @@ class OpenAIServing:
             lines = sse_lines(
                 result.as_chunk(), no_more_chunks(), shaper(request, route), include_usage, done
             )
-            return Routed(route, stream=lines)
+            return Routed(route, stream=lines, extra_headers=flight.headers)
         self._finished(flight, "ok", result.prompt_tokens, result.completion_tokens)
-        return Routed(route, body=whole(request, route, outcome))
+        return Routed(route, body=whole(request, route, outcome), extra_headers=flight.headers)
 
     def _finished(
         self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
@@ -376,6 +392,10 @@ class OpenAIServing:
         )
         self.metrics.finished(done)
         self._record(flight, done.strategy, ended, done.latency_s, done)
+        if self.gate is not None:
+            self.gate.spent(
+                flight.tenant, flight.created_at, prompt_tokens + completion_tokens, cost
+            )
 
     def _record(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,19 @@ async def test_prompts_are_kept_only_for_tenants_that_opted_in() -> None:
     await svc.chat(chat(text="keep me"), Wishes(tenant="acme"))
     await svc.chat(chat(text="not me"), Wishes(tenant="other"))
     assert [e.prompt for e in sink.entries] == ["keep me", None]
+
+
+def test_window_totals_are_what_the_keeper_restores(engine: Engine) -> None:
+    from tenancy.ledger import window_totals
+
+    now = 1_800_000_020.0  # 20 s into a minute
+    writer = LedgerWriter(engine)
+    writer.record(replace(entry(1), created_at=now - 10, prompt_tokens=6))  # this minute
+    writer.record(replace(entry(2), created_at=now - 3600 * 30))  # yesterday or before
+    writer.record(replace(entry(3), created_at=now - 5, outcome="rejected"))  # not admitted
+    writer.record(replace(entry(4, tenant="other"), created_at=now - 5))
+    writer.flush()
+    totals, admitted = window_totals(engine, "acme", now)
+    assert totals["minute"] == (10.0 + 4.0, 0.002)  # two records, 6 + 4 and 0 + 4 tokens
+    assert admitted == 1
+    assert totals["month"][1] >= totals["day"][1] >= totals["minute"][1]

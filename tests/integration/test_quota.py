@@ -1,0 +1,98 @@
+"""Rate limits and budgets on the real app with two ingress replicas, on SQLite and on a
+real PostgreSQL server: limits hold whichever replica answers, and across a restart."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tenancy.db import connect, migrate
+from tenancy.keys import KeyStore
+from tests.conftest import delete_app, fake_app_args, run_app
+from tests.integration.test_ledger import fresh_database
+
+
+def quota_app(url: str) -> dict[str, Any]:
+    args = fake_app_args()
+    args["auth"] = {"mode": "keys"}
+    args["database"] = {"url": url, "flush_interval_s": 0.2}
+    args["ingress"] = {"num_replicas": 2, "max_ongoing_requests": 1024}
+    for model in args["models"]:  # 4 tokens of any answer cost $0.40
+        model["cost"] = {"output_per_million": 100_000.0}
+    args["tenants"] = {
+        "limited": {"limits": {"requests_per_minute": 10}},
+        "spender": {"budget": {"usd_per_day": 1.0, "frugal_at": 0.5}},
+    }
+    return args
+
+
+def ask(api: openai.OpenAI, **extra: Any) -> Any:
+    return api.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], **extra
+    )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_limits_and_budgets_hold_across_replicas_and_restarts(
+    serve_port: int, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url = fresh_database(kind, request)
+    engine = connect(url)
+    migrate(engine)
+    store = KeyStore(engine)
+    limited_key, _ = store.create("limited")
+    spender_key, _ = store.create("spender")
+    name = f"quota-{kind}"
+    base = f"http://127.0.0.1:{serve_port}/{name}/v1"
+    limited = openai.OpenAI(base_url=base, api_key=limited_key, max_retries=0)
+    spender = openai.OpenAI(base_url=base, api_key=spender_key, max_retries=0)
+    args = quota_app(url)
+    if time.time() % 60 > 45:  # the 20 requests below must fall in one minute window
+        time.sleep(61 - time.time() % 60)
+    run_app(args, name)
+    try:
+        codes: dict[int, int] = {}
+        for _ in range(20):
+            try:
+                raw = ask(limited)
+                codes[200] = codes.get(200, 0) + 1
+                assert raw.headers["x-ratelimit-limit-requests"] == "10"
+            except openai.RateLimitError as exc:
+                codes[429] = codes.get(429, 0) + 1
+                assert exc.code == "rate_limit_exceeded"
+                assert int(exc.response.headers["retry-after"]) >= 1
+        assert codes == {200: 10, 429: 10}
+
+        notes: list[list[str]] = []
+        for _ in range(3):  # $0.40 each: ok, ok, frugal (0.8 >= 0.5)
+            body = ask(spender, extra_body={"switchyard": {"strategy": "cascade"}}).parse()
+            notes.append(body.model_extra["switchyard"]["notes"])
+            time.sleep(2)  # spend reaches the keeper (0.5 s) and every replica's view (1 s)
+        assert not any("frugal" in n for n in notes[0])
+        assert any("frugal routing" in n for n in notes[2])
+        with pytest.raises(openai.RateLimitError) as exc:
+            ask(spender)
+        assert exc.value.code == "insufficient_quota"
+        budget = httpx.get(
+            f"{base}/budget", headers={"authorization": f"Bearer {spender_key}"}, timeout=10
+        ).json()
+        (day,) = [w for w in budget["windows"] if w["period"] == "day"]
+        assert budget["level"] == "exhausted" and day["used"] == pytest.approx(1.2)
+        other = httpx.get(
+            f"{base}/budget", headers={"authorization": f"Bearer {limited_key}"}, timeout=10
+        ).json()
+        assert other["tenant"] == "limited"  # each key sees its own tenant only
+    finally:
+        delete_app(name)
+
+    run_app(args, name)  # the keeper restores today's spend from the ledger
+    try:
+        with pytest.raises(openai.RateLimitError) as exc:
+            ask(spender)
+        assert exc.value.code == "insufficient_quota"
+    finally:
+        delete_app(name)
