@@ -20,10 +20,11 @@ from tests.conftest import delete_app, fake_app_args, run_app, state_database_ur
 _FRESH = itertools.count()
 
 
-def fresh_database(kind: str, request: pytest.FixtureRequest) -> str:
-    """An empty database of `kind` for one test."""
+def fresh_database(kind: str, request: pytest.FixtureRequest | None = None) -> str:
+    """An empty database of `kind` for one test (PostgreSQL needs the test's `request`)."""
     if kind == "sqlite":
         return state_database_url()
+    assert request is not None
     server = make_url(request.getfixturevalue("postgres_url"))
     name = f"ledger_{next(_FRESH)}_{int(time.time())}"
     admin = server.set(drivername="postgresql").render_as_string(hide_password=False)

@@ -96,3 +96,48 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
         assert exc.value.code == "insufficient_quota"
     finally:
         delete_app(name)
+
+
+def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: int) -> None:
+    """The bound: what was admitted but not yet in the ledger when the keeper died. Here
+    the ledger is written (0.2 s flushes) before the kill, so nothing is forgotten."""
+    from tests.integration.test_scaling import (
+        deployment_replicas,
+        kill_one_replica,
+        replica_actors,
+        wait_for,
+    )
+
+    url = fresh_database("sqlite")
+    engine = connect(url)
+    migrate(engine)
+    key, _ = KeyStore(engine).create("limited")
+    name = "quota-kill"
+    api = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{serve_port}/{name}/v1", api_key=key, max_retries=0
+    )
+    if time.time() % 60 > 20:  # the requests and the restart must fall in one minute
+        time.sleep(61 - time.time() % 60)
+    run_app(quota_app(url), name)
+    try:
+        for _ in range(6):
+            ask(api)
+        time.sleep(1)  # the ingress replicas have written their ledger records
+        victim = kill_one_replica(name, "quota")
+
+        def replaced() -> bool:
+            return victim not in replica_actors(name, "quota") and (
+                deployment_replicas(name, "quota") == 1
+            )
+
+        wait_for(replaced, timeout_s=60)
+        admitted = 0
+        for _ in range(10):
+            try:
+                ask(api)
+                admitted += 1
+            except openai.RateLimitError:
+                pass
+        assert admitted == 4  # 6 before the kill + 4 = the limit of 10
+    finally:
+        delete_app(name)
