@@ -1,6 +1,7 @@
 """Ingress overhead: what Switchyard's ingress adds on top of calling a pool directly.
 
-    .venv/bin/python bench/ingress_overhead.py [--requests 300] [--warmup 30] [--auth keys]
+    .venv/bin/python bench/ingress_overhead.py [--requests 300] [--warmup 30]
+        [--auth keys [--limits]]
 
 Starts its own local Ray (2 CPUs) and Serve on a free port, deploys the real app
 (`deployments.builder.build_fake_app`) on zero-latency fake engines with a one-word reply,
@@ -87,6 +88,12 @@ def main() -> None:
         default="off",
         help="`keys`: every ingress request carries an API key the ingress checks",
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="with --auth keys: the key's tenant has a rate limit and a budget (never "
+        "reached), so every request goes through the quota gate",
+    )
     args = parser.parse_args()
 
     # NOTE: address="local" always starts a private instance, never joins someone else's.
@@ -102,6 +109,13 @@ def main() -> None:
             migrate(engine)
             key, _ = KeyStore(engine).create("bench")
             headers["authorization"] = f"Bearer {key}"
+            if args.limits:
+                app_args["tenants"] = {
+                    "bench": {
+                        "limits": {"requests_per_minute": 1_000_000},
+                        "budget": {"usd_per_day": 1e9},
+                    }
+                }
         serve.run(build_fake_app(app_args), name=APP, route_prefix=f"/{APP}")
         serve.run(cast(Deployment, Echo).bind(), name="echo", route_prefix="/echo")
         pool = serve.get_deployment_handle("pool-small", APP)
