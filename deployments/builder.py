@@ -53,5 +53,5 @@ def _bind(config: AppConfig, fakes: Mapping[str, FakeEngineOptions]) -> Applicat
     }
     # NOTE: the keeper resolves the database URL itself, from its own environment: a URL
     # with a password never travels as a constructor argument.
-    quota = cast(Deployment, QuotaKeeper).bind(config.tenants, config.database.url)
+    quota = cast(Deployment, QuotaKeeper).bind(config.database.url)
     return ingress.options(**config.ingress.serve_options()).bind(config, pools, quota)

@@ -19,7 +19,7 @@ from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
 from routing.planner import AUTO_MODEL
-from tenancy.config import AuthConfig, DatabaseConfig, TenantConfig
+from tenancy.config import AuthConfig, DatabaseConfig, QuotaConfig, Quotas, TenantConfig
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
@@ -244,8 +244,22 @@ class AppConfig(StrictConfig):
         default_factory=DatabaseConfig, description="Where keys, ledger and feedback live."
     )
     tenants: dict[str, TenantConfig] = Field(
-        default_factory=dict, description="Per-tenant policies, by tenant id."
+        default_factory=dict, description="Per-tenant limits, budgets and policies."
     )
+    tier_quotas: dict[str, QuotaConfig] = Field(
+        default_factory=dict,
+        description="Limits and budget for each tenant on a tier (by tier name) that has "
+        "none of its own; every tenant is counted separately.",
+    )
+    key_quotas: dict[str, QuotaConfig] = Field(
+        default_factory=dict,
+        description="Limits and budget of single API keys, by key id (`switchyard keys "
+        "list`), on top of their tenant's.",
+    )
+
+    def quotas(self) -> Quotas:
+        return Quotas(self.tenants, self.tier_quotas, self.key_quotas)
+
     request_timeout_s: float = Field(
         default=300.0,
         gt=0,
@@ -282,6 +296,9 @@ class AppConfig(StrictConfig):
                 "routing.tenants needs a way to tell tenants apart: API keys (auth.mode: keys) "
                 "or a gateway that sets x-switchyard-tenant (routing.trust_tenant_header: true)"
             )
+        unknown_tiers = sorted(set(self.tier_quotas) - set(self.routing.tiers))
+        if unknown_tiers:
+            raise ValueError(f"tier_quotas name tiers that routing.tiers lacks: {unknown_tiers}")
         scaling = self.ingress.autoscaling_config
         if scaling is not None and scaling.min_replicas < 1:
             raise ValueError("the ingress cannot scale to zero: it receives every request")

@@ -56,6 +56,7 @@ from deployments.quota import KeeperClient
 from models.engines.base import EngineStats
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
+from routing.tiers import tier_of
 from tenancy.db import connect, database_url
 from tenancy.gate import QuotaGate
 from tenancy.keys import Caller, KeyStore
@@ -189,7 +190,7 @@ class Ingress:
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
-        self.gate = QuotaGate(config.tenants, KeeperClient(quota)) if quota else None
+        self.gate = QuotaGate(config.quotas(), KeeperClient(quota)) if quota else None
         self.serving = OpenAIServing(
             config, client, semantic, learned, self.metrics, ledger=self.ledger, gate=self.gate
         )
@@ -211,7 +212,7 @@ class Ingress:
         ]
         if config.auth.mode == "keys":
             self._loops.append(loop.create_task(self._reload_keys()))
-        if self.gate is not None and self.gate.tenants:
+        if self.gate is not None:
             self._loops.append(loop.create_task(self._report_spend()))
 
     async def _poll_stats(self) -> None:
@@ -362,11 +363,13 @@ class Ingress:
 
     @api.get("/v1/budget", responses=responses(None, READ_ERRORS))
     async def budget(self, caller: Authenticated) -> JSONResponse:
-        """The caller's tenant: limits, use per window, remaining, reset times."""
-        tenant = caller.tenant if caller is not None else None
-        if tenant is None or self.gate is None:
-            return JSONResponse({"object": "budget", "tenant": tenant, "limited": False})
-        return JSONResponse(await self.gate.budget(tenant))
+        """The caller's own accounts (its tenant, its key): limits, use per window,
+        remaining, reset times. Nobody can read another tenant's."""
+        if caller is None or self.gate is None:
+            return JSONResponse({"object": "budget", "tenant": None, "limited": False})
+        tier = tier_of(self.config.routing, caller.tenant, None, caller.tier)
+        report = await self.gate.budget(caller.tenant, tier, caller.key_id)
+        return JSONResponse(report)
 
     @api.post("/v1/feedback", responses=responses(FeedbackResponse, FEEDBACK_ERRORS))
     async def feedback(self, body: FeedbackRequest, caller: Authenticated) -> Response:

@@ -1,23 +1,22 @@
 """The quota keeper deployment: the one owner of cross-replica budget and rate counts.
 
 One replica holds a `QuotaBook` (tenancy/keeper.py); every ingress replica leases
-requests from it and reports spend to it (tenancy/gate.py). When it starts — first
-deploy, or Serve replacing a dead replica — it restores the current windows of every
-governed tenant from the ledger, so limits hold across restarts. What was leased but
-not yet recorded in the ledger at that moment is the bound on what a restart forgets.
+requests from it and reports spend to it (tenancy/gate.py). After it starts — first
+deploy, or Serve replacing a dead replica — each account's current windows are restored
+from the ledger the first time the account is used, so limits hold across restarts.
+What was admitted but not yet written to the ledger at that moment is the bound on what
+a restart forgets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any
+from typing import Any, Literal
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from tenancy.config import TenantConfig
 from tenancy.db import connect, database_url
 from tenancy.keeper import QuotaBook, Snapshot, Spend
 from tenancy.ledger import window_totals
@@ -27,36 +26,32 @@ logger = logging.getLogger(__name__)
 
 @serve.deployment(name="quota", num_replicas=1, max_ongoing_requests=1000)
 class QuotaKeeper:
-    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, tenants: dict[str, TenantConfig], configured_url: str | None
-    ) -> None:
-        governed = {
-            name: policy
-            for name, policy in tenants.items()
-            if policy.limits.requests_per_minute
-            or policy.limits.tokens_per_minute
-            or policy.budget.limits()
-        }
-        self.book = QuotaBook(
-            {name: p.limits for name, p in governed.items()},
-            {name: p.budget for name, p in governed.items()},
-        )
-        engine = connect(database_url(configured_url))
-        now = time.time()
-        for tenant in governed:
-            totals, admitted = await asyncio.to_thread(window_totals, engine, tenant, now)
-            self.book.restore(tenant, now, totals, admitted)
-        engine.dispose()
-        logger.info("quota keeper restored %d tenants from the ledger", len(governed))
+    def __init__(self, configured_url: str | None) -> None:
+        self.book = QuotaBook()
+        self.engine = connect(database_url(configured_url))
 
-    def lease(self, tenant: str, want: int, now: float) -> tuple[int, float]:
-        return self.book.lease(tenant, want, now)
+    async def _ready(self, account: str, now: float) -> None:
+        """An account's first use since this replica started: restore it from the ledger."""
+        if self.book.restored(account):
+            return
+        kind, _, name = account.partition(":")
+        column: Literal["tenant", "key_id"] = "tenant" if kind == "tenant" else "key_id"
+        totals, admitted = await asyncio.to_thread(window_totals, self.engine, column, name, now)
+        if not self.book.restored(account):  # NOTE: another call may have restored it meanwhile
+            self.book.restore(account, now, totals, admitted)
 
-    def report(self, spent: list[Spend], now: float) -> None:
+    async def lease(self, account: str, want: int, limit: int, now: float) -> tuple[int, float]:
+        await self._ready(account, now)
+        return self.book.lease(account, want, limit, now)
+
+    async def report(self, spent: list[Spend], now: float) -> None:
+        for account in {item.account for item in spent}:
+            await self._ready(account, now)
         self.book.report(spent, now)
 
-    def snapshot(self, tenant: str, now: float) -> Snapshot:
-        return self.book.snapshot(tenant, now)
+    async def snapshot(self, account: str, now: float) -> Snapshot:
+        await self._ready(account, now)
+        return self.book.snapshot(account, now)
 
 
 class KeeperClient:
@@ -66,16 +61,16 @@ class KeeperClient:
         self.handle = handle
         self.timeout_s = timeout_s
 
-    async def lease(self, tenant: str, want: int, now: float) -> tuple[int, float]:
+    async def lease(self, account: str, want: int, limit: int, now: float) -> tuple[int, float]:
         async with asyncio.timeout(self.timeout_s):
-            granted: tuple[int, float] = await self.handle.lease.remote(tenant, want, now)
+            granted: tuple[int, float] = await self.handle.lease.remote(account, want, limit, now)
         return granted
 
     async def report(self, spent: list[Spend], now: float) -> None:
         async with asyncio.timeout(self.timeout_s):
             await self.handle.report.remote(spent, now)
 
-    async def snapshot(self, tenant: str, now: float) -> Snapshot:
+    async def snapshot(self, account: str, now: float) -> Snapshot:
         async with asyncio.timeout(self.timeout_s):
-            snap: Snapshot = await self.handle.snapshot.remote(tenant, now)
+            snap: Snapshot = await self.handle.snapshot.remote(account, now)
         return snap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field
@@ -47,8 +48,8 @@ class DatabaseConfig(StrictConfig):
     )
 
 
-class TenantConfig(StrictConfig):
-    """What one tenant may use, and what it agreed to."""
+class QuotaConfig(StrictConfig):
+    """Rate limits and a budget for one account: a tenant, or one API key."""
 
     limits: RateLimits = Field(
         default_factory=RateLimits,
@@ -60,8 +61,42 @@ class TenantConfig(StrictConfig):
         "`frugal_at`, 429 insufficient_quota at the limit.",
     )
 
+    def governs(self) -> bool:
+        limits = self.limits
+        return bool(limits.requests_per_minute or limits.tokens_per_minute or self.budget.limits())
+
+
+class TenantConfig(QuotaConfig):
+    """One tenant's limits (when unset: its tier's, from `tier_quotas`) and agreements."""
+
     store_prompts: bool = Field(
         default=False,
         description="Keep this tenant's prompt text in the ledger (router training data). "
         "Off by default: the ledger keeps no request text.",
     )
+
+
+class Quotas:
+    """Which limits apply to a request: its tenant's (or, when the tenant has none, its
+    tier's, counted per tenant) and its API key's, each an account the keeper counts."""
+
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantConfig],
+        tiers: Mapping[str, QuotaConfig],
+        keys: Mapping[str, QuotaConfig],
+    ) -> None:
+        self.tenants, self.tiers, self.keys = dict(tenants), dict(tiers), dict(keys)
+
+    def accounts(
+        self, tenant: str | None, tier: str | None, key_id: str | None
+    ) -> list[tuple[str, QuotaConfig]]:
+        found: list[tuple[str, QuotaConfig]] = []
+        if tenant is not None:
+            own = self.tenants.get(tenant)
+            policy = own if own is not None and own.governs() else self.tiers.get(tier or "")
+            if policy is not None and policy.governs():
+                found.append((f"tenant:{tenant}", policy))
+        if key_id is not None and key_id in self.keys and self.keys[key_id].governs():
+            found.append((f"key:{key_id}", self.keys[key_id]))
+        return found

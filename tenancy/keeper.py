@@ -1,8 +1,9 @@
-"""The one shared book of what each tenant used in the current windows.
+"""The one shared book of what each account (a tenant, or a key) used in the current
+windows.
 
 Owned by a single `QuotaKeeper` replica (deployments/quota.py); every ingress replica
 asks it for request *leases* and reports what requests actually spent. Pure: the clock is
-passed in, the ledger's totals are handed to `restore` after a restart.
+passed in, the ledger's totals are handed to `restore` before an account's first use.
 
 Requests per minute are exact: a lease is counted when granted, so no more than the
 limit is ever admitted, whatever replica answers; a replica that does not use its whole
@@ -18,7 +19,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tenancy.quota import PERIODS, Budget, Period, RateLimits, window
+from tenancy.quota import PERIODS, Period, window
 
 LEASES_PER_MINUTE = 20  # a lease is at most 1/20 of a minute's requests
 
@@ -75,52 +76,51 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Spend:
-    tenant: str
+    account: str
     created_at: float
     tokens: float
     usd: float
 
 
 class QuotaBook:
-    def __init__(self, limits: Mapping[str, RateLimits], budgets: Mapping[str, Budget]) -> None:
-        self.limits = dict(limits)
-        self.budgets = dict(budgets)
-        self._usage: dict[str, Usage] = {}
+    """Usage per account: `tenant:<id>` or `key:<id>`. Limits come with each lease call
+    (the ingress resolves which policy applies); the book only counts."""
 
-    def _of(self, tenant: str, now: float) -> Usage:
-        usage = self._usage.setdefault(tenant, Usage())
+    def __init__(self) -> None:
+        self._usage: dict[str, Usage] = {}
+        self._restored: set[str] = set()
+
+    def _of(self, account: str, now: float) -> Usage:
+        usage = self._usage.setdefault(account, Usage())
         usage.roll(now)
         return usage
 
+    def restored(self, account: str) -> bool:
+        return account in self._restored
+
     def restore(
-        self, tenant: str, now: float, totals: Mapping[Period, tuple[float, float]], requests: int
+        self, account: str, now: float, totals: Mapping[Period, tuple[float, float]], requests: int
     ) -> None:
-        """After a restart: the ledger's totals of this tenant's current windows
+        """The ledger's totals of this account's current windows, once, before first use
         (`totals`: period -> (tokens, usd); `requests`: admitted this minute)."""
-        usage = self._of(tenant, now)
+        usage = self._of(account, now)
         usage.requests = max(usage.requests, requests)
         for period, (tokens, usd) in totals.items():
             usage.tokens[period] = max(usage.tokens.get(period, 0.0), tokens)
             usage.usd[period] = max(usage.usd.get(period, 0.0), usd)
+        self._restored.add(account)
 
-    def governs(self, tenant: str) -> bool:
-        return tenant in self.limits or tenant in self.budgets
-
-    def lease(self, tenant: str, want: int, now: float) -> tuple[int, float]:
-        """Up to `want` requests of this minute: (granted, when the minute ends)."""
-        usage = self._of(tenant, now)
-        ends = window(now, "minute")[1]
-        limit = self.limits.get(tenant, RateLimits()).requests_per_minute
-        if limit is None:
-            return want, ends
+    def lease(self, account: str, want: int, limit: int, now: float) -> tuple[int, float]:
+        """Up to `want` of this minute's `limit` requests: (granted, when the minute ends)."""
+        usage = self._of(account, now)
         granted = max(0, min(want, limit - usage.requests))
         usage.requests += granted
-        return granted, ends
+        return granted, window(now, "minute")[1]
 
     def report(self, spent: Iterable[Spend], now: float) -> None:
         for item in spent:
-            self._of(item.tenant, now).add(item.created_at, item.tokens, item.usd)
+            self._of(item.account, now).add(item.created_at, item.tokens, item.usd)
 
-    def snapshot(self, tenant: str, now: float) -> Snapshot:
-        usage = self._of(tenant, now)
+    def snapshot(self, account: str, now: float) -> Snapshot:
+        usage = self._of(account, now)
         return Snapshot(usage.requests, usage.amounts(), window(now, "minute")[1])

@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from sqlalchemy import Engine, func, insert, select, true
 from sqlalchemy.orm import Session
@@ -228,10 +229,12 @@ def _summary(
 
 
 def window_totals(
-    engine: Engine, tenant: str, now: float
+    engine: Engine, column: Literal["tenant", "key_id"], value: str, now: float
 ) -> tuple[dict[Period, tuple[float, float]], int]:
-    """A tenant's (tokens, usd) per current window, and requests admitted this minute,
-    from the ledger: what the quota keeper restores after a restart."""
+    """An account's (tokens, usd) per current window, and requests admitted this minute,
+    from the ledger (`column`: whose records, a tenant's or a key's): what the quota
+    keeper restores after a restart."""
+    mine = getattr(RequestRecord, column) == value
     totals: dict[Period, tuple[float, float]] = {}
     tokens = RequestRecord.prompt_tokens + RequestRecord.completion_tokens
     with Session(engine) as session:
@@ -241,12 +244,12 @@ def window_totals(
                 select(
                     func.coalesce(func.sum(tokens), 0),
                     func.coalesce(func.sum(RequestRecord.cost_usd), 0.0),
-                ).where(RequestRecord.tenant == tenant, RequestRecord.created_at >= start)
+                ).where(mine, RequestRecord.created_at >= start)
             ).one()
             totals[period] = (float(row[0]), float(row[1]))
         admitted = session.scalar(
             select(func.count()).where(
-                RequestRecord.tenant == tenant,
+                mine,
                 RequestRecord.created_at >= window(now, "minute")[0],
                 RequestRecord.outcome.not_in(("rejected", "unauthorized")),
             )

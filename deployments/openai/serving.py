@@ -119,6 +119,7 @@ class InFlight:
     outcome: Outcome | None = None
     prompt: str | None = None  # kept only for tenants that opted in
     headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
+    accounts: tuple[str, ...] = ()  # quota accounts its spend is booked to
 
 
 class OpenAIServing:
@@ -304,10 +305,10 @@ class OpenAIServing:
 
     async def _admit(self, flight: InFlight, wishes: Wishes) -> Wishes:
         """Budgets and rate limits (tenancy/gate.py): a 429, or the wishes, maybe frugal."""
-        if self.gate is None or not self.gate.governs(flight.tenant):
+        if self.gate is None:
             return wishes
-        admission = await self.gate.admit(flight.tenant)
-        flight.headers = admission.headers
+        admission = await self.gate.admit(flight.tenant, wishes.tier, flight.key_id)
+        flight.headers, flight.accounts = admission.headers, admission.accounts
         return replace(wishes, frugal=admission.frugal) if admission.frugal else wishes
 
     def _keeps_prompts(self, tenant: str | None) -> bool:
@@ -393,9 +394,8 @@ class OpenAIServing:
         self.metrics.finished(done)
         self._record(flight, done.strategy, ended, done.latency_s, done)
         if self.gate is not None:
-            self.gate.spent(
-                flight.tenant, flight.created_at, prompt_tokens + completion_tokens, cost
-            )
+            tokens = prompt_tokens + completion_tokens
+            self.gate.spent(flight.accounts, flight.created_at, tokens, cost)
 
     def _record(
         self,

@@ -80,8 +80,10 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
         budget = httpx.get(
             f"{base}/budget", headers={"authorization": f"Bearer {spender_key}"}, timeout=10
         ).json()
-        (day,) = [w for w in budget["windows"] if w["period"] == "day"]
-        assert budget["level"] == "exhausted" and day["used"] == pytest.approx(1.2)
+        (account,) = budget["accounts"]
+        (day,) = [w for w in account["windows"] if w["period"] == "day"]
+        assert (account["account"], account["level"]) == ("tenant:spender", "exhausted")
+        assert day["used"] == pytest.approx(1.2)
         other = httpx.get(
             f"{base}/budget", headers={"authorization": f"Bearer {limited_key}"}, timeout=10
         ).json()

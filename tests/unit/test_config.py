@@ -350,3 +350,12 @@ def test_bad_fake_app_args_fail_before_binding(mutate: Any, message: str) -> Non
         build_fake_app(args)
     assert str(err.value).startswith("invalid Switchyard config:")
     assert message in str(err.value)
+
+
+def test_tier_quotas_must_name_configured_tiers() -> None:
+    args = fake_app_args()
+    args["tier_quotas"] = {"gold": {"limits": {"requests_per_minute": 5}}}
+    with pytest.raises(ConfigError, match="tier_quotas name tiers that routing.tiers lacks"):
+        load_fake_app_config(args)
+    args["routing"] = {"tiers": {"gold": {}}}
+    assert load_fake_app_config(args)[0].quotas().accounts("t", "gold", None)[0][0] == "tenant:t"

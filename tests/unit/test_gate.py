@@ -10,7 +10,7 @@ import pytest
 from core.errors import QuotaExceededError, RateLimitedError
 from deployments.openai.errors import to_api_error
 from routing.planner import Wishes
-from tenancy.config import TenantConfig
+from tenancy.config import QuotaConfig, Quotas, TenantConfig
 from tenancy.gate import QuotaGate
 from tenancy.keeper import QuotaBook, Snapshot, Spend, lease_size
 from tests.unit.test_serving import chat, serving
@@ -29,32 +29,34 @@ class Clock:
 class InProcessKeeper:
     """The keeper deployment's three methods, called directly; counts the calls."""
 
-    def __init__(self, book: QuotaBook) -> None:
-        self.book = book
+    def __init__(self, book: QuotaBook | None = None) -> None:
+        self.book = book or QuotaBook()
         self.calls = 0
 
-    async def lease(self, tenant: str, want: int, now: float) -> tuple[int, float]:
+    async def lease(self, account: str, want: int, limit: int, now: float) -> tuple[int, float]:
         self.calls += 1
-        return self.book.lease(tenant, want, now)
+        return self.book.lease(account, want, limit, now)
 
     async def report(self, spent: list[Spend], now: float) -> None:
         self.book.report(spent, now)
 
-    async def snapshot(self, tenant: str, now: float) -> Snapshot:
-        return self.book.snapshot(tenant, now)
+    async def snapshot(self, account: str, now: float) -> Snapshot:
+        return self.book.snapshot(account, now)
 
 
-def policies(**tenants: dict[str, Any]) -> dict[str, TenantConfig]:
-    return {name: TenantConfig.model_validate(p) for name, p in tenants.items()}
-
-
-def cluster(replicas: int, clock: Clock, **tenants: dict[str, Any]) -> list[QuotaGate]:
-    config = policies(**tenants)
-    book = QuotaBook(
-        {n: p.limits for n, p in config.items()}, {n: p.budget for n, p in config.items()}
+def quotas(
+    tiers: dict[str, Any] | None = None, keys: dict[str, Any] | None = None, **tenants: Any
+) -> Quotas:
+    return Quotas(
+        {name: TenantConfig.model_validate(p) for name, p in tenants.items()},
+        {name: QuotaConfig.model_validate(p) for name, p in (tiers or {}).items()},
+        {name: QuotaConfig.model_validate(p) for name, p in (keys or {}).items()},
     )
-    keeper = InProcessKeeper(book)
-    return [QuotaGate(config, keeper, clock=clock) for _ in range(replicas)]
+
+
+def cluster(replicas: int, clock: Clock, **tenants: Any) -> list[QuotaGate]:
+    keeper = InProcessKeeper()
+    return [QuotaGate(quotas(**tenants), keeper, clock=clock) for _ in range(replicas)]
 
 
 async def test_a_10_rpm_limit_admits_exactly_10_whichever_replica_answers() -> None:
@@ -90,10 +92,10 @@ async def test_budget_goes_frugal_then_refuses_before_any_work() -> None:
     clock = Clock()
     (gate,) = cluster(1, clock, acme={"budget": {"usd_per_day": 1.0, "frugal_at": 0.8}})
     assert (await gate.admit("acme")).frugal is None
-    gate.spent("acme", NOW, tokens=100, usd=0.85)
+    gate.spent(["tenant:acme"], NOW, tokens=100, usd=0.85)
     frugal = await gate.admit("acme")  # unreported spend of this replica counts at once
     assert frugal.frugal == "budget: 85% of the usd per day limit used"
-    gate.spent("acme", NOW, tokens=100, usd=0.2)
+    gate.spent(["tenant:acme"], NOW, tokens=100, usd=0.2)
     with pytest.raises(QuotaExceededError) as err:
         await gate.admit("acme")
     api = to_api_error(err.value)
@@ -107,7 +109,7 @@ async def test_budget_goes_frugal_then_refuses_before_any_work() -> None:
 async def test_spend_reported_by_one_replica_limits_the_others() -> None:
     clock = Clock()
     a, b = cluster(2, clock, acme={"budget": {"usd_per_hour": 1.0}})
-    a.spent("acme", NOW, tokens=10, usd=1.5)
+    a.spent(["tenant:acme"], NOW, tokens=10, usd=1.5)
     await b.admit("acme")  # not reported yet: b cannot know (the documented overshoot)
     await a.flush()
     clock.now += 1.1  # b's snapshot is older than its ttl
@@ -122,7 +124,7 @@ async def test_tokens_per_minute_and_the_headers() -> None:
     first = await gate.admit("acme")
     assert first.headers["x-ratelimit-limit-tokens"] == "50"
     assert first.headers["x-ratelimit-reset-requests"] == "40s"
-    gate.spent("acme", NOW, tokens=60, usd=0)
+    gate.spent(["tenant:acme"], NOW, tokens=60, usd=0)
     with pytest.raises(RateLimitedError, match="50 tokens per minute"):
         await gate.admit("acme")
 
@@ -137,18 +139,43 @@ async def test_ungoverned_tenants_and_a_dead_keeper_are_admitted() -> None:
         async def snapshot(self, tenant: str, now: float) -> Snapshot:
             raise ConnectionError("keeper gone")
 
-    gate.keeper = Down(QuotaBook({}, {}))
+    gate.keeper = Down()
     for _ in range(3):
         await gate.admit("acme")  # fail open, logged
 
 
 def test_the_book_restores_windows_after_a_restart() -> None:
-    config = policies(acme={"limits": {"requests_per_minute": 5}, "budget": {"usd_per_day": 2}})
-    book = QuotaBook({"acme": config["acme"].limits}, {"acme": config["acme"].budget})
-    book.restore("acme", NOW, {"day": (100.0, 1.5), "minute": (10.0, 0.1)}, requests=4)
-    assert book.lease("acme", 5, NOW)[0] == 1  # 4 of 5 already admitted this minute
-    snap = book.snapshot("acme", NOW)
-    assert snap.used["usd", "day"] == 1.5
+    book = QuotaBook()
+    assert not book.restored("tenant:acme")
+    book.restore("tenant:acme", NOW, {"day": (100.0, 1.5), "minute": (10.0, 0.1)}, requests=4)
+    assert book.restored("tenant:acme")
+    assert book.lease("tenant:acme", 5, 5, NOW)[0] == 1  # 4 of 5 already admitted
+    assert book.snapshot("tenant:acme", NOW).used["usd", "day"] == 1.5
+
+
+async def test_tier_defaults_count_each_tenant_and_keys_add_their_own_limit() -> None:
+    clock = Clock()
+    gate = QuotaGate(
+        quotas(
+            tiers={"free": {"limits": {"requests_per_minute": 2}}},
+            keys={"k1": {"limits": {"requests_per_minute": 3}}},
+            vip={"store_prompts": True},  # no limits of its own: its tier's apply
+        ),
+        InProcessKeeper(),
+        clock=clock,
+    )
+    for tenant in ("a", "b"):  # two tenants on `free`: 2 each, counted apart
+        await gate.admit(tenant, "free")
+        await gate.admit(tenant, "free")
+        with pytest.raises(RateLimitedError):
+            await gate.admit(tenant, "free")
+    assert (await gate.admit("vip", "pro")).accounts == ()  # `pro` has no quotas
+    # key k1 (3 a minute) on an unlimited tenant: the key's own limit holds
+    admitted = [await gate.admit("big", "pro", "k1") for _ in range(3)]
+    assert admitted[0].accounts == ("key:k1",)
+    with pytest.raises(RateLimitedError):
+        await gate.admit("big", "pro", "k1")
+    assert (await gate.admit("big", "pro", "k2")).accounts == ()  # other keys are free
 
 
 async def test_serving_refuses_over_budget_with_no_engine_call_and_goes_frugal() -> None:
@@ -157,14 +184,12 @@ async def test_serving_refuses_over_budget_with_no_engine_call_and_goes_frugal()
     args = fake_app_args()
     args["tenants"] = {"acme": {"budget": {"usd_per_day": 1.0}}}
     svc, pools = serving(args)
-    clock = Clock()
-    book = QuotaBook({}, {"acme": svc.config.tenants["acme"].budget})
-    svc.gate = QuotaGate(svc.config.tenants, InProcessKeeper(book), clock=clock)
-    svc.gate.spent("acme", NOW, 10, 0.9)
+    svc.gate = QuotaGate(svc.config.quotas(), InProcessKeeper(), clock=Clock())
+    svc.gate.spent(["tenant:acme"], NOW, 10, 0.9)
     routed = await svc.chat(chat(), Wishes(tenant="acme", strategy="cascade"))
     assert routed.route.strategy == "route"
     assert any("frugal routing" in note for note in routed.route.notes)
-    svc.gate.spent("acme", NOW, 10, 0.2)
+    svc.gate.spent(["tenant:acme"], NOW, 10, 0.2)
     calls = len(pools.calls)
     with pytest.raises(QuotaExceededError):
         await svc.chat(chat(), Wishes(tenant="acme"))

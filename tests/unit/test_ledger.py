@@ -140,7 +140,7 @@ def test_window_totals_are_what_the_keeper_restores(engine: Engine) -> None:
     writer.record(replace(entry(3), created_at=now - 5, outcome="rejected"))  # not admitted
     writer.record(replace(entry(4, tenant="other"), created_at=now - 5))
     writer.flush()
-    totals, admitted = window_totals(engine, "acme", now)
+    totals, admitted = window_totals(engine, "tenant", "acme", now)
     assert totals["minute"] == (10.0 + 4.0, 0.002)  # two records, 6 + 4 and 0 + 4 tokens
     assert admitted == 1
     assert totals["month"][1] >= totals["day"][1] >= totals["minute"][1]
