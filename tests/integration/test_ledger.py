@@ -33,16 +33,23 @@ def fresh_database(kind: str, request: pytest.FixtureRequest | None = None) -> s
     return server.set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_ledger_and_feedback_are_per_tenant_and_survive_a_restart(
-    serve_port: int, kind: str, request: pytest.FixtureRequest
-) -> None:
+def database_with_keys(
+    kind: str, request: pytest.FixtureRequest | None, *tenants: str
+) -> tuple[str, KeyStore, list[str]]:
+    """A fresh, migrated database of `kind` and one API key per tenant in it."""
     url = fresh_database(kind, request)
     engine = connect(url)
     migrate(engine)
     store = KeyStore(engine)
-    key_a, _ = store.create("tenant-a")
-    key_b, _ = store.create("tenant-b")
+    return url, store, [store.create(tenant)[0] for tenant in tenants]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_ledger_and_feedback_are_per_tenant_and_survive_a_restart(
+    serve_port: int, kind: str, request: pytest.FixtureRequest
+) -> None:
+    url, store, (key_a, key_b) = database_with_keys(kind, request, "tenant-a", "tenant-b")
+    engine = store.engine
     name = f"ledger-{kind}"
     args = fake_app_args()
     args["auth"] = {"mode": "keys"}

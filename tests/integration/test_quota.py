@@ -10,10 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tenancy.db import connect, migrate
-from tenancy.keys import KeyStore
 from tests.conftest import delete_app, fake_app_args, run_app
-from tests.integration.test_ledger import fresh_database
+from tests.integration.test_ledger import database_with_keys
 
 
 def quota_app(url: str) -> dict[str, Any]:
@@ -40,12 +38,7 @@ def ask(api: openai.OpenAI, **extra: Any) -> Any:
 def test_limits_and_budgets_hold_across_replicas_and_restarts(
     serve_port: int, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    url = fresh_database(kind, request)
-    engine = connect(url)
-    migrate(engine)
-    store = KeyStore(engine)
-    limited_key, _ = store.create("limited")
-    spender_key, _ = store.create("spender")
+    url, _, (limited_key, spender_key) = database_with_keys(kind, request, "limited", "spender")
     name = f"quota-{kind}"
     base = f"http://127.0.0.1:{serve_port}/{name}/v1"
     limited = openai.OpenAI(base_url=base, api_key=limited_key, max_retries=0)
@@ -110,10 +103,7 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
         wait_for,
     )
 
-    url = fresh_database("sqlite")
-    engine = connect(url)
-    migrate(engine)
-    key, _ = KeyStore(engine).create("limited")
+    url, _, (key,) = database_with_keys("sqlite", None, "limited")
     name = "quota-kill"
     api = openai.OpenAI(
         base_url=f"http://127.0.0.1:{serve_port}/{name}/v1", api_key=key, max_retries=0
