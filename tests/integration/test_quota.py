@@ -103,7 +103,8 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
         wait_for,
     )
 
-    url, _, (key,) = database_with_keys("sqlite", None, "limited")
+    url, store, (key,) = database_with_keys("sqlite", None, "limited")
+    engine = store.engine
     name = "quota-kill"
     api = openai.OpenAI(
         base_url=f"http://127.0.0.1:{serve_port}/{name}/v1", api_key=key, max_retries=0
@@ -131,5 +132,14 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
             except openai.RateLimitError:
                 pass
         assert admitted == 4  # 6 before the kill + 4 = the limit of 10
+
+        # An ingress replica killed outright keeps what it flushed: records older than
+        # database.flush_interval_s (0.2 s here) are in the database.
+        time.sleep(1)
+        kill_one_replica(name, "ingress")
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT outcome, COUNT(*) FROM requests GROUP BY 1")
+            recorded = dict(rows.all())
+        assert recorded == {"ok": 10, "rejected": 6}
     finally:
         delete_app(name)
