@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.errors import outcome_of
+from deployments.openai.inflight import InFlight, ledger_entry
 from deployments.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -99,27 +100,6 @@ class LedgerSink(Protocol):
     """Where finished requests are recorded (tenancy.ledger.LedgerWriter); never blocks."""
 
     def record(self, entry: LedgerEntry) -> None: ...
-
-
-@dataclass
-class InFlight:
-    """One request from arrival to its end: what metrics and the ledger need then."""
-
-    id: str
-    endpoint: str  # "chat" | "completions"
-    model_asked: str
-    tenant: str | None = None
-    key_id: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    created_at: float = field(default_factory=time.time)
-    plan: Plan | None = None
-    pool: str | None = None
-    tried: list[str] = field(default_factory=list)
-    ttft_s: float | None = None
-    outcome: Outcome | None = None
-    prompt: str | None = None  # kept only for tenants that opted in
-    headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
-    accounts: tuple[str, ...] = ()  # quota accounts its spend is booked to
 
 
 class OpenAIServing:
@@ -406,36 +386,8 @@ class OpenAIServing:
         done: Finished | None = None,
     ) -> None:
         """The request's ledger record (tenancy/ledger.py), queued without waiting."""
-        if self.ledger is None:
-            return
-        outcome, plan = flight.outcome, flight.plan
-        self.ledger.record(
-            LedgerEntry(
-                id=flight.id,
-                created_at=flight.created_at,
-                endpoint=flight.endpoint,
-                model_asked=flight.model_asked[:256],
-                strategy=strategy,
-                outcome=ended,
-                latency_s=round(latency_s, 6),
-                tenant=flight.tenant,
-                key_id=flight.key_id,
-                pools_tried=",".join(flight.tried),
-                pool=flight.pool,
-                model=done.model if done else None,
-                reason=plan.reason if plan else None,
-                prompt_tokens=done.prompt_tokens if done else 0,
-                completion_tokens=done.completion_tokens if done else 0,
-                cost_usd=done.cost_usd if done else 0.0,
-                large_cost_usd=done.large_cost_usd if done else 0.0,
-                discarded_tokens=outcome.discarded_tokens if outcome else 0,
-                discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
-                ttft_s=flight.ttft_s,
-                confidence=outcome.confidence if outcome else None,
-                escalated=int(outcome.escalated) if outcome else 0,
-                prompt=flight.prompt,
-            )
-        )
+        if self.ledger is not None:
+            self.ledger.record(ledger_entry(flight, strategy, ended, latency_s, done))
 
     def _route_info(
         self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None

@@ -1,0 +1,70 @@
+"""One request in flight, and the ledger record it leaves when it ends.
+
+`InFlight` is created when a request arrives and filled in as it is planned, admitted
+and served; metrics, the quota gate and the ledger all read it at the end, so each fact
+about the request is computed once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from deployments.metrics import Finished
+from execution.executor import Outcome
+from routing.planner import Plan
+from tenancy.ledger import LedgerEntry
+
+
+@dataclass
+class InFlight:
+    """One request from arrival to its end: what metrics and the ledger need then."""
+
+    id: str
+    endpoint: str  # "chat" | "completions"
+    model_asked: str
+    tenant: str | None = None
+    key_id: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+    plan: Plan | None = None
+    pool: str | None = None
+    tried: list[str] = field(default_factory=list)
+    ttft_s: float | None = None
+    outcome: Outcome | None = None
+    prompt: str | None = None  # kept only for tenants that opted in
+    headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
+    accounts: tuple[str, ...] = ()  # quota accounts its spend is booked to
+
+
+def ledger_entry(
+    flight: InFlight, strategy: str, ended: str, latency_s: float, done: Finished | None
+) -> LedgerEntry:
+    """What the ledger keeps of a request that ended (`done`: None when no answer began)."""
+    outcome, plan = flight.outcome, flight.plan
+    return LedgerEntry(
+        id=flight.id,
+        created_at=flight.created_at,
+        endpoint=flight.endpoint,
+        model_asked=flight.model_asked[:256],
+        strategy=strategy,
+        outcome=ended,
+        latency_s=round(latency_s, 6),
+        tenant=flight.tenant,
+        key_id=flight.key_id,
+        pools_tried=",".join(flight.tried),
+        pool=flight.pool,
+        model=done.model if done else None,
+        reason=plan.reason if plan else None,
+        prompt_tokens=done.prompt_tokens if done else 0,
+        completion_tokens=done.completion_tokens if done else 0,
+        cost_usd=done.cost_usd if done else 0.0,
+        large_cost_usd=done.large_cost_usd if done else 0.0,
+        discarded_tokens=outcome.discarded_tokens if outcome else 0,
+        discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
+        ttft_s=flight.ttft_s,
+        confidence=outcome.confidence if outcome else None,
+        escalated=int(outcome.escalated) if outcome else 0,
+        prompt=flight.prompt,
+    )
