@@ -24,7 +24,11 @@ from tenancy.ledger import window_totals
 logger = logging.getLogger(__name__)
 
 
-@serve.deployment(name="quota", num_replicas=1, max_ongoing_requests=1000)
+# NOTE: no CPU reserved: the keeper does microseconds of work per call, and a reserved
+# core would not fit beside the engines on a small node (the embedded profile's 2 CPUs).
+@serve.deployment(
+    name="quota", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
+)
 class QuotaKeeper:
     def __init__(self, configured_url: str | None) -> None:
         self.book = QuotaBook()

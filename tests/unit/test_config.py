@@ -359,3 +359,17 @@ def test_tier_quotas_must_name_configured_tiers() -> None:
         load_fake_app_config(args)
     args["routing"] = {"tiers": {"gold": {}}}
     assert load_fake_app_config(args)[0].quotas().accounts("t", "gold", None)[0][0] == "tenant:t"
+
+
+def test_the_embedded_profile_fits_the_two_cpus_it_runs_on() -> None:
+    """Every deployment's reserved CPUs, the quota keeper's included, fit a 2-core node:
+    one that does not fit is never scheduled and the app never becomes ready."""
+    from deployments.quota import QuotaKeeper
+
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    config = load_app_config(app["args"])
+    deployments = [*config.pools.values(), config.ingress]
+    reserved = sum(d.ray_actor_options.num_cpus * d.num_replicas for d in deployments)
+    keeper = QuotaKeeper.ray_actor_options or {}  # type: ignore[attr-defined]
+    reserved += keeper.get("num_cpus", 1)  # Serve's default is one CPU
+    assert reserved <= 2
