@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from routing.embedding import Embedder
+from routing.embedding import Embedder, encode_with_progress
 from routing.learned import EMBEDDING_MODEL, LearnedRouter, Scores, default_embedder
 
 __all__ = [
@@ -147,7 +147,7 @@ def train_router(
     """Train on a CSV file (or already-read data); the router keeps `embedder` for scoring."""
     data = csv_path if isinstance(csv_path, RouterData) else read_router_csv(csv_path)
     labels = strong_needed(data, weak, strong)
-    vectors = embedder.encode(data.prompts)
+    vectors = encode_with_progress(embedder, data.prompts)
     return fit_router(
         vectors,
         labels,
@@ -197,7 +197,7 @@ def main(
     try:
         data = read_router_csv(args.data)
         labels = strong_needed(data, args.weak, args.strong)
-        vectors = default_embedder().encode(data.prompts)
+        vectors = encode_with_progress(default_embedder(), data.prompts)
         router = fit_router(vectors, labels, weak=args.weak, strong=args.strong)
         router.save(args.output)
     except (OSError, ValueError) as exc:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from routing.embedding import MiniLMEmbedder, onnx_model_path
+from routing.embedding import MiniLMEmbedder, encode_with_progress, onnx_model_path
 from routing.semantic import SemanticClassifier
 
 SENTENCES = [
@@ -116,3 +117,24 @@ def test_semantic_ranking_is_unchanged(embedders: dict[str, MiniLMEmbedder]) -> 
 
 def test_no_texts_gives_no_rows(embedders: dict[str, MiniLMEmbedder]) -> None:
     assert embedders["int8"].encode([]).shape == (0, 384)
+
+
+def test_many_texts_are_embedded_in_bounded_batches_in_their_own_order(
+    embedders: dict[str, MiniLMEmbedder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: 7,655 prompts in one ONNX run took 24 GB; batches keep memory flat."""
+    embedder = embedders["fp32"]  # fp32 ignores padding: vectors must match exactly
+    texts = [f"{'word ' * (i % 17)}prompt number {i}" for i in range(150)]
+    sizes: list[int] = []
+    real = embedder._encode_onnx
+
+    def spy(batch: list[str]) -> Any:
+        sizes.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(embedder, "_encode_onnx", spy)
+    vectors = embedder.encode(texts, batch_size=64)
+    assert sizes == [64, 64, 22]
+    one_by_one = np.stack([real([t])[0] for t in texts])
+    np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
+    assert np.allclose(encode_with_progress(embedder, texts, chunk=40), vectors, atol=1e-5)
