@@ -6,11 +6,14 @@ each (measured: ~170 requests/s through both on 2 cores, so at 2,000 clients eve
 refusal waited 8 s in line). The edge can refuse in microseconds, but only if it knows
 when to: this limit learns it from the answers, the way TCP learns a window (AIMD):
 
-- an answer of 429 means the pools (or the ingress) are full: the limit drops to 90% of
-  what was in flight, at most once per round trip (only a request admitted after the
-  last drop can cause the next one, so a burst of refusals counts once). A 503 does not
-  count: it says a replica died or is starting, not that the pools are full, and
-  shrinking on it turned away requests for 8-12 s after an ingress replica was killed;
+- a 429 that says the pools (or the ingress) are full — it carries
+  `x-switchyard-capacity: full` — drops the limit to 90% of what was in flight, at most
+  once per round trip (only a request admitted after the last drop can cause the next
+  one, so a burst of refusals counts once). Other answers do not count: a tenant's own
+  rate limit or budget (429 `rate_limit_exceeded` / `insufficient_quota`) says nothing
+  about capacity, and learning from it let one tenant hammering its limit shrink
+  admission for everyone; a 503 says a replica died or is starting, and shrinking on it
+  turned away requests for 8-12 s after an ingress replica was killed;
 - every successful answer raises it by 1/limit, so it grows by about one per round
   trip of a full window and finds the pools' capacity again.
 
@@ -22,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["AdaptiveLimit"]
-
-OVERLOAD_STATUSES = frozenset({429})
 
 
 @dataclass
@@ -41,9 +42,10 @@ class AdaptiveLimit:
     def admit(self) -> bool:
         return self.inflight < int(self.limit)
 
-    def answered(self, status: int, admitted_at: float, now: float) -> None:
-        """Learn from the status of a request admitted at `admitted_at`."""
-        if status in OVERLOAD_STATUSES:
+    def answered(self, status: int, admitted_at: float, now: float, *, full: bool) -> None:
+        """Learn from the answer to a request admitted at `admitted_at`; `full`: the
+        answer said the pools or the ingress are at capacity."""
+        if status == 429 and full:
             if admitted_at > self.dropped_at:  # once per round trip
                 self.limit = max(self.minimum, min(self.limit, self.inflight) * self.backoff)
                 self.dropped_at = now

@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.admission import AdaptiveLimit
 from deployments.config import ApiConfig
-from deployments.openai.errors import APIError, error_body
+from deployments.openai.errors import CAPACITY_FULL, CAPACITY_HEADER, APIError, error_body
 from deployments.openai.guard import (
     BodyReader,
     header_bytes,
@@ -59,6 +59,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+CAPACITY, FULL = CAPACITY_HEADER.encode(), CAPACITY_FULL.encode()
 
 # Serve obeys these from any client; a client must not choose its own timeout.
 PRIVILEGED_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
@@ -116,7 +118,8 @@ class EdgeAdmission:
 
         async def watched(message: Message) -> None:
             if message["type"] == "http.response.start":
-                limit.answered(message["status"], admitted_at, time.monotonic())
+                full = (CAPACITY, FULL) in message.get("headers", ())
+                limit.answered(message["status"], admitted_at, time.monotonic(), full=full)
             await send(message)
 
         limit.inflight += 1

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 
 MESSAGE_CHARS = 1024  # longer messages are cut: they may quote what the client sent
 
+# On a 429 that says the router or a pool is full (not a tenant's own limit): the proxy
+# edge learns its admission limit from these only (`deployments/admission.py`).
+CAPACITY_HEADER = "x-switchyard-capacity"
+CAPACITY_FULL = "full"
+
 
 class APIError(Exception):
     """An error the ingress raises on purpose, with its status and OpenAI fields."""
@@ -148,6 +153,8 @@ def _domain_api_error(exc: SwitchyardError) -> APIError:
         headers["retry-after"] = str(exc.retry_after_s)
     if status == 401:
         headers["www-authenticate"] = "Bearer"
+    if isinstance(exc, PoolOverloadedError):
+        headers[CAPACITY_HEADER] = CAPACITY_FULL
     return APIError(
         status, exc.message, type=exc.error_type, param=exc.param, code=exc.code,
         headers=headers or None,

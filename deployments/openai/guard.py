@@ -30,7 +30,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.config import ApiConfig
-from deployments.openai.errors import APIError, error_body
+from deployments.openai.errors import CAPACITY_FULL, CAPACITY_HEADER, APIError, error_body
 
 __all__ = [
     "BodyReader",
@@ -61,7 +61,7 @@ def router_overloaded(retry_after_s: int) -> APIError:
         429,
         "the router is at capacity; retry shortly",
         code="router_overloaded",
-        headers={"retry-after": str(retry_after_s)},
+        headers={"retry-after": str(retry_after_s), CAPACITY_HEADER: CAPACITY_FULL},
     )
 
 

@@ -208,6 +208,18 @@ def test_refusals_with_a_wait_carry_retry_after() -> None:
         assert headers is not None and int(headers["retry-after"]) >= 1
 
 
+def test_only_capacity_refusals_say_capacity_is_full() -> None:
+    """The proxy edge shrinks admission on these alone; a tenant's own limit must not."""
+    from core.errors import QuotaExceededError, RateLimitedError
+    from deployments.openai.guard import router_overloaded
+
+    full = {"x-switchyard-capacity": "full"}
+    assert full.items() <= (to_api_error(PoolOverloadedError("s")).headers or {}).items()
+    assert full.items() <= (router_overloaded(retry_after_s=1).headers or {}).items()
+    for exc in (RateLimitedError("requests", 10, 5), QuotaExceededError("usd per day", 60)):
+        assert "x-switchyard-capacity" not in (to_api_error(exc).headers or {})
+
+
 def error_codes_in_code() -> set[str]:
     """Every `code` a client can receive: domain errors' and the HTTP layer's literals."""
     codes = {c for c in (sub.default_code for sub in _subclasses(SwitchyardError)) if c}

@@ -273,3 +273,22 @@ async def test_edge_admission_refuses_at_once_while_the_pools_are_full() -> None
     assert ok.status == 200 and limit.inflight == 0
     with pytest.raises(ValueError):
         edge_limit({"SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS": "3"})
+
+
+async def test_edge_learns_only_from_answers_that_say_capacity_is_full() -> None:
+    from deployments.proxy import EdgeAdmission, edge_limit
+
+    full = [(b"x-switchyard-capacity", b"full")]
+    answers: list[list[tuple[bytes, bytes]]] = [[], full]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = answers.pop(0)
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    limit = edge_limit({"SWITCHYARD_EDGE_MAX_ACTIVE_REQUESTS": "100"})
+    edge = EdgeAdmission(app, limit)
+    await edge(scope(), receiving(b"{}"), Sent())  # a tenant's rate limit: no signal
+    assert limit.limit == 100
+    await edge(scope(), receiving(b"{}"), Sent())  # a full pool: the limit drops
+    assert limit.limit == 8  # 90% of the one request in flight, floored at 8
