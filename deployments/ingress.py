@@ -25,12 +25,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import ForeignResponseError, SwitchyardError, UnknownResponseError
 from deployments.config import AppConfig
 from deployments.metrics import Finished, RequestMetrics
+from deployments.openai.adaptive import AdaptiveRouting, Pick
 from deployments.openai.auth import Authenticated, Authenticator
+from deployments.openai.classify import classify_request
 from deployments.openai.errors import APIError, create_error_response, outcome_of, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ClassifyRequest,
+    ClassifyResponse,
     CompletionRequest,
     CompletionResponse,
     FeedbackRequest,
@@ -42,6 +46,7 @@ from deployments.openai.protocol import (
     new_id,
 )
 from deployments.openai.schema import (
+    CLASSIFY_ERRORS,
     FEEDBACK_ERRORS,
     GENERATION_ERRORS,
     READ_ERRORS,
@@ -53,14 +58,18 @@ from deployments.openai.serving import OpenAIServing, Routed, is_counted
 from deployments.openai.wishes import Headers, RoutingHeaders, wishes
 from deployments.pool_client import HandlePoolClient
 from deployments.quota import KeeperClient
+from deployments.router_reload import WatchedRouterFile
 from models.engines.base import EngineStats
+from routing.bandit import ThompsonRouter
+from routing.learned import LearnedRouter
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
 from routing.tiers import tier_of
+from tenancy.bandit import BanditStore, SharedBandit
 from tenancy.db import connect, database_url
 from tenancy.gate import QuotaGate
 from tenancy.keys import Caller, KeyStore
-from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, tenant_of
+from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, arm_of, tenant_of
 from tenancy.ledger import summary as ledger_summary
 
 logger = logging.getLogger(__name__)
@@ -156,10 +165,10 @@ class Ingress:
         self.config = config
         self.pools = pools
         semantic = learned = None
+        self.router_file: WatchedRouterFile[LearnedRouter] | None = None
         routing = config.routing
         if routing.semantic.enabled or routing.learned is not None:
             from routing.embedding import MiniLMEmbedder
-            from routing.learned import LearnedRouter
 
             embedder = MiniLMEmbedder()  # one model shared by both classifiers
             if routing.semantic.enabled:
@@ -167,7 +176,10 @@ class Ingress:
                     SemanticClassifier, embedder, routing.semantic.examples
                 )
             if routing.learned is not None:
-                learned = LearnedRouter.load(routing.learned.path, embedder=embedder)
+                self.router_file = WatchedRouterFile(
+                    routing.learned.path, lambda path: LearnedRouter.load(path, embedder=embedder)
+                )
+                learned = self.router_file.load()
         # NOTE: the guard must be in place before the first request: the middleware
         # passes everything through while `api.state` has none.
         self.guard = RequestGuard(config.api)
@@ -191,9 +203,22 @@ class Ingress:
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
         self.gate = QuotaGate(config.quotas(), KeeperClient(quota)) if quota else None
+        self.bandit: SharedBandit | None = None
+        adaptive = None
+        if routing.adaptive.enabled:
+            # Evidence shared by every replica through the database; a thread syncs it.
+            self.bandit = SharedBandit(
+                BanditStore(self.db, routing.adaptive.half_life_s),
+                ThompsonRouter.from_config(routing.adaptive),
+                routing.adaptive.refresh_s,
+            )
+            await asyncio.to_thread(self.bandit.sync)
+            self.bandit.start()
+            adaptive = AdaptiveRouting(routing.adaptive, self.bandit)
         self.serving = OpenAIServing(
-            config, client, semantic, learned, self.metrics, ledger=self.ledger, gate=self.gate
-        )
+            config, client, semantic, learned, self.metrics, ledger=self.ledger, gate=self.gate,
+            adaptive=adaptive,
+        )  # fmt: skip
         self.monitor = self.serving.monitor
         context = serve.get_replica_context()
         self._app, self._me = context.app_name, context.replica_tag
@@ -203,6 +228,7 @@ class Ingress:
         self._replicas_log = FailureLog("reading replica counts from Serve")
         self._forecast_log = FailureLog("sending the escalation forecast")
         self._keys_log = FailureLog("reloading API keys")
+        self._router_log = FailureLog("checking the learned router file")
         # NOTE: pool load reaches the monitor through these background loops, never
         # through a call on the request path.
         loop = asyncio.get_running_loop()
@@ -214,6 +240,8 @@ class Ingress:
             self._loops.append(loop.create_task(self._reload_keys()))
         if self.gate is not None:
             self._loops.append(loop.create_task(self._report_spend()))
+        if self.router_file is not None and routing.learned and routing.learned.reload_s > 0:
+            self._loops.append(loop.create_task(self._reload_router(routing.learned.reload_s)))
 
     async def _poll_stats(self) -> None:
         """Every second, each awake pool's engine stats (all at once, each call bounded).
@@ -295,6 +323,20 @@ class Ingress:
             except Exception as exc:  # noqa: BLE001 - the last good keys stay in force
                 self._keys_log.failed(exc)
 
+    async def _reload_router(self, period_s: float) -> None:
+        """A new learned router file every `routing.learned.reload_s` (router_reload.py):
+        loaded and validated in a thread, then swapped in; a bad file keeps the old one."""
+        assert self.router_file is not None
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                router = await asyncio.to_thread(self.router_file.poll)
+            except Exception as exc:  # noqa: BLE001 - the router in use stays
+                self._router_log.failed(exc)
+                continue
+            if router is not None:
+                self.serving.use_learned(router)
+
     async def _report_spend(self) -> None:
         """What this replica's requests spent, to the quota keeper, twice a second."""
         assert self.gate is not None
@@ -350,6 +392,22 @@ class Ingress:
         decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
         return Response(decided.model_dump_json(), media_type="application/json")
 
+    @api.post("/v1/classify", responses=responses(ClassifyResponse, CLASSIFY_ERRORS))
+    async def classify(
+        self,
+        body: ClassifyRequest,
+        headers: Headers,
+        caller: Authenticated,
+    ) -> Response:
+        """Task type, complexity, rule features, classifier readings and the route decision
+        for a chat body, without generating (deployments/openai/classify.py)."""
+        asked = self._wishes(body, headers, caller)
+        key_id = caller.key_id if caller else None
+        answer, limits = await classify_request(self.serving, body, asked, key_id)
+        return Response(
+            answer.model_dump_json(), media_type="application/json", headers=dict(limits)
+        )
+
     @api.get("/v1/metrics", responses=responses(None, READ_ERRORS))
     async def metrics_summary(self, caller: Authenticated) -> JSONResponse:
         """Traffic, cost and model mix from the ledger: every replica's requests, across
@@ -389,12 +447,18 @@ class Ingress:
         added = await asyncio.to_thread(
             add_feedback, self.db, body.id, tenant, body.score, body.label, body.comment
         )
+        if self.serving.adaptive is not None:  # evidence for the pool that answered
+            arm = await asyncio.to_thread(arm_of, self.db, body.id)
+            if arm is not None:
+                self.serving.adaptive.feedback(Pick(*arm), body.score)
         answer = FeedbackResponse(id=added, request_id=body.id)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def __del__(self) -> None:
         """Serve calls this on a graceful replica stop: queued ledger records are written."""
         await asyncio.to_thread(self.ledger.close)
+        if self.bandit is not None:
+            await asyncio.to_thread(self.bandit.close)
 
     @api.get("/health", responses=responses(None, (503,)))
     async def health(self) -> JSONResponse:

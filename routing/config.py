@@ -87,6 +87,62 @@ class LearnedConfig(StrictConfig):
         "calibrated threshold (`switchyard calibrate`).",
     )
     strong_pool: str = Field(default="large", description="Pool for requests that need it.")
+    reload_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often the ingress checks `path` for a new router (mtime, size, "
+        "sha256) and serves it without a restart; an invalid file keeps the old router. "
+        "0 turns the check off.",
+    )
+
+
+class AdaptiveConfig(StrictConfig):
+    """The adaptive router (`routing.bandit`): learns from feedback which pool serves each
+    route class best, among the pools a request may use. Off unless a tier opts in."""
+
+    tiers: list[str] = Field(
+        default_factory=list, description="Tiers whose `route` requests it chooses pools for."
+    )
+    untiered: bool = Field(default=False, description="Also requests that have no tier.")
+    per_tier: bool = Field(
+        default=False,
+        description="Learn per (route class, tier) instead of per route class: tiers whose "
+        "users differ get their own evidence, at the price of learning each more slowly.",
+    )
+    explore_share: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="At most this share of a class's requests may go to another pool than "
+        "the best one known (exploration); frugal requests never explore.",
+    )
+    cost_weight: float = Field(
+        default=0.3,
+        ge=0,
+        description="Score = P(good answer) - cost_weight * cost / the dearest pool's cost.",
+    )
+    half_life_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Evidence loses half its weight in this time, so a pool that changes is "
+        "re-learned.",
+    )
+    refresh_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often each ingress replica writes its evidence to the database and "
+        "reloads everyone's.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any request is routed adaptively."""
+        return bool(self.tiers) or self.untiered
+
+    def covers(self, tier: str | None) -> bool:
+        """Whether requests of `tier` (None: no tier) are routed adaptively."""
+        return self.untiered if tier is None else tier in self.tiers
 
 
 class ScoringConfig(StrictConfig):
@@ -134,6 +190,9 @@ class RoutingConfig(StrictConfig):
     learned: LearnedConfig | None = Field(
         default=None, description="Optional learned router, consulted when no rule matches."
     )
+    adaptive: AdaptiveConfig = Field(
+        default_factory=AdaptiveConfig, description="Feedback-driven pool choice (a bandit)."
+    )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     tiers: dict[str, TierConfig] = Field(
@@ -164,6 +223,9 @@ class RoutingConfig(StrictConfig):
         unknown = sorted(named - set(self.tiers))
         if unknown:
             raise ValueError(f"tenants/default_tier name unknown tiers: {unknown}")
+        unknown = sorted(set(self.adaptive.tiers) - set(self.tiers))
+        if unknown:
+            raise ValueError(f"adaptive.tiers name unknown tiers: {unknown}")
         return self
 
     def pools_named(self) -> dict[str, list[str]]:

@@ -48,7 +48,12 @@ and among the cheapest (6 of 36 weight matrices, 384x384 each)."""
 
 
 class Embedder(Protocol):
-    """Anything that maps texts to L2-normalised row vectors."""
+    """Anything that maps texts to L2-normalised row vectors.
+
+    An embedder that also has a `cache_id` string (the model, its version, backend and
+    precision: whatever changes the vectors) may have its vectors cached on disk by the
+    offline tools (`routing.training.embedding_cache`); one without is always recomputed.
+    """
 
     def encode(self, texts: Sequence[str]) -> Vectors: ...
 
@@ -123,6 +128,11 @@ def export_onnx(target: Path, precision: Precision) -> None:
         os.replace(result, target)
 
 
+def _default_max_seq_length() -> int:
+    config = json.loads((_model_dir() / "sentence_bert_config.json").read_text())
+    return int(config["max_seq_length"])
+
+
 BATCH = 16  # texts per ONNX run: ~1 GB peak at 256 tokens each, as fast as larger batches
 
 
@@ -168,13 +178,19 @@ class MiniLMEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
 
+    @property
+    def cache_id(self) -> str:
+        """What determines the vectors, for the on-disk embedding cache's keys."""
+        tokens = self.max_seq_length or _default_max_seq_length()
+        quantized = self.precision if self.backend == "onnx" else "fp32"
+        return f"all-MiniLM-L6-v2@{version(_PACKAGE)}/{self.backend}/{quantized}/{tokens}"
+
     def load(self) -> None:
         if self._model is not None:
             return
         folder = _model_dir()
         if self.max_seq_length is None:
-            config = json.loads((folder / "sentence_bert_config.json").read_text())
-            self.max_seq_length = int(config["max_seq_length"])
+            self.max_seq_length = _default_max_seq_length()
         if self.backend == "torch":
             from sentence_transformers import SentenceTransformer
 

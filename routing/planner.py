@@ -77,6 +77,9 @@ class Plan:
     notes: tuple[str, ...] = ()
     downgrade: tuple[str, str] | None = None  # (strategy asked for, reason) when downgraded
     max_tokens: Mapping[str, int] = field(default_factory=dict)  # per pool, from the profile
+    # `route` only: the pools that meet the request's constraints, best J first; the
+    # adaptive router (routing.bandit) may choose another of these, never anything else.
+    candidates: tuple[str, ...] = ()
 
 
 def match_scores(
@@ -251,9 +254,28 @@ def _route(
     if decision.reason == "default" and best == most_similar and best in similarities:
         if best != config.rules.default_pool and match.get(best, 0.0) > 0:
             reason, detail = "semantic", f"similar to {best!r} examples ({similarities[best]:.2f})"
+    ranked = sorted(candidates, key=lambda p: (p != best, scores[p]))
     return Plan(
         "route", best, reason, detail,
         fallbacks=_fallbacks(best, views, config), scores=scores, notes=notes,
+        candidates=tuple(ranked),
+    )  # fmt: skip
+
+
+def adapt(
+    decided: Plan, pool: str, views: Mapping[str, PoolView], config: RoutingConfig, note: str
+) -> Plan:
+    """The plan with the adaptive router's pick (one of `decided.candidates`) as its pool.
+
+    The bandit only reorders what the policy allowed: a pool outside the candidates (its
+    tier, servability, constraints) is refused here too, whatever the caller passes.
+    """
+    if pool == decided.pool or decided.strategy != "route" or pool not in decided.candidates:
+        return decided
+    detail = f"learned from feedback; the policy's pick was {decided.pool!r} ({decided.detail})"
+    return replace(
+        decided, pool=pool, reason="adaptive", detail=detail,
+        fallbacks=_fallbacks(pool, views, config), notes=(*decided.notes, note),
     )  # fmt: skip
 
 

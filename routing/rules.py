@@ -112,6 +112,16 @@ def scanned(text: str, limit: int) -> str:
     return f"{text[:half]}\n{text[-half:]}"
 
 
+def utf8_window(text: str, limit: int) -> bytes:
+    """`scanned(text, limit)` as the UTF-8 bytes the patterns read.
+
+    Encoded once per request, not once per pattern by RE2. A JSON string may hold a lone
+    surrogate (`"\\ud800"`), which is not UTF-8: it becomes `?` here, where RE2 would
+    fail the request with a 500.
+    """
+    return scanned(text, limit).encode("utf-8", "replace")
+
+
 @dataclass(frozen=True)
 class RequestFeatures:
     """What the policy knows about a request."""
@@ -133,11 +143,12 @@ class RouteDecision:
 def extract_features(text: str, config: RulesConfig) -> RequestFeatures:
     """Measure the request text: estimated tokens and which markers matched."""
 
-    window = scanned(text, config.scan_chars)
+    window = utf8_window(text, config.scan_chars)
 
     def matches(patterns: tuple[Any, ...]) -> tuple[str, ...]:
         found = (p.search(window) for p in patterns)
-        return tuple(dict.fromkeys(m.group(0).strip()[:MARKER_CHARS] for m in found if m))
+        quoted = (m.group(0).decode("utf-8", "replace") for m in found if m)
+        return tuple(dict.fromkeys(q.strip()[:MARKER_CHARS] for q in quoted))
 
     return RequestFeatures(
         approx_tokens=round(len(text) / config.chars_per_token),

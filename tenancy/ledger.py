@@ -57,6 +57,7 @@ class LedgerEntry:
     confidence: float | None = None
     escalated: int = 0
     prompt: str | None = None
+    route_class: str | None = None
 
 
 class LedgerWriter:
@@ -141,6 +142,19 @@ def tenant_of(engine: Engine, request_id: str) -> tuple[bool, str | None]:
             select(RequestRecord.tenant).where(RequestRecord.id == request_id)
         ).first()
     return (row is not None, row[0] if row is not None else None)
+
+
+def arm_of(engine: Engine, request_id: str) -> tuple[str, str] | None:
+    """(route class, pool) of a request the adaptive router chose for, if it did."""
+    with Session(engine) as session:
+        row = session.execute(
+            select(RequestRecord.route_class, RequestRecord.pool).where(
+                RequestRecord.id == request_id
+            )
+        ).first()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return str(row[0]), str(row[1])
 
 
 def add_feedback(

@@ -1,4 +1,5 @@
-"""The tables: API keys, one ledger record per request, feedback on a response.
+"""The tables: API keys, one ledger record per request, feedback on a response, the
+adaptive router's evidence per (route class, pool).
 
 Changing a table means adding an Alembic migration in `tenancy/migrations/versions/`
 (a test compares the migrated schema with these models).
@@ -11,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID_CHARS = 64  # request ids are "chatcmpl-" + 32 hex
 NAME_CHARS = 64  # tenants, tiers, pools, models, key names
+CONTEXT_CHARS = 128  # a bandit context: a route class, or a class and a tier
 
 
 class Base(DeclarativeBase):
@@ -60,6 +62,9 @@ class RequestRecord(Base):
     confidence: Mapped[float | None] = mapped_column(Float)
     escalated: Mapped[int] = mapped_column(Integer, default=0)
     prompt: Mapped[str | None] = mapped_column(Text)  # only for tenants that opt in
+    # The adaptive router's context of the request (`routing.bandit`), when it routed it:
+    # feedback arriving later is evidence about (route_class, pool).
+    route_class: Mapped[str | None] = mapped_column(String(CONTEXT_CHARS))
 
     __table_args__ = (Index("ix_requests_tenant_created", "tenant", "created_at"),)
 
@@ -78,3 +83,19 @@ class Feedback(Base):
     label: Mapped[str | None] = mapped_column(String(NAME_CHARS))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class BanditArm(Base):
+    """The adaptive router's evidence on one pool for one context (`routing.bandit`):
+    decayed successes and failures as of `updated_at`. `version` makes concurrent
+    read-modify-writes from several replicas safe (an update applies only to the version
+    it read)."""
+
+    __tablename__ = "bandit_arms"
+
+    context: Mapped[str] = mapped_column(String(CONTEXT_CHARS), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    successes: Mapped[float] = mapped_column(Float, default=0.0)
+    failures: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[float] = mapped_column(Float)
+    version: Mapped[int] = mapped_column(Integer, default=0)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from deployments.metrics import Finished
+from deployments.openai.adaptive import Pick
 from execution.executor import Outcome
 from routing.planner import Plan
 from tenancy.ledger import LedgerEntry
@@ -36,6 +37,7 @@ class InFlight:
     prompt: str | None = None  # kept only for tenants that opted in
     headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
     accounts: tuple[str, ...] = ()  # quota accounts its spend is booked to
+    pick: Pick | None = None  # the adaptive router's (context, pool), when it routed it
 
 
 def ledger_entry(
@@ -67,4 +69,5 @@ def ledger_entry(
         confidence=outcome.confidence if outcome else None,
         escalated=int(outcome.escalated) if outcome else 0,
         prompt=flight.prompt,
+        route_class=flight.pick.context if flight.pick else None,
     )

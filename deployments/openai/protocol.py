@@ -263,6 +263,70 @@ class RoutePlanResponse(BaseModel):
     notes: list[str]
 
 
+class ClassifyRequest(ChatCompletionRequest):
+    """`POST /v1/classify`: a chat completion's body, refused where chat refuses it;
+    `model` defaults to `auto`. Nothing is generated, so sampling fields go unused."""
+
+    model: str = Field(default="auto", min_length=1, max_length=NAME_CHARS)
+
+
+class TaskReading(BaseModel):
+    type: str = Field(description="A task type of `routing.taxonomy`, or `other`.")
+    confidence: float = Field(description="0..1; 0 for `other` (no evidence).")
+    evidence: list[str] = Field(description="The markers that matched, strongest first.")
+    scores: dict[str, float] = Field(description="Weighted evidence of every task type.")
+
+
+class ComplexityReading(BaseModel):
+    level: str = Field(description="simple, moderate, complex or expert.")
+    confidence: float = Field(description="0.5 on a level boundary, 1 far from both.")
+    score: float = Field(description="The additive score the level is read from.")
+    evidence: list[str] = Field(description="Length and the markers that matched.")
+
+
+class RuleFeatures(BaseModel):
+    """What the rules measured (`routing.rules.extract_features`)."""
+
+    approx_tokens: int
+    code_markers: list[str]
+    complex_markers: list[str]
+
+
+class RuleReading(BaseModel):
+    """The pool the rules alone choose, before classifiers, constraints and the score."""
+
+    pool: str
+    reason: str
+    detail: str
+
+
+class SemanticReading(BaseModel):
+    similarities: dict[str, float] = Field(description="Best cosine per pool's examples.")
+    min_similarity: float
+    pool: str | None = Field(description="Most similar pool at or above min_similarity.")
+    confidence: float = Field(description="Softmax share of `pool` (or of no match).")
+
+
+class LearnedReading(BaseModel):
+    scores: dict[str, float] = Field(description="Per pool: P(strong needed), P(weak will do).")
+    threshold: float
+    pool: str = Field(description="What the learned router alone would choose.")
+    confidence: float = Field(description="Distance from the threshold, 0..1.")
+
+
+class ClassifyResponse(BaseModel):
+    """What routing reads in a request and what it decides, without generating."""
+
+    object: Literal["switchyard.classification"] = "switchyard.classification"
+    task: TaskReading
+    complexity: ComplexityReading
+    features: RuleFeatures
+    rules: RuleReading
+    semantic: SemanticReading | None = Field(description="With `routing.semantic` on.")
+    learned: LearnedReading | None = Field(description="With `routing.learned` set.")
+    route: RoutePlanResponse = Field(description="The decision, as `POST /v1/route` gives it.")
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str

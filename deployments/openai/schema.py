@@ -32,6 +32,7 @@ _WHY = {
 _REFUSALS = (401, 404, 408, 413, 429, 431)  # the guard's and auth's, on every /v1 endpoint
 GENERATION_ERRORS = (400, 403, *_REFUSALS, 500, 503, 504)
 ROUTE_ERRORS = (400, 403, *_REFUSALS)
+CLASSIFY_ERRORS = ROUTE_ERRORS  # a dry run too: nothing reaches a pool
 READ_ERRORS = _REFUSALS
 FEEDBACK_ERRORS = (400, 403, *_REFUSALS)
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
+from deployments.openai.adaptive import AdaptiveRouting
 from deployments.openai.errors import outcome_of
 from deployments.openai.inflight import InFlight, ledger_entry
 from deployments.openai.protocol import (
@@ -57,6 +58,7 @@ from routing.learned import LearnedRouter
 from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
 from routing.profile import RequestProfile, profile_request
 from routing.semantic import SemanticClassifier
+from routing.taxonomy import classify
 from tenancy.gate import QuotaGate
 from tenancy.ledger import LedgerEntry
 
@@ -112,8 +114,10 @@ class OpenAIServing:
         metrics: RequestMetrics | None = None,
         ledger: LedgerSink | None = None,
         gate: QuotaGate | None = None,
+        adaptive: AdaptiveRouting | None = None,
     ) -> None:
         self.config = config
+        self.adaptive = adaptive
         self.metrics = metrics or RequestMetrics(export=False)
         self.ledger = ledger
         self.gate = gate
@@ -134,6 +138,20 @@ class OpenAIServing:
         self.executor = Executor(pools, self.monitor, self.metrics)
         large = config.pools.get(config.routing.rules.large_pool)
         self._large_model = config.model(large.model) if large else None
+
+    def use_learned(self, router: LearnedRouter) -> None:
+        """Serve `router` from the next request on (a new router file, see
+        `deployments.router_reload`); the config's threshold still wins over the file's.
+
+        NOTE: called on the event loop, where `profile` reads the threshold: every request
+        planned after the call uses the new router and threshold. One whose embedding is
+        running in a thread at that moment may pair the old router's score with the new
+        threshold, once.
+        """
+        cfg = self.config.routing.learned
+        chosen = [cfg.threshold if cfg else None, router.threshold]
+        self.learned = router
+        self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
 
     def models(self) -> ModelList:
         now = int(time.time())
@@ -203,17 +221,37 @@ class OpenAIServing:
         return views
 
     async def plan(
-        self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+        self,
+        body: SamplingFields,
+        text: str,
+        wishes: Wishes,
+        chat: bool,
+        flight: InFlight | None = None,
     ) -> tuple[Plan, RequestProfile]:
+        """The plan (the adaptive router's pick included) and the profile it came from;
+        the request's `flight` keeps the pick, so its end and its feedback teach it."""
         profile = await self.profile(body, text, chat)
         views = self.views(profile)
-        return plan(profile, views, self._pool_models, self.config.routing, wishes), profile
+        routing = self.config.routing
+        decided = plan(profile, views, self._pool_models, routing, wishes)
+        if self.adaptive is not None:
+            task = classify(text, routing.rules).task
+            context = self.adaptive.context(task, profile.model, wishes)
+            if context is not None:
+                decided, pick = self.adaptive.choose(decided, context, views, routing, wishes)
+                if flight is not None:
+                    flight.pick = pick
+        return decided, profile
 
     async def dry_run(
         self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
     ) -> RoutePlanResponse:
         """`POST /v1/route`: the decision for a request, without generating."""
         decided, profile = await self.plan(body, text, wishes, chat)
+        return self.describe(decided, profile)
+
+    def describe(self, decided: Plan, profile: RequestProfile) -> RoutePlanResponse:
+        """A plan as `POST /v1/route` shows it (also part of `POST /v1/classify`)."""
         return RoutePlanResponse(
             strategy=decided.strategy,
             pool=decided.pool,
@@ -261,7 +299,7 @@ class OpenAIServing:
             messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
             text = "\n".join(m.content for m in messages)
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.plan(body, text, wishes, chat=True)
+            flight.plan, _ = await self.plan(body, text, wishes, chat=True, flight=flight)
             sampling = self._sampling(body, flight.plan)
             request = GenerationRequest(flight.id, sampling, messages=messages)
             return await self._serve(body, flight, request, chat_shaper, chat_body)
@@ -274,7 +312,7 @@ class OpenAIServing:
             wishes = await self._admit(flight, wishes)
             text = body.prompt_text
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.plan(body, text, wishes, chat=False)
+            flight.plan, _ = await self.plan(body, text, wishes, chat=False, flight=flight)
             request = GenerationRequest(flight.id, self._sampling(body, flight.plan), prompt=text)
             return await self._serve(body, flight, request, completion_shaper, completion_body)
 
@@ -306,6 +344,7 @@ class OpenAIServing:
             ended = outcome_of(exc)
             self.metrics.finished(Finished(strategy, ended, latency, tenant=flight.tenant or ""))
             self._record(flight, strategy, ended, latency)
+            self._learn(flight, ended)
             mark_counted(exc)
             raise
 
@@ -373,9 +412,20 @@ class OpenAIServing:
         )
         self.metrics.finished(done)
         self._record(flight, done.strategy, ended, done.latency_s, done)
+        self._learn(flight, ended)
         if self.gate is not None:
             tokens = prompt_tokens + completion_tokens
             self.gate.spent(flight.accounts, flight.created_at, tokens, cost)
+
+    def _learn(self, flight: InFlight, ended: str) -> None:
+        """The end of a request the adaptive router routed is evidence about its pick; a
+        cascade's verdict is evidence about the cheap pool it ran first."""
+        if self.adaptive is None or flight.pick is None:
+            return
+        outcome = flight.outcome
+        cascaded = flight.plan is not None and flight.plan.strategy == "cascade"
+        escalated = outcome.escalated if outcome is not None and cascaded else None
+        self.adaptive.finished(flight.pick, ended, escalated)
 
     def _record(
         self,

@@ -8,7 +8,11 @@ the `[train]` extra (`pip install -e ".[train]"`; `make install` includes it).
 - `routing.training.train`: the CSV data format, labels, `train_router`, `train-router`.
 - `routing.training.calibration`: the threshold for a target strong-model share.
 - `routing.training.evaluation`: RouteLLM's metrics (APGR, CPT) and the accuracy plot.
+- `routing.training.families`: fitting each router family (lr, knn, mf, mlp).
+- `routing.training.crossval`: families compared on grouped folds (`eval --split-by`).
+- `routing.training.multipool`: N-pool costs and calibrating the choice rule.
+- `routing.training.embedding_cache`: embeddings on disk by content hash.
 - `routing.training.cli`: the `switchyard` command dispatching to all of them.
 
-The server only loads the trained router file: `routing.learned.LearnedRouter`.
+The server only loads the trained router file: `routing.learned` (numpy scoring).
 """

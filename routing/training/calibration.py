@@ -3,7 +3,9 @@
 A router's raw score means little to an operator; "send 30% of traffic to the large
 model" is a budget. `threshold_for_strong_share` turns the budget into a threshold on a
 sample of scores (ideally recent real prompts), and `switchyard calibrate` writes it into
-the router JSON (`threshold`) and/or a Serve config.
+the router JSON (`threshold`) and/or a Serve config. For an N-pool router it picks the
+rule's knob (lam, or the quality target) for a target mean cost or share of the
+strongest pool instead (`routing.training.multipool`) and writes it into the router file.
 
 Direction. Learned-router scores are "higher = needs the strong model": strong when
 score >= threshold. Cascade confidences run the other way (escalate when the cheap
@@ -36,7 +38,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from routing.training.train import add_score_source, read_router_csv, scores_from_source
+from routing.learned import PoolRouter, load_router
+from routing.training.train import (
+    RouterData,
+    add_score_source,
+    embed_prompts,
+    read_router_csv,
+    scores_from_source,
+)
 
 __all__ = ["main", "set_config_value", "threshold_for_strong_share"]
 
@@ -116,14 +125,22 @@ def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.calibration"
 ) -> int:
-    """Command line: print (and optionally write) the threshold for a strong-call share."""
+    """Command line: print (and optionally write) the threshold for a strong-call share,
+    or, for an N-pool router, the rule's knob for a target cost or strong-pool share."""
     parser = argparse.ArgumentParser(
-        prog=prog, description="Find the routing threshold for a target strong-model share."
+        prog=prog,
+        description="Find the routing threshold for a target strong-model share (binary "
+        "routers, scores), or an N-pool router's lam / quality target for a target mean "
+        "cost or share of the strongest pool.",
     )
     parser.add_argument("data", type=Path, metavar="DATA.csv", help="CSV with a prompt column")
     add_score_source(parser)
-    parser.add_argument(
-        "--strong-share", type=float, required=True, help="target fraction (0-1) for strong"
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--strong-share", type=float, help="target fraction (0-1) for strong (or --strong-pool)"
+    )
+    target.add_argument(
+        "--target-cost", type=float, help="N-pool router: target mean cost per request"
     )
     parser.add_argument(
         "--lower-is-stronger",
@@ -131,7 +148,15 @@ def main(
         help="low scores mean escalate (cascade confidences): strong when score < threshold",
     )
     parser.add_argument(
-        "--write-router", action="store_true", help="store the threshold in the --router file"
+        "--rule",
+        choices=("tradeoff", "quality_target"),
+        help="N-pool router: rule to calibrate (default: the file's)",
+    )
+    parser.add_argument(
+        "--strong-pool", help="N-pool router: pool of --strong-share (default: the dearest)"
+    )
+    parser.add_argument(
+        "--write-router", action="store_true", help="store the result in the --router file"
     )
     parser.add_argument("--write-config", type=Path, metavar="YAML", help="Serve config to edit")
     parser.add_argument(
@@ -145,7 +170,17 @@ def main(
 
     try:
         data = read_router_csv(args.data)
-        scores, router = scores_from_source(data, args.router, args.scores_column)
+        router = load_router(args.router) if args.router is not None else None
+        if isinstance(router, PoolRouter):
+            if args.write_config is not None:
+                raise ValueError("an N-pool router's rule lives in its file: use --write-router")
+            return _calibrate_pools(router, data, args)
+        if args.strong_share is None:
+            raise ValueError("--target-cost is for N-pool routers; give --strong-share")
+        if router is not None:
+            scores = router.score_vectors(embed_prompts(data.prompts, router.embedder, args))
+        else:
+            scores, _ = scores_from_source(data, None, args.scores_column, args)
         threshold = threshold_for_strong_share(
             scores, args.strong_share, lower_is_stronger=args.lower_is_stronger
         )
@@ -168,6 +203,36 @@ def main(
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _calibrate_pools(router: PoolRouter, data: RouterData, args: argparse.Namespace) -> int:
+    """`calibrate --router pools.json --target-cost X | --strong-share S`."""
+    from routing.training.multipool import calibrate_policy, choice_summary
+
+    strong = None
+    if args.strong_pool is not None:
+        if args.strong_pool not in router.pools:
+            raise ValueError(f"--strong-pool {args.strong_pool!r} is not one of {router.pools}")
+        strong = router.pools.index(args.strong_pool)
+    quality = router.quality_vectors(embed_prompts(data.prompts, router.embedder, args))
+    share = args.strong_share is not None
+    result = calibrate_policy(
+        quality,
+        router.costs,
+        args.rule or router.policy.rule,
+        args.strong_share if share else args.target_cost,
+        metric="share" if share else "cost",
+        strong=strong,
+    )
+    named = router.pools[strong if strong is not None else int(router.costs.argmax())]
+    wanted = f"{named} share {args.strong_share:.1%}" if share else f"cost {args.target_cost:.6g}"
+    got = f"{result.achieved:.1%}" if share else f"{result.achieved:.6g}"
+    print(f"{result.policy.describe()}: {got} on {len(quality)} prompts (target {wanted})")
+    print(f"choices: {choice_summary(router.pools, result.shares, result.mean_cost)}")
+    if args.write_router:
+        router.with_policy(result.policy).save(args.router)
+        print(f"wrote the rule into {args.router}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """The `switchyard` console command: one subcommand per task, each owned by its module.
 
-It lives in `routing.training` because three of its five subcommands (`train-router`,
-`calibrate`, `eval`) are the offline routing tools of this package; `prepare` is
-dispatched to `models.prepare`, `keys` to `tenancy.keys`. Subcommands parse their own arguments, so
+It lives in `routing.training` because most of its subcommands (`train-router`,
+`calibrate`, `eval`, `make-data`, ...) are the offline routing tools of this package;
+`prepare` is dispatched to `models.prepare`, `keys` to `tenancy.keys`, `export` to
+`tenancy.export`. Subcommands parse their own arguments, so
 `switchyard prepare ...` and `python -m models.prepare ...` accept exactly the same
 options. Each module is imported only when its subcommand runs, so `switchyard prepare`
 never pays for (or depends on) scikit-learn, matplotlib or the sentence-embedding stack
@@ -30,6 +31,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a router: accuracy vs strong calls, APGR, CPT",
     ),
     "keys": ("tenancy.keys", "create, list and revoke API keys"),
+    "bandit-sim": ("routing.training.bandit_sim", "simulate adaptive routing: regret curve"),
+    "export": ("tenancy.export", "export opted-in prompts and labels as a training CSV"),
+    "make-data": ("routing.training.dataset", "grade embedded models on MMLU: a training CSV"),
 }
 
 # Top-level packages of the `[train]` extra: missing ones get an install hint, not a trace.

@@ -22,11 +22,15 @@ the weak and the strong model answered correctly (data format: `routing.training
   taking the first crossing gives the same answer when it does and a defined one when not.
 
 Everything here is a pure function of arrays except `plot`, which writes a PNG.
+`switchyard eval --split-by COLUMN` compares router families on grouped folds instead
+(`routing.training.crossval`); given an N-pool router, `eval` reports the accuracy and
+mean cost of its choices next to each pool alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +39,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from routing.training.train import add_score_source, read_router_csv, scores_from_source
+from routing.learned import PoolRouter, choose_pools, load_router
+from routing.training.train import (
+    RouterData,
+    add_score_source,
+    embed_prompts,
+    read_router_csv,
+    scores_from_source,
+)
 
 __all__ = [
     "CurvePoint",
@@ -240,21 +251,43 @@ def plot(
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.evaluation"
 ) -> int:
-    """Command line: print the RouteLLM table for a router (or a scores column) on a CSV."""
+    """Command line: print the RouteLLM table for a router (or a scores column) on a CSV,
+    or, with `--split-by`, compare router families on grouped folds."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Evaluate a router: accuracy vs strong-model calls, APGR, CPT."
     )
     parser.add_argument("data", type=Path, metavar="DATA.csv", help="prompt + correctness CSV")
-    add_score_source(parser)
+    add_score_source(parser, required=False)
     parser.add_argument("--weak", help="weak model column (default: from the router file)")
     parser.add_argument("--strong", help="strong model column (default: from the router file)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="write the curve to a PNG")
     parser.add_argument("--bins", type=int, default=DEFAULT_BINS, help="score quantile bins")
+    grouped = parser.add_argument_group("grouped folds (train and compare families)")
+    grouped.add_argument(
+        "--split-by", metavar="COLUMN", help="group column: no group in train and test"
+    )
+    grouped.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    grouped.add_argument(
+        "--families", default="lr,knn,mf,mlp", help="families to compare (default: all)"
+    )
+    grouped.add_argument("--json", type=Path, metavar="FILE", help="also write results as JSON")
     args = parser.parse_args(argv)
+    if args.split_by is None and args.router is None and args.scores_column is None:
+        parser.error("give --router or --scores-column (or --split-by to train and compare)")
+    if args.split_by is not None and (args.router or args.scores_column or args.plot):
+        parser.error("--split-by trains its own routers: no --router, --scores-column, --plot")
 
     try:
         data = read_router_csv(args.data)
-        scores, router = scores_from_source(data, args.router, args.scores_column)
+        if args.split_by is not None:
+            return _grouped(data, args)
+        router = load_router(args.router) if args.router is not None else None
+        if isinstance(router, PoolRouter):
+            return _eval_pools(router, data, args)
+        if router is not None:
+            scores = router.score_vectors(embed_prompts(data.prompts, router.embedder, args))
+        else:
+            scores, _ = scores_from_source(data, None, args.scores_column, args)
         weak = args.weak or (router.weak if router else None)
         strong = args.strong or (router.strong if router else None)
         if weak is None or strong is None:
@@ -271,6 +304,57 @@ def main(
     if args.plot is not None:
         plot(result, baseline, args.plot, weak=weak, strong=strong)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _grouped(data: RouterData, args: argparse.Namespace) -> int:
+    """`eval --split-by COLUMN`: every family on grouped folds (`crossval`)."""
+    from routing.learned import default_embedder
+    from routing.training.crossval import cross_validate
+    from routing.training.families import parse_families
+
+    if args.weak is None or args.strong is None:
+        raise ValueError("--split-by needs --weak and --strong")
+    families = parse_families(args.families)
+    groups = data.values(args.split_by)
+    weak_correct, strong_correct = data.correct(args.weak), data.correct(args.strong)
+    vectors = embed_prompts(data.prompts, default_embedder(), args)
+    report = cross_validate(
+        vectors,
+        weak_correct,
+        strong_correct,
+        groups,
+        families=families,
+        folds=args.folds,
+        split_by=args.split_by,
+        bins=args.bins,
+    )
+    print(report.table(args.weak, args.strong))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.as_json(args.weak, args.strong), indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _eval_pools(router: PoolRouter, data: RouterData, args: argparse.Namespace) -> int:
+    """An N-pool router on labelled prompts: accuracy and cost of its choices, next to
+    each pool alone and a random choice with the same shares."""
+    from routing.training.multipool import choice_summary
+
+    correct = data.correct_matrix(router.pools)
+    quality = router.quality_vectors(embed_prompts(data.prompts, router.embedder, args))
+    chosen = choose_pools(quality, router.costs, router.policy)
+    shares = [float((chosen == i).mean()) for i in range(len(router.pools))]
+    accuracy = correct[np.arange(chosen.size), chosen].mean()
+    mean_cost = float(router.costs[chosen].mean())
+    print(f"{chosen.size} prompts, pools {', '.join(router.pools)}; {router.policy.describe()}")
+    print(f"{'':<16} {'accuracy':>9} {'mean cost':>11}")
+    summary = choice_summary(router.pools, shares, mean_cost)
+    print(f"{'router':<16} {accuracy:>9.1%} {mean_cost:>11.6g}  ({summary})")
+    same = float(np.dot(shares, correct.mean(axis=0)))
+    print(f"{'random, same mix':<16} {same:>9.1%} {mean_cost:>11.6g}")
+    for i, pool in enumerate(router.pools):
+        print(f"{'only ' + pool:<16} {correct[:, i].mean():>9.1%} {router.costs[i]:>11.6g}")
     return 0
 
 

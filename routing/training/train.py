@@ -10,17 +10,24 @@ model's answer to the prompt was correct (`1/0`, `true/false`, `yes/no`, any cas
 
 The weak and the strong model are chosen by column name (`--weak small --strong large`).
 Other columns are allowed and ignored, except that `--scores-column NAME` reads a column
-of precomputed numeric scores (e.g. a cascade's confidences) instead of a router.
+of precomputed numeric scores (e.g. a cascade's confidences) instead of a router, and
+`eval --split-by NAME` groups folds by a column (e.g. a subject).
 
-Label: a prompt is positive when the strong model is right AND the weak model is wrong,
-RouteLLM's "strong needed" label. Prompts both models get right, or both get wrong, are
-negative: calling the strong model there costs more and changes nothing, so a router
-that learns this label spends strong calls only where they buy accuracy.
+Label (binary routers): a prompt is positive when the strong model is right AND the
+weak model is wrong, RouteLLM's "strong needed" label. Prompts both models get right,
+or both get wrong, are negative: calling the strong model there costs more and changes
+nothing, so a router that learns this label spends strong calls only where they buy
+accuracy.
 
-Features are sentence embeddings (`routing.embedding`, all-MiniLM-L6-v2) and the model is
-a scikit-learn logistic regression with balanced class weights (positives are often
-rare). scikit-learn is needed here only (the `[train]` extra); the result is a
-`routing.learned.LearnedRouter`, which the server loads and scores in numpy.
+N-pool routers (`--pools small,large,code`, costs from `--cost POOL=X` or
+`--costs-from serve_config.yaml`) learn P(correct) per pool from each pool's column and
+choose by a rule (`--quality-target` or `--lam`; `routing.learned.PoolRouter`).
+
+Features are sentence embeddings (`routing.embedding`, all-MiniLM-L6-v2), cached on disk
+by content hash (`routing.training.embedding_cache`), so training again on the same
+prompts embeds nothing. `--family` picks the model (`routing.training.families`: lr, the
+logistic-regression baseline with balanced class weights, knn, mf or mlp). scikit-learn
+is needed here only (the `[train]` extra); the server scores the saved router in numpy.
 """
 
 from __future__ import annotations
@@ -35,12 +42,23 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from routing.embedding import Embedder, encode_with_progress
-from routing.learned import EMBEDDING_MODEL, LearnedRouter, Scores, default_embedder
+from routing.embedding import Embedder
+from routing.learned import (
+    EMBEDDING_MODEL,
+    ChoicePolicy,
+    LearnedRouter,
+    PoolRouter,
+    Scores,
+    default_embedder,
+)
+from routing.scorers import FAMILIES, Family
+from routing.training.embedding_cache import add_cache_options, embed_texts
+from routing.training.families import fit_binary, fit_pools
 
 __all__ = [
     "RouterData",
     "add_score_source",
+    "embed_prompts",
     "fit_router",
     "main",
     "read_router_csv",
@@ -62,7 +80,8 @@ class RouterData:
     prompts: tuple[str, ...]
     columns: Mapping[str, tuple[str, ...]]
 
-    def _column(self, name: str) -> tuple[str, ...]:
+    def values(self, name: str) -> tuple[str, ...]:
+        """The raw text of a column (e.g. the groups of `eval --split-by`)."""
         if name not in self.columns:
             raise ValueError(f"no column {name!r} (columns: {', '.join(sorted(self.columns))})")
         return self.columns[name]
@@ -70,36 +89,46 @@ class RouterData:
     def correct(self, model: str) -> Mask:
         """The boolean correctness column of `model`."""
         values = []
-        for row, cell in enumerate(self._column(model), start=2):
+        for row, cell in enumerate(self.values(model), start=2):
             text = cell.strip().lower()
             if text not in _TRUE | _FALSE:
                 raise ValueError(f"column {model!r}, line {row}: {cell!r} is not 1/0/true/false")
             values.append(text in _TRUE)
         return np.array(values, dtype=bool)
 
+    def correct_matrix(self, models: Sequence[str]) -> Mask:
+        """Correctness of each of `models`, shape (n, len(models))."""
+        return np.stack([self.correct(m) for m in models], axis=1)
+
     def numbers(self, name: str) -> Scores:
         """A numeric column, e.g. precomputed router scores or cascade confidences."""
         try:
-            return np.array([float(cell) for cell in self._column(name)], dtype=np.float64)
+            return np.array([float(cell) for cell in self.values(name)], dtype=np.float64)
         except ValueError as exc:
             raise ValueError(f"column {name!r} is not numeric: {exc}") from exc
 
 
 def read_router_csv(path: str | Path) -> RouterData:
-    """Read the CSV format described in the module docstring."""
+    """Read the CSV format described in the module docstring (column by column, so 10^6
+    rows cost their text, not a dict per row)."""
     with Path(path).open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = list(reader.fieldnames or [])
+        reader = csv.reader(f)
+        fields = next(reader, [])
         if "prompt" not in fields:
             raise ValueError(f"{path}: no 'prompt' column (columns: {', '.join(fields)})")
-        rows = list(reader)
-    if not rows:
+        cells: list[list[str]] = [[] for _ in fields]
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(fields):
+                raise ValueError(f"{path}, line {line}: {len(row)} cells, header has {len(fields)}")
+            for column, cell in zip(cells, row, strict=True):
+                column.append(cell)
+    if not cells[0]:
         raise ValueError(f"{path}: no rows")
-    others = [name for name in fields if name != "prompt"]
-    return RouterData(
-        prompts=tuple(row["prompt"] or "" for row in rows),
-        columns={name: tuple(row[name] or "" for row in rows) for name in others},
-    )
+    named = dict(zip(fields, (tuple(c) for c in cells), strict=True))
+    prompts = named.pop("prompt")
+    return RouterData(prompts=prompts, columns=named)
 
 
 def strong_needed(data: RouterData, weak: str, strong: str) -> Mask:
@@ -116,23 +145,18 @@ def fit_router(
     embedding_model: str = EMBEDDING_MODEL,
     embedder: Embedder | None = None,
 ) -> LearnedRouter:
-    """Fit the logistic regression; scikit-learn is needed here only, not for scoring."""
-    from sklearn.linear_model import LogisticRegression
+    """The logistic-regression baseline on "strong needed" labels (`families.fit_binary`
+    fits any family from the two correctness columns)."""
+    from routing.training.families import fit_scorer
 
     if len(set(labels.tolist())) < 2:
         raise ValueError(
             "labels are all the same: need prompts where only the strong model is right "
             "and prompts where it is not"
         )
-    classifier = LogisticRegression(class_weight="balanced", max_iter=1000)
-    classifier.fit(np.asarray(vectors, dtype=np.float64), labels)
+    scorer = fit_scorer("lr", vectors, np.asarray(labels, bool)[:, None], balanced=True)
     return LearnedRouter(
-        weak=weak,
-        strong=strong,
-        coef=classifier.coef_[0],
-        intercept=float(classifier.intercept_[0]),
-        embedding_model=embedding_model,
-        embedder=embedder,
+        weak=weak, strong=strong, scorer=scorer, embedding_model=embedding_model, embedder=embedder
     )
 
 
@@ -142,15 +166,19 @@ def train_router(
     strong: str,
     embedder: Embedder,
     *,
+    family: Family = "lr",
     embedding_model: str = EMBEDDING_MODEL,
 ) -> LearnedRouter:
-    """Train on a CSV file (or already-read data); the router keeps `embedder` for scoring."""
+    """Train on a CSV file (or already-read data); the router keeps `embedder` for scoring.
+    Embeds with no cache (the command line caches; see `embed_prompts`)."""
     data = csv_path if isinstance(csv_path, RouterData) else read_router_csv(csv_path)
-    labels = strong_needed(data, weak, strong)
-    vectors = encode_with_progress(embedder, data.prompts)
-    return fit_router(
+    weak_correct, strong_correct = data.correct(weak), data.correct(strong)
+    vectors = embed_texts(data.prompts, embedder, use_cache=False)
+    return fit_binary(
+        family,
         vectors,
-        labels,
+        weak_correct,
+        strong_correct,
         weak=weak,
         strong=strong,
         embedding_model=embedding_model,
@@ -158,19 +186,31 @@ def train_router(
     )
 
 
-def add_score_source(parser: argparse.ArgumentParser) -> None:
-    """`--router FILE` or `--scores-column NAME`: where `eval` and `calibrate` get scores."""
-    source = parser.add_mutually_exclusive_group(required=True)
+def add_score_source(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """`--router FILE` or `--scores-column NAME`: where `eval` and `calibrate` get scores;
+    plus the embedding-cache options."""
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument(
         "--router", type=Path, metavar="FILE", help="learned router JSON (embeds prompts)"
     )
     source.add_argument(
         "--scores-column", metavar="NAME", help="CSV column of precomputed scores (no embedder)"
     )
+    add_cache_options(parser)
+
+
+def embed_prompts(
+    prompts: Sequence[str], embedder: Embedder, args: argparse.Namespace
+) -> NDArray[np.float32]:
+    """Embed through the cache as the command line's `--cache-dir` / `--no-cache` say."""
+    return embed_texts(prompts, embedder, cache_dir=args.cache_dir, use_cache=not args.no_cache)
 
 
 def scores_from_source(
-    data: RouterData, router_path: Path | None, scores_column: str | None
+    data: RouterData,
+    router_path: Path | None,
+    scores_column: str | None,
+    args: argparse.Namespace | None = None,
 ) -> tuple[Scores, LearnedRouter | None]:
     """Scores for every prompt, from a router file or a CSV column, and the router if any."""
     if scores_column is not None:
@@ -178,38 +218,138 @@ def scores_from_source(
     if router_path is None:
         raise ValueError("give a router file or a scores column")
     router = LearnedRouter.load(router_path)
-    return router.score(data.prompts), router
+    options = args or argparse.Namespace(cache_dir=None, no_cache=False)
+    return router.score_vectors(embed_prompts(data.prompts, router.embedder, options)), router
+
+
+def _pool_router(
+    args: argparse.Namespace, data: RouterData, vectors: NDArray[np.float32]
+) -> PoolRouter:
+    from routing.training.multipool import costs_from_config, parse_costs, parse_pools
+
+    pools = parse_pools(args.pools)
+    if args.costs_from is not None:
+        costs = costs_from_config(args.costs_from, pools, data.prompts)
+    else:
+        costs = parse_costs(args.cost, pools)
+    if args.lam is not None:
+        policy = ChoicePolicy("tradeoff", args.lam)
+    else:
+        policy = ChoicePolicy("quality_target", args.quality_target)
+    return fit_pools(
+        args.family, vectors, data.correct_matrix(pools), pools=pools, costs=costs, policy=policy
+    )
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a learned router from a CSV: binary (P(strong model needed)) "
+        "with --weak/--strong, or over N pools with --pools.",
+    )
+    parser.add_argument("data", type=Path, metavar="DATA.csv", help="prompt + correctness CSV")
+    parser.add_argument("--weak", help="column of the weak model (binary router)")
+    parser.add_argument("--strong", help="column of the strong model (binary router)")
+    parser.add_argument("--family", choices=FAMILIES, default="lr", help="router family")
+    parser.add_argument("--pools", metavar="A,B,C", help="N-pool router: correctness columns")
+    costs = parser.add_mutually_exclusive_group()
+    costs.add_argument(
+        "--cost", action="append", default=[], metavar="POOL=X", help="cost per request"
+    )
+    costs.add_argument("--costs-from", type=Path, metavar="YAML", help="Serve config catalog")
+    rule = parser.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--quality-target",
+        type=float,
+        default=0.5,
+        help="N-pool rule: cheapest pool with P(correct) >= this (default 0.5)",
+    )
+    rule.add_argument("--lam", type=float, help="N-pool rule: max P(correct) - lam * cost")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="router JSON to write")
+    add_cache_options(parser)
+    return parser
 
 
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.train"
 ) -> int:
-    """Command line: train a router from a CSV and save it as JSON."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Train a learned router (P(strong model needed)) from a CSV."
-    )
-    parser.add_argument("data", type=Path, metavar="DATA.csv", help="prompt + correctness CSV")
-    parser.add_argument("--weak", required=True, help="column of the weak model")
-    parser.add_argument("--strong", required=True, help="column of the strong model")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="router JSON to write")
+    """Command line: train a router from a CSV and save it as JSON (+ .npz)."""
+    parser = _parser(prog)
     args = parser.parse_args(argv)
+    if args.pools is None and (args.weak is None or args.strong is None):
+        parser.error("give --weak and --strong (binary router) or --pools (N-pool router)")
+    if args.pools is not None and (args.weak or args.strong):
+        parser.error("--pools replaces --weak/--strong")
+    if args.pools is not None and not args.cost and args.costs_from is None:
+        parser.error("--pools needs --cost POOL=X for every pool, or --costs-from YAML")
 
     try:
         data = read_router_csv(args.data)
-        labels = strong_needed(data, args.weak, args.strong)
-        vectors = encode_with_progress(default_embedder(), data.prompts)
-        router = fit_router(vectors, labels, weak=args.weak, strong=args.strong)
+        if args.pools is None:
+            weak_correct, strong_correct = data.correct(args.weak), data.correct(args.strong)
+        else:
+            from routing.training.multipool import parse_pools
+
+            data.correct_matrix(parse_pools(args.pools))  # bad columns fail before embedding
+        vectors = embed_prompts(data.prompts, default_embedder(), args)
+        router: LearnedRouter | PoolRouter
+        if args.pools is None:
+            router = fit_binary(
+                args.family,
+                vectors,
+                weak_correct,
+                strong_correct,
+                weak=args.weak,
+                strong=args.strong,
+            )
+        else:
+            router = _pool_router(args, data, vectors)
         router.save(args.output)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    predicted = router.score_vectors(vectors) >= 0.5
-    print(f"trained on {len(labels)} prompts ({args.weak} -> {args.strong})")
-    print(f"positive rate (strong needed): {labels.mean():.1%}")
-    # Balanced class weights: 0.5 is the balanced decision point, not a serving threshold.
-    print(f"in-sample accuracy at 0.5: {(predicted == labels).mean():.1%}")
+    print(f"trained on {len(data.prompts)} prompts, family {args.family}", end=" ")
+    if isinstance(router, PoolRouter):
+        _report_pools(router, data, vectors)
+    else:
+        _report_binary(router, args, weak_correct, strong_correct, vectors)
     print(f"wrote {args.output}")
     return 0
+
+
+def _report_binary(
+    router: LearnedRouter,
+    args: argparse.Namespace,
+    weak_correct: Mask,
+    strong_correct: Mask,
+    vectors: NDArray[np.float32],
+) -> None:
+    labels = strong_correct & ~weak_correct
+    scores = router.score_vectors(vectors)
+    print(f"({args.weak} -> {args.strong})")
+    print(f"positive rate (strong needed): {labels.mean():.1%}")
+    from sklearn.metrics import roc_auc_score
+
+    print(f"in-sample ROC AUC of the score: {roc_auc_score(labels, scores):.3f}")
+    if router.family == "lr":
+        # Balanced class weights: 0.5 is the balanced decision point, not a serving threshold.
+        print(f"in-sample accuracy at 0.5: {((scores >= 0.5) == labels).mean():.1%}")
+
+
+def _report_pools(router: PoolRouter, data: RouterData, vectors: NDArray[np.float32]) -> None:
+    from routing.learned import choose_pools
+    from routing.training.multipool import choice_summary
+
+    print(f"(pools {', '.join(router.pools)})")
+    correct = data.correct_matrix(router.pools)
+    for i, pool in enumerate(router.pools):
+        print(f"  {pool}: cost {router.costs[i]:.6g}, accuracy {correct[:, i].mean():.1%}")
+    chosen = choose_pools(router.quality_vectors(vectors), router.costs, router.policy)
+    shares = [float((chosen == i).mean()) for i in range(len(router.pools))]
+    accuracy = correct[np.arange(chosen.size), chosen].mean()
+    mean_cost = float(router.costs[chosen].mean())
+    print(f"rule: {router.policy.describe()}; in-sample accuracy {accuracy:.1%}")
+    print(f"in-sample choices: {choice_summary(router.pools, shares, mean_cost)}")
 
 
 if __name__ == "__main__":

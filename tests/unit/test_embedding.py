@@ -138,3 +138,16 @@ def test_many_texts_are_embedded_in_bounded_batches_in_their_own_order(
     one_by_one = np.stack([real([t])[0] for t in texts])
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
     assert np.allclose(encode_with_progress(embedder, texts, chunk=40), vectors, atol=1e-5)
+
+
+def test_cache_id_names_everything_that_changes_the_vectors() -> None:
+    """The embedding cache keys on it: another precision, backend or length is a miss."""
+    ids = {
+        MiniLMEmbedder().cache_id,
+        MiniLMEmbedder(precision="fp32").cache_id,
+        MiniLMEmbedder(backend="torch").cache_id,
+        MiniLMEmbedder(max_seq_length=128).cache_id,
+    }
+    assert len(ids) == 4
+    assert MiniLMEmbedder().cache_id == MiniLMEmbedder(max_seq_length=256).cache_id
+    assert MiniLMEmbedder().cache_id.startswith("all-MiniLM-L6-v2@")

@@ -81,6 +81,7 @@ def test_csv_accepts_boolean_spellings_and_extra_columns(tmp_path: Path) -> None
         ("prompt,small\na,maybe\n", "small", "line 2: 'maybe' is not 1/0/true/false"),
         ("prompt,small\na,1\n", "large", "no column 'large'"),
         ("prompt,small\n", "small", "no rows"),
+        ("prompt,small\na,1\nb,1,0\n", "small", "line 3: 3 cells, header has 2"),
     ],
 )
 def test_csv_errors_name_the_problem(tmp_path: Path, text: str, column: str, message: str) -> None:
@@ -125,11 +126,12 @@ def test_save_load_round_trips_to_identical_scores(router: LearnedRouter, tmp_pa
     path = tmp_path / "router.json"
     router.with_threshold(0.42).save(path)
     document = json.loads(path.read_text())
-    assert document["format_version"] == 1
+    assert (document["format_version"], document["family"]) == (2, "lr")
     assert (document["weak"], document["strong"]) == ("small", "large")
     assert document["embedding_model"] == "all-MiniLM-L6-v2"
-    assert document["dimension"] == 16 == len(document["coef"])
+    assert document["dimension"] == 16 == len(document["params"]["coef"][0])
     assert document["threshold"] == 0.42
+    assert "arrays" not in document  # the baseline stays one readable file
 
     loaded = LearnedRouter.load(path, embedder=HashingEmbedder())
     prompts = read_router_csv(SAMPLE).prompts
@@ -140,11 +142,15 @@ def test_save_load_round_trips_to_identical_scores(router: LearnedRouter, tmp_pa
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 2}, "format_version"),
+        ({"format_version": 3}, "format_version"),
         ({"dimension": 15}, "coef has 16 values, dimension is 15"),
         ({"strong": "small"}, "weak and strong name the same model"),
         ({"surprise": True}, "surprise"),
-        ({"coef": "oops"}, "coef"),
+        ({"params": {"coef": "oops", "intercept": [0.0]}}, "coef must be numbers"),
+        ({"params": {"coef": [1.0] * 16, "intercept": [0.0]}}, "coef must be 2-d"),
+        ({"family": "forest"}, "family"),
+        ({"target": "correct"}, "scorer has 1 heads, the file names 2"),
+        ({"pools": ["small", "large"]}, "binary .* or N-pool"),
     ],
 )
 def test_bad_router_file_raises_value_error(
@@ -155,6 +161,32 @@ def test_bad_router_file_raises_value_error(
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match=message):
+        LearnedRouter.load(path, embedder=HashingEmbedder())
+
+
+def test_version_1_files_still_load_and_score_the_same(
+    router: LearnedRouter, tmp_path: Path
+) -> None:
+    coef = router.scorer.params()["coef"][0]
+    intercept = router.scorer.params()["intercept"][0]
+    version_1 = {
+        "format_version": 1,
+        "weak": "small",
+        "strong": "large",
+        "embedding_model": "all-MiniLM-L6-v2",
+        "dimension": 16,
+        "coef": coef,
+        "intercept": intercept,
+        "threshold": 0.3,
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(version_1))
+    loaded = LearnedRouter.load(path, embedder=HashingEmbedder())
+    prompts = read_router_csv(SAMPLE).prompts
+    assert (loaded.family, loaded.threshold) == ("lr", 0.3)
+    assert np.array_equal(loaded.score(prompts), router.score(prompts))
+    path.write_text(json.dumps({**version_1, "dimension": 15}))
+    with pytest.raises(ValueError, match="coef has 16 values, dimension is 15"):
         LearnedRouter.load(path, embedder=HashingEmbedder())
 
 
@@ -223,9 +255,9 @@ def test_cli_train_eval_calibrate_with_a_router_file(
     argv = ["train-router", str(SAMPLE), "--weak", "small", "--strong", "large", "-o", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "trained on 120 prompts" in printed
+    assert "trained on 120 prompts, family lr (small -> large)" in printed
     assert "positive rate (strong needed): 44.2%" in printed  # 53 of 120, see the CSV
-    assert "in-sample accuracy" in printed
+    assert "in-sample accuracy" in printed and "ROC AUC" in printed
 
     assert cli.main(["eval", str(SAMPLE), "--router", str(out)]) == 0  # names from the file
     printed = capsys.readouterr().out

@@ -204,3 +204,32 @@ def test_a_pinned_pool_that_cannot_serve_is_a_400_naming_the_field() -> None:
     everyone = {p: Refusal("model", f"{p} is completion-only") for p in POOL_MODELS}
     with pytest.raises(PromptError, match="small is completion-only"):
         auto("hello", unservable=everyone)  # the pool the rules chose says why
+
+
+# --- the adaptive router's pick -----------------------------------------------------
+
+
+def test_route_plans_list_their_candidates_best_first() -> None:
+    decided = auto("What is the capital of France?")
+    assert decided.candidates[0] == decided.pool == "small"
+    assert set(decided.candidates) == {"small", "large", "code"}
+    tiered = auto("What is the capital of France?", wishes=Wishes(pools=frozenset({"small"})))
+    assert tiered.candidates == ("small",)
+    cascade = auto("What is the capital of France?", wishes=Wishes(strategy="cascade"))
+    assert cascade.candidates == ()  # nothing to reorder: the cascade decides its pools
+
+
+def test_adapt_takes_only_a_candidate_and_recomputes_fallbacks() -> None:
+    from routing.planner import adapt
+
+    pools = views()
+    decided = auto("What is the capital of France?", views=pools)
+    moved = adapt(decided, "large", pools, CONFIG, "bandit: explored")
+    assert (moved.pool, moved.reason, moved.notes[-1]) == ("large", "adaptive", "bandit: explored")
+    assert "small" in moved.detail and moved.fallbacks == tuple(
+        p for p in CONFIG.fallback.chains.get("large", []) if p != "large"
+    )
+    tiered = auto(
+        "What is the capital of France?", views=pools, wishes=Wishes(pools=frozenset({"small"}))
+    )
+    assert adapt(tiered, "large", pools, CONFIG, "x") == tiered  # outside the tier: refused

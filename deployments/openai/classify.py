@@ -1,0 +1,126 @@
+"""`POST /v1/classify`: what routing reads in a request, and what it would do with it.
+
+A dry run like `POST /v1/route`, reusing its planning (`OpenAIServing.plan`: the same
+profile, the same one embedding for both classifiers, the same planner), with the
+readings behind the decision laid out: the taxonomy (`routing.taxonomy`: task type and
+complexity level), the rule features and the rules' own choice, the semantic
+classifier's similarities and the learned router's scores, each with a confidence.
+
+Cheap but not free: with quotas, a classification is admitted like a request (it counts
+one against `requests_per_minute`, and a tenant whose budget is spent is refused) but
+spends no tokens and no money, and it leaves no ledger record: nothing was served.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import replace
+
+from deployments.openai.protocol import (
+    ClassifyRequest,
+    ClassifyResponse,
+    ComplexityReading,
+    LearnedReading,
+    RuleFeatures,
+    RuleReading,
+    SemanticReading,
+    TaskReading,
+)
+from deployments.openai.serving import OpenAIServing
+from routing.config import RoutingConfig
+from routing.planner import Wishes
+from routing.profile import RequestProfile
+from routing.rules import decide, extract_features
+from routing.taxonomy import classify
+
+__all__ = ["classify_request", "learned_reading", "semantic_reading"]
+
+# Cosine similarities of MiniLM sit in a narrow band: a softmax at this temperature makes
+# a 0.1 lead over the runner-up (or over min_similarity) about 88% (as CLIP's scaled
+# cosine logits do).
+SEMANTIC_TEMPERATURE = 0.05
+NO_MATCH = ""  # the softmax's "none of the pools" option
+
+
+async def classify_request(
+    serving: OpenAIServing, body: ClassifyRequest, wishes: Wishes, key_id: str | None
+) -> tuple[ClassifyResponse, Mapping[str, str]]:
+    """The classification, and the `x-ratelimit-*` headers of a rate-limited tenant."""
+    headers: Mapping[str, str] = {}
+    if serving.gate is not None:
+        admission = await serving.gate.admit(wishes.tenant, wishes.tier, key_id)
+        headers = admission.headers
+        if admission.frugal:
+            wishes = replace(wishes, frugal=admission.frugal)
+    text = "\n".join(m.text() for m in body.messages)
+    decided, profile = await serving.plan(body, text, wishes, chat=True)
+    routing = serving.config.routing
+    features = extract_features(text, routing.rules)
+    rules = decide(features, routing.rules)
+    reading = classify(text, routing.rules)
+    answer = ClassifyResponse(
+        task=TaskReading(
+            type=reading.task,
+            confidence=reading.task_confidence,
+            evidence=list(reading.task_evidence),
+            scores=dict(reading.task_scores),
+        ),
+        complexity=ComplexityReading(
+            level=reading.complexity,
+            confidence=reading.complexity_confidence,
+            score=reading.complexity_score,
+            evidence=list(reading.complexity_evidence),
+        ),
+        features=RuleFeatures(
+            approx_tokens=features.approx_tokens,
+            code_markers=list(features.code_markers),
+            complex_markers=list(features.complex_markers),
+        ),
+        rules=RuleReading(pool=rules.pool, reason=rules.reason, detail=rules.detail),
+        semantic=semantic_reading(profile, routing),
+        learned=learned_reading(profile, routing),
+        route=serving.describe(decided, profile),
+    )
+    return answer, headers
+
+
+def semantic_reading(profile: RequestProfile, config: RoutingConfig) -> SemanticReading | None:
+    """The semantic classifier's verdict: the most similar pool at or above
+    `min_similarity` (None: no match), and how clearly it leads.
+
+    Confidence is that option's share of a softmax over every pool's similarity and
+    `min_similarity` itself (the "no match" option), at SEMANTIC_TEMPERATURE.
+    """
+    if not profile.similarities:  # a pinned model: routing did not consult it
+        return None
+    floor = config.semantic.min_similarity
+    sims = dict(profile.similarities)
+    above = [p for p, s in sims.items() if s >= floor]
+    pool = max(above, key=lambda p: sims[p]) if above else None
+    options = {**sims, NO_MATCH: floor}
+    best = max(options.values())
+    weights = {k: math.exp((v - best) / SEMANTIC_TEMPERATURE) for k, v in options.items()}
+    share = weights[pool if pool is not None else NO_MATCH] / sum(weights.values())
+    return SemanticReading(
+        similarities=sims, min_similarity=floor, pool=pool, confidence=round(share, 3)
+    )
+
+
+def learned_reading(profile: RequestProfile, config: RoutingConfig) -> LearnedReading | None:
+    """The learned router's scores per pool and what it alone would choose.
+
+    Confidence is the score's distance from the threshold over the room on its side
+    (0 at the threshold, 1 at 0 or 1).
+    """
+    if profile.learned is None or config.learned is None:
+        return None
+    score, threshold = profile.learned
+    strong, weak = config.learned.strong_pool, config.rules.default_pool
+    scores = {weak: round(1.0 - score, 4), strong: round(score, 4)}
+    chosen = strong if score >= threshold else weak
+    room = 1.0 - threshold if score >= threshold else threshold
+    confidence = min(1.0, abs(score - threshold) / room) if room > 0 else 1.0
+    return LearnedReading(
+        scores=scores, threshold=threshold, pool=chosen, confidence=round(confidence, 3)
+    )

@@ -1,0 +1,292 @@
+"""Fitting each router family on embedding rows; the server scores them with numpy alone.
+
+`fit_scorer(family, vectors, targets)` fits one family to boolean targets of shape
+(n, heads) and returns a `routing.scorers` scorer:
+
+- `lr`: a scikit-learn logistic regression per head (the baseline). `balanced` class
+  weights for the binary "strong needed" label, whose positives are often rare; plain
+  weights for per-pool P(correct), which the N-pool chooser compares with a quality
+  target and so must stay calibrated.
+- `knn`: stores (at most `knn_max_points`, sampled) unit vectors and their labels.
+- `mf`: RouteLLM's matrix factorisation, trained here with numpy (Adam on the mean
+  binary cross-entropy, L2 on the factors, early stopping on a 10% split): no torch.
+- `mlp`: scikit-learn `MLPClassifier` (ReLU, early stopping), one logistic output per
+  head (multi-label for several heads).
+
+`fit_binary` and `fit_pools` wrap it into the two router kinds of `routing.learned`:
+binary routers learn "strong right and weak wrong" directly, except `mf`, which models
+each model's correctness (its design: one vector per model) and scores
+P(strong right) * P(weak wrong).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from routing.embedding import Embedder
+from routing.learned import EMBEDDING_MODEL, ChoicePolicy, LearnedRouter, PoolRouter
+from routing.router_file import BinaryTarget
+from routing.scorers import (
+    FAMILIES,
+    FactorScorer,
+    Family,
+    KnnScorer,
+    LogisticScorer,
+    MlpScorer,
+    Scorer,
+)
+
+__all__ = [
+    "FAMILIES",
+    "FamilyOptions",
+    "fit_binary",
+    "fit_pools",
+    "fit_scorer",
+    "parse_families",
+]
+
+Mask = NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class FamilyOptions:
+    """Hyper-parameters; the defaults were chosen on synthetic data, not tuned on any
+    evaluation set."""
+
+    knn_neighbours: int = 32
+    knn_temperature: float = 0.05
+    knn_max_points: int = 20_000  # serving scans them all: ~1 ms per request at 20k x 384
+    mf_rank: int = 64
+    mf_epochs: int = 40
+    mf_l2: float = 1e-4
+    mlp_hidden: tuple[int, ...] = (128,)
+    mlp_alpha: float = 1e-3
+    seed: int = 0
+
+
+def parse_families(text: str) -> tuple[Family, ...]:
+    """`lr,knn` -> ("lr", "knn"); `ValueError` naming unknown families."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        raise ValueError(f"unknown families {unknown or text!r}; known: {', '.join(FAMILIES)}")
+    return tuple(f for f in FAMILIES if f in names)
+
+
+def _fit_lr(x: NDArray[np.floating], y: Mask, balanced: bool) -> LogisticScorer:
+    from sklearn.linear_model import LogisticRegression
+
+    coef, intercept = [], []
+    for head in range(y.shape[1]):
+        model = LogisticRegression(class_weight="balanced" if balanced else None, max_iter=1000)
+        model.fit(x, y[:, head])
+        coef.append(model.coef_[0])
+        intercept.append(float(model.intercept_[0]))
+    return LogisticScorer(np.array(coef, dtype=np.float64), np.array(intercept))
+
+
+def _fit_knn(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> KnnScorer:
+    rows = np.arange(x.shape[0])
+    if rows.size > options.knn_max_points:
+        rng = np.random.default_rng(options.seed)
+        rows = np.sort(rng.choice(rows, options.knn_max_points, replace=False))
+    vectors = x[rows].astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return KnnScorer(
+        vectors,
+        y[rows].astype(np.float32),
+        neighbours=options.knn_neighbours,
+        temperature=options.knn_temperature,
+    )
+
+
+def _bce(p: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _fit_mf(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> FactorScorer:
+    """Mini-batch Adam on mean BCE of sigmoid((x A^T) U^T + b), L2 on A and U."""
+    rng = np.random.default_rng(options.seed)
+    n, d = x.shape
+    target = y.astype(np.float64)
+    order = rng.permutation(n)
+    held = order[: n // 10] if n >= 50 else order[:0]
+    train = order[held.size :]
+    rank = options.mf_rank
+    mean = np.clip(target[train].mean(axis=0), 1e-3, 1 - 1e-3)
+    params = [
+        rng.normal(0.0, 1.0 / np.sqrt(d), (rank, d)),
+        rng.normal(0.0, 0.1, (y.shape[1], rank)),
+        np.log(mean / (1 - mean)),
+    ]
+    moments = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    step, rate, batch = 0, 3e-3, 256
+
+    def predict(rows: NDArray[np.intp]) -> NDArray[np.float64]:
+        scorer = FactorScorer(params[0], params[1], params[2])
+        return scorer.predict(x[rows])
+
+    best = (np.inf, [p.copy() for p in params])
+    stale = 0
+    for _ in range(options.mf_epochs):
+        for start in range(0, train.size, batch):
+            rows = train[start : start + batch]
+            a, u, b = params
+            h = x[rows] @ a.T
+            p = 1.0 / (1.0 + np.exp(-(h @ u.T + b)))
+            g = (p - target[rows]) / p.size
+            grads = [(g @ u).T @ x[rows] + options.mf_l2 * a, g.T @ h + options.mf_l2 * u]
+            grads.append(g.sum(axis=0))
+            step += 1
+            for param, grad, (m, v) in zip(params, grads, moments, strict=True):
+                m *= 0.9
+                m += 0.1 * grad
+                v *= 0.999
+                v += 0.001 * grad * grad
+                param -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+        train = rng.permutation(train)
+        if held.size == 0:
+            continue
+        loss = _bce(predict(held), target[held])
+        if loss < best[0] - 1e-5:
+            best, stale = (loss, [p.copy() for p in params]), 0
+        else:
+            stale += 1
+            if stale >= 3:
+                break
+    final = best[1] if held.size else params
+    return FactorScorer(final[0], final[1], final[2])
+
+
+def _fit_mlp(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> MlpScorer:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    model = MLPClassifier(
+        hidden_layer_sizes=options.mlp_hidden,
+        alpha=options.mlp_alpha,
+        # A 10% validation split of a small set is too noisy to stop on (600 rows stopped
+        # after 8 epochs, below a random router); small sets run to max_iter instead.
+        early_stopping=x.shape[0] >= 5000,
+        n_iter_no_change=4,
+        # About 3*10^5 rows seen in all, 15 to 200 epochs: 10^5 prompts stop within ~15.
+        max_iter=int(np.clip(3e5 / max(x.shape[0], 1), 15, 200)),
+        random_state=options.seed,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the budget
+        model.fit(x, y[:, 0] if y.shape[1] == 1 else y.astype(np.int64))
+    if model.out_activation_ != "logistic":
+        raise ValueError(f"unexpected MLP output activation {model.out_activation_!r}")
+    return MlpScorer(
+        tuple(np.asarray(w, dtype=np.float64) for w in model.coefs_),
+        tuple(np.asarray(b, dtype=np.float64) for b in model.intercepts_),
+    )
+
+
+def fit_scorer(
+    family: Family,
+    vectors: NDArray[np.floating],
+    targets: Mask,
+    *,
+    balanced: bool = False,
+    options: FamilyOptions | None = None,
+) -> Scorer:
+    """Fit `family` to boolean `targets` (n, heads); every head needs both classes."""
+    options = options or FamilyOptions()
+    # float32 rows for knn and mf (half the memory at 10^5 prompts), float64 for sklearn.
+    x: NDArray[np.floating] = np.asarray(
+        vectors, dtype=np.float32 if family in ("knn", "mf") else np.float64
+    )
+    y = np.asarray(targets, dtype=bool)
+    if y.ndim != 2 or y.shape[0] != x.shape[0] or x.ndim != 2:
+        raise ValueError(f"targets {y.shape} do not match vectors {x.shape}")
+    constant = [h for h in range(y.shape[1]) if y[:, h].all() or not y[:, h].any()]
+    if constant:
+        raise ValueError(f"heads {constant}: labels are all the same")
+    if family == "lr":
+        return _fit_lr(x, y, balanced)
+    if family == "knn":
+        return _fit_knn(x, y, options)
+    if family == "mf":
+        return _fit_mf(x, y, options)
+    if family == "mlp":
+        return _fit_mlp(x, y, options)
+    raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def _both_classes(column: Mask, what: str) -> None:
+    if column.all() or not column.any():
+        raise ValueError(f"{what}: labels are all the same")
+
+
+def fit_binary(
+    family: Family,
+    vectors: NDArray[np.floating],
+    weak_correct: Mask,
+    strong_correct: Mask,
+    *,
+    weak: str,
+    strong: str,
+    options: FamilyOptions | None = None,
+    embedding_model: str = EMBEDDING_MODEL,
+    embedder: Embedder | None = None,
+) -> LearnedRouter:
+    """A binary router of `family`: P(strong needed) (see the module docstring)."""
+    needed = strong_correct & ~weak_correct
+    if len(set(needed.tolist())) < 2:
+        raise ValueError(
+            "labels are all the same: need prompts where only the strong model is right "
+            "and prompts where it is not"
+        )
+    target: BinaryTarget
+    if family == "mf":
+        _both_classes(weak_correct, f"{weak} correctness")
+        _both_classes(strong_correct, f"{strong} correctness")
+        scorer = fit_scorer(
+            family, vectors, np.stack([weak_correct, strong_correct], axis=1), options=options
+        )
+        target = "correct"
+    else:
+        scorer = fit_scorer(family, vectors, needed[:, None], balanced=True, options=options)
+        target = "strong_needed"
+    return LearnedRouter(
+        weak=weak,
+        strong=strong,
+        scorer=scorer,
+        target=target,
+        embedding_model=embedding_model,
+        embedder=embedder,
+    )
+
+
+def fit_pools(
+    family: Family,
+    vectors: NDArray[np.floating],
+    correct: Mask,
+    *,
+    pools: Sequence[str],
+    costs: Sequence[float],
+    policy: ChoicePolicy,
+    options: FamilyOptions | None = None,
+    embedding_model: str = EMBEDDING_MODEL,
+    embedder: Embedder | None = None,
+) -> PoolRouter:
+    """An N-pool router of `family`: one P(correct) head per column of `correct` (n, N)."""
+    for i, pool in enumerate(pools):
+        _both_classes(correct[:, i], f"pool {pool!r} correctness")
+    scorer = fit_scorer(family, vectors, correct, options=options)
+    return PoolRouter(
+        pools=pools,
+        costs=costs,
+        scorer=scorer,
+        policy=policy,
+        embedding_model=embedding_model,
+        embedder=embedder,
+    )

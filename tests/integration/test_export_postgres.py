@@ -1,0 +1,58 @@
+"""`switchyard export` on SQLite and on a real PostgreSQL server (a server-side cursor there):
+the same ledger gives the same CSV."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from tenancy.db import connect, migrate
+from tenancy.export import export_csv
+from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback
+from tests.integration.test_ledger import fresh_database
+
+
+def entry(i: int, prompt: str, pool: str, **kw: object) -> LedgerEntry:
+    fields: dict[str, object] = {"strategy": "route", "pools_tried": pool, **kw}
+    return LedgerEntry(
+        id=f"chatcmpl-x{i}", created_at=1_800_000_000.0 + i, endpoint="chat",
+        model_asked="auto", outcome="ok", latency_s=0.1, tenant="acme",
+        pool=pool, prompt=prompt, **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_export_is_the_same_on_both_databases(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    engine = connect(fresh_database(kind, request))
+    migrate(engine)
+    writer = LedgerWriter(engine)
+    n = 3000  # more than one streamed batch
+    for i in range(n):
+        writer.record(entry(i, f"prompt {i % 1000:04d}, with a comma", "small"))
+    writer.record(entry(n, "escalated", "large", strategy="cascade", escalated=1, confidence=-2.0))
+    writer.record(
+        entry(n + 1, "escalated", "large", pools_tried="small,large", strategy="cascade",
+              escalated=1, confidence=-2.0)
+    )  # fmt: skip
+    assert writer.flush() == n + 2
+    for i in range(0, n, 3):  # a third of the answers were rated, alternately good and bad
+        add_feedback(engine, f"chatcmpl-x{i}", "acme", float(i % 2))
+    out = io.StringIO()
+    stats = export_csv(engine, out, pools=["small", "large"])
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "prompt,small,large,records,source"
+    assert lines[1] == "escalated,0,,2,ledger"  # only the record that tried small says so
+    # prompt k was served 3 times (i = k, k+1000, k+2000); the rated one of those is the
+    # i divisible by 3, good when i is odd
+    expected = {}
+    for k in range(1000):
+        rated = next(i for i in (k, k + 1000, k + 2000) if i % 3 == 0)
+        expected[f'"prompt {k:04d}, with a comma"'] = str(rated % 2)
+    got = {line.rsplit(",", 4)[0]: line.rsplit(",", 4)[1] for line in lines[2:]}
+    assert got == expected
+    assert all(line.endswith(",,3,ledger") for line in lines[2:])
+    assert (stats.rows, stats.records) == (1001, n + 2)
+    engine.dispose()

@@ -1,0 +1,90 @@
+"""The bandit on the request path: which requests it routes, what it may change, what it learns."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from deployments.openai.adaptive import MIN_EVIDENCE, AdaptiveRouting, Pick
+from routing.bandit import Choice, Reward, ThompsonRouter
+from routing.config import AdaptiveConfig, RoutingConfig
+from routing.planner import Wishes, plan
+from routing.profile import RequestProfile
+from tests.unit.test_planner import POOL_MODELS, views
+
+CONFIG = RoutingConfig()
+
+
+class Local:
+    """`SharedBandit` without the database: the same router, in memory."""
+
+    def __init__(self, explore_share: float = 0.0) -> None:
+        self.router = ThompsonRouter(explore_share=explore_share, half_life_s=1e9)
+        self.rng = random.Random(0)
+
+    def choose(
+        self,
+        context: str,
+        eligible: Sequence[str],
+        *,
+        costs: Mapping[str, float] | None = None,
+        frugal: bool = False,
+    ) -> Choice:
+        return self.router.choose(context, eligible, self.rng, costs=costs, frugal=frugal)
+
+    def observe(self, context: str, pool: str, reward: Reward) -> None:
+        self.router.update(context, pool, reward.value, weight=reward.weight)
+
+    def evidence(self, context: str, pool: str) -> float:
+        alpha, beta = self.router.posterior(context, pool)
+        return alpha + beta - sum(self.router.prior)
+
+
+def planned(text: str, wishes: Wishes | None = None) -> tuple:  # type: ignore[type-arg]
+    pools = views()
+    profile = RequestProfile("auto", text, len(text) / 4, {p: 128 for p in POOL_MODELS})
+    return plan(profile, pools, POOL_MODELS, CONFIG, wishes), pools
+
+
+def test_only_covered_auto_requests_have_a_context() -> None:
+    adaptive = AdaptiveRouting(AdaptiveConfig(tiers=["pro"], per_tier=True), Local())
+    assert adaptive.context("code", "auto", Wishes(tier="pro")) == "code@pro"
+    assert adaptive.context("code", "auto", Wishes(tier="free")) is None
+    assert adaptive.context("code", "auto", Wishes()) is None  # untiered is off
+    assert adaptive.context("code", "small", Wishes(tier="pro")) is None  # pinned
+
+
+def test_without_evidence_the_policy_pick_stands() -> None:
+    adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True), Local())
+    decided, pools = planned("Fix my python function")  # rules: code
+    kept, pick = adaptive.choose(decided, "code", pools, CONFIG, Wishes())
+    assert (kept.pool, pick) == ("code", Pick("code", "code"))  # not the cheapest, `small`
+
+
+def test_with_evidence_it_moves_the_class_to_the_pool_that_answers_well() -> None:
+    bandit = Local()
+    adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True), bandit)
+    decided, pools = planned("Fix my python function")
+    for _ in range(int(MIN_EVIDENCE) + 5):
+        adaptive.feedback(Pick("code", "code"), 0.1)
+        adaptive.feedback(Pick("code", "large"), 0.95)
+    moved, pick = adaptive.choose(decided, "code", pools, CONFIG, Wishes())
+    assert (moved.pool, moved.reason, pick.pool) == ("large", "adaptive", "large")
+    assert "adaptive" in moved.notes[-1]
+    # A tier without `large`: the bandit cannot take it there, whatever it learnt.
+    tiered, pools = planned("Fix my python function", Wishes(pools=frozenset({"small", "code"})))
+    kept, pick = adaptive.choose(tiered, "code", pools, CONFIG, Wishes())
+    assert kept.pool in {"small", "code"} and pick.pool == kept.pool
+
+
+def test_outcomes_are_evidence_about_the_chosen_pool() -> None:
+    bandit = Local()
+    adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True), bandit)
+    adaptive.finished(Pick("chat", "small"), "error", None)
+    adaptive.finished(Pick("chat", "small"), "ok", escalated=True)  # cascade: not good enough
+    adaptive.finished(Pick("chat", "small"), "ok", None)  # a plain success says nothing
+    adaptive.finished(Pick("chat", "small"), "client_error", None)  # nor a client mistake
+    alpha, beta = bandit.router.posterior("chat", "small")
+    assert (alpha, beta) == (1.0, pytest.approx(1.0 + 1.0 + 0.5))

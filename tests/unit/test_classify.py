@@ -1,0 +1,192 @@
+"""`POST /v1/classify`'s logic (deployments/openai/classify.py) without Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from pydantic import ValidationError
+
+from core.errors import PoolNotAllowedError, QuotaExceededError, RateLimitedError
+from deployments.openai.classify import classify_request, learned_reading, semantic_reading
+from deployments.openai.errors import to_api_error
+from deployments.openai.protocol import ClassifyRequest
+from deployments.openai.serving import OpenAIServing
+from routing.config import RoutingConfig
+from routing.planner import Wishes
+from routing.profile import RequestProfile
+from routing.semantic import SemanticClassifier
+from tenancy.gate import QuotaGate
+from tests.conftest import fake_app, fake_app_args
+from tests.unit.test_gate import NOW, Clock, InProcessKeeper
+from tests.unit.test_serving import InProcessPools, serving
+
+
+def body(text: str, **extra: Any) -> ClassifyRequest:
+    return ClassifyRequest.model_validate(
+        {"messages": [{"role": "user", "content": text}], **extra}
+    )
+
+
+async def test_classifies_and_routes_without_generating() -> None:
+    svc, pools = serving()
+    answer, headers = await classify_request(
+        svc, body("Write a Python function that reverses a string."), Wishes(), None
+    )
+    assert (answer.task.type, answer.complexity.level) == ("code", "simple")
+    assert answer.task.evidence == ["Python", "function"]
+    assert answer.features.code_markers == ["Python", "function"]
+    assert (answer.rules.pool, answer.rules.reason) == ("code", "code_markers")
+    assert (answer.route.pool, answer.route.reason, answer.route.strategy) == (
+        "code",
+        "code_markers",
+        "route",
+    )
+    assert answer.semantic is None and answer.learned is None  # neither is configured
+    assert headers == {}
+    assert pools.calls == []  # nothing was generated
+
+
+async def test_the_route_part_is_what_v1_route_says() -> None:
+    svc, _ = serving()
+    wishes = Wishes(strategy="speculative")
+    text = "Compare Rome and Athens in depth."
+    answer, _ = await classify_request(svc, body(text), wishes, None)
+    dry = await svc.dry_run(body(text), text, wishes, chat=True)
+    assert answer.route == dry
+    assert (answer.route.strategy, answer.route.target) == ("speculative", "large")
+    assert answer.rules.reason == "complex_task"
+    assert answer.complexity.level == "complex"
+    assert answer.features.complex_markers == ["Compare", "in depth"]
+
+
+async def test_rules_and_route_can_differ() -> None:
+    """The rules want `code`; the client's tier has only `small`: the route says so."""
+    svc, _ = serving()
+    wishes = Wishes(pools=frozenset({"small"}), tier="free")
+    answer, _ = await classify_request(svc, body("def f(x): fix this"), wishes, None)
+    assert (answer.rules.pool, answer.route.pool) == ("code", "small")
+    with pytest.raises(PoolNotAllowedError):  # pinning outside the tier: the same 403
+        await classify_request(svc, body("hi", model="large"), wishes, None)
+
+
+async def test_a_pinned_model_is_classified_and_pinned() -> None:
+    svc, _ = serving()
+    asked = body("Translate hi into French", model="big-chat")
+    answer, _ = await classify_request(svc, asked, Wishes(), None)
+    assert answer.task.type == "translation"
+    assert (answer.route.pool, answer.route.reason) == ("large", "pinned_model")
+
+
+def test_the_body_is_a_chat_body_with_model_optional() -> None:
+    assert body("hi").model == "auto"
+    with pytest.raises(ValidationError) as unknown:
+        body("hi", temprature=0.5)
+    err = to_api_error(unknown.value)
+    assert (err.status, err.code, err.param) == (400, "unsupported_parameter", "temprature")
+    with pytest.raises(ValidationError) as empty:
+        ClassifyRequest.model_validate({"messages": []})
+    assert to_api_error(empty.value).param == "messages"
+    with pytest.raises(ValidationError):
+        ClassifyRequest.model_validate({"input": "hi"})  # not this endpoint's shape
+
+
+async def test_a_classification_counts_against_the_request_limit() -> None:
+    args = fake_app_args()
+    args["tenants"] = {"acme": {"limits": {"requests_per_minute": 2}}}
+    svc, pools = serving(args)
+    keeper = InProcessKeeper()
+    svc.gate = QuotaGate(svc.config.quotas(), keeper, clock=Clock())
+    wishes = Wishes(tenant="acme")
+    _, headers = await classify_request(svc, body("hi"), wishes, None)
+    assert headers["x-ratelimit-limit-requests"] == "2"
+    await classify_request(svc, body("hi"), wishes, None)
+    with pytest.raises(RateLimitedError):
+        await classify_request(svc, body("hi"), wishes, None)
+    assert pools.calls == []
+    await svc.gate.flush()
+    used = keeper.book.snapshot("tenant:acme", NOW)
+    assert used.requests == 2 and not any(used.used.values())  # no tokens, no dollars
+
+
+async def test_a_spent_budget_refuses_and_a_nearly_spent_one_classifies_frugally() -> None:
+    args = fake_app_args()
+    args["tenants"] = {"acme": {"budget": {"usd_per_day": 1.0}}}
+    svc, _ = serving(args)
+    svc.gate = QuotaGate(svc.config.quotas(), InProcessKeeper(), clock=Clock())
+    svc.gate.spent(["tenant:acme"], NOW, 10, 0.9)
+    answer, _ = await classify_request(
+        svc, body("hi"), Wishes(tenant="acme", strategy="cascade"), None
+    )
+    assert answer.route.strategy == "route"
+    assert any("frugal routing" in note for note in answer.route.notes)
+    svc.gate.spent(["tenant:acme"], NOW, 10, 0.2)
+    with pytest.raises(QuotaExceededError):
+        await classify_request(svc, body("hi"), Wishes(tenant="acme"), None)
+
+
+class KeywordEmbedder:
+    """One dimension per keyword, L2-normalised: similarity is keyword overlap."""
+
+    WORDS = ("python", "code", "story", "poem", "hello", "weather")
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        rows = np.array(
+            [[float(w in t.lower()) for w in self.WORDS] + [0.1] for t in texts],
+            dtype=np.float32,
+        )
+        normed: NDArray[np.float32] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return normed
+
+
+async def test_semantic_similarities_with_confidence() -> None:
+    args = fake_app_args()
+    examples = {"code": ["python code"], "large": ["a story poem"]}
+    args["routing"] = {"semantic": {"enabled": True, "min_similarity": 0.5, "examples": examples}}
+    config, fake = fake_app(args)
+    semantic = SemanticClassifier(KeywordEmbedder(), examples)
+    svc = OpenAIServing(config, InProcessPools(config, fake), semantic)
+    answer, _ = await classify_request(svc, body("tell me a story poem"), Wishes(), None)
+    assert answer.semantic is not None
+    assert answer.semantic.pool == "large"
+    assert answer.semantic.similarities["large"] > 0.9 > answer.semantic.similarities["code"]
+    assert answer.semantic.confidence > 0.99
+    assert answer.route.similarities == answer.semantic.similarities  # the same reading
+    pinned, _ = await classify_request(svc, body("a story", model="small"), Wishes(), None)
+    assert pinned.semantic is None  # routing does not consult it for a pinned model
+
+
+def profile(**readings: Any) -> RequestProfile:
+    return RequestProfile(model="auto", text="x", prompt_tokens=1.0, max_tokens={}, **readings)
+
+
+def test_semantic_confidence_is_the_share_of_the_winner() -> None:
+    config = RoutingConfig.model_validate({"semantic": {"min_similarity": 0.4}})
+    clear = semantic_reading(profile(similarities={"code": 0.8, "large": 0.3}), config)
+    close = semantic_reading(profile(similarities={"code": 0.52, "large": 0.5}), config)
+    none = semantic_reading(profile(similarities={"code": 0.1, "large": 0.2}), config)
+    assert clear is not None and close is not None and none is not None
+    assert (clear.pool, close.pool, none.pool) == ("code", "code", None)
+    assert clear.confidence > 0.99
+    # a 0.02 lead: exp(0.4) : 1 : exp(-2.4) over code, large and "no match"
+    assert close.confidence == pytest.approx(0.568, abs=1e-3)
+    assert none.confidence > 0.95  # far below min_similarity: surely no match
+    assert semantic_reading(profile(), config) is None
+
+
+def test_learned_scores_per_pool_and_confidence() -> None:
+    config = RoutingConfig.model_validate({"learned": {"path": "router.json"}})
+    strong = learned_reading(profile(learned=(0.9, 0.6)), config)
+    weak = learned_reading(profile(learned=(0.3, 0.6)), config)
+    edge = learned_reading(profile(learned=(0.6, 0.6)), config)
+    assert strong is not None and weak is not None and edge is not None
+    assert strong.scores == {"small": 0.1, "large": 0.9}
+    assert (strong.pool, weak.pool, edge.pool) == ("large", "small", "large")
+    assert strong.confidence == pytest.approx(0.75)  # (0.9 - 0.6) / (1 - 0.6)
+    assert weak.confidence == pytest.approx(0.5)  # (0.6 - 0.3) / 0.6
+    assert edge.confidence == 0
+    assert learned_reading(profile(), config) is None
+    assert learned_reading(profile(learned=(0.9, 0.6)), RoutingConfig()) is None
