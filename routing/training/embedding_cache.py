@@ -12,8 +12,8 @@ without a `cache_id` (the tiny test embedders) is not cached at all.
 
 Storage: one SQLite file, `vectors.sqlite3`, under
 `models.prepare.cache_root() / "embeddings" / "vectors"` (never inside the repository;
-`--cache-dir` overrides, `--no-cache` bypasses). A table keyed by the 32-byte digest,
-the vector as float32 bytes: point look-ups stay fast at 10^6 rows without loading an
+`--cache-dir` overrides, `--no-cache` bypasses). A table keyed by the 32-byte digest
+(indexed), the vector as float32 bytes: point look-ups stay fast at 10^6 rows without loading an
 index into memory, concurrent runs are safe (WAL; a row written twice holds the same
 vector), and each chunk is committed as it is embedded, so an interrupted run keeps
 what it paid for. 10^5 MiniLM vectors take ~160 MB on disk.
@@ -63,11 +63,15 @@ class EmbeddingCache:
     def _connect(self) -> sqlite3.Connection:
         self.directory.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60)
+        # NOTE: page size first, it only applies to a new file. 8 KB pages hold five
+        # 1.5 KB MiniLM rows; a WITHOUT ROWID table spilled each row to an overflow page
+        # (447 MB at 10^5 rows against 161 MB, and 3x slower reads).
+        db.execute("PRAGMA page_size=8192")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(
             "CREATE TABLE IF NOT EXISTS vectors "
-            "(key BLOB PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL) WITHOUT ROWID"
+            "(key BLOB PRIMARY KEY, dim INTEGER NOT NULL, vector BLOB NOT NULL)"
         )
         return db
 

@@ -20,8 +20,12 @@ MODEL = "smollm2-135m-instruct"
 
 
 def engine_processes() -> list[str]:
-    done = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True)
-    return [line for line in done.stdout.splitlines() if "VLLM::" in line]
+    """Live vLLM engine processes (a zombie waiting for init to reap it holds nothing)."""
+    done = subprocess.run(
+        ["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True
+    )
+    rows = [line.split(None, 2) for line in done.stdout.splitlines()[1:]]
+    return [" ".join(r) for r in rows if len(r) == 3 and "VLLM::" in r[2] and r[1][0] != "Z"]
 
 
 @pytest.mark.skipif(not is_prepared(MODEL), reason=f"{MODEL} is not prepared (make models)")
