@@ -95,8 +95,11 @@ def _check_embedder(path: str | Path, loaded: LoadedRouter, embedder: Embedder |
 
 
 class _Embedding:
-    """The embedder `score`/`quality` use: MiniLM, created on first use, unless given."""
+    """What both kinds of router share: a scorer over embeddings, the file they are saved
+    as, and the embedder `score`/`quality` use (MiniLM, created on first use, unless
+    given)."""
 
+    scorer: Scorer
     _embedder: Embedder | None
 
     @property
@@ -104,6 +107,24 @@ class _Embedding:
         if self._embedder is None:
             self._embedder = default_embedder()
         return self._embedder
+
+    @property
+    def family(self) -> Family:
+        return self.scorer.family
+
+    @property
+    def dimension(self) -> int:
+        return self.scorer.dimension
+
+    def _fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, arrays_file: str = "router.npz") -> str:
+        """The JSON document; families with large arrays reference `arrays_file`."""
+        return render_router(self._fields(), self.scorer, arrays_file)[0]
+
+    def save(self, path: str | Path) -> None:
+        write_router_file(path, self._fields(), self.scorer)
 
 
 class LearnedRouter(_Embedding):
@@ -145,14 +166,6 @@ class LearnedRouter(_Embedding):
         self.embedding_model = embedding_model
         self._embedder = embedder
 
-    @property
-    def family(self) -> Family:
-        return self.scorer.family
-
-    @property
-    def dimension(self) -> int:
-        return self.scorer.dimension
-
     def score_vectors(self, vectors: NDArray[np.floating]) -> Scores:
         """P(strong needed) for embedding rows of shape (n, dimension); pure numpy."""
         p = self.scorer.predict(_rows(vectors, self.dimension))
@@ -187,13 +200,6 @@ class LearnedRouter(_Embedding):
             "target": self.target,
             "threshold": self.threshold,
         }
-
-    def to_json(self, arrays_file: str = "router.npz") -> str:
-        """The JSON document; families with large arrays reference `arrays_file`."""
-        return render_router(self._fields(), self.scorer, arrays_file)[0]
-
-    def save(self, path: str | Path) -> None:
-        write_router_file(path, self._fields(), self.scorer)
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder | None = None) -> LearnedRouter:
@@ -274,14 +280,6 @@ class PoolRouter(_Embedding):
         self.embedding_model = embedding_model
         self._embedder = embedder
 
-    @property
-    def family(self) -> Family:
-        return self.scorer.family
-
-    @property
-    def dimension(self) -> int:
-        return self.scorer.dimension
-
     def quality_vectors(self, vectors: NDArray[np.floating]) -> Scores:
         """P(correct) per pool, shape (n, N), for embedding rows of shape (n, dimension)."""
         return self.scorer.predict(_rows(vectors, self.dimension))
@@ -326,12 +324,6 @@ class PoolRouter(_Embedding):
             "quality_target": self.policy.value if rule == "quality_target" else None,
             "lam": self.policy.value if rule == "tradeoff" else None,
         }
-
-    def to_json(self, arrays_file: str = "router.npz") -> str:
-        return render_router(self._fields(), self.scorer, arrays_file)[0]
-
-    def save(self, path: str | Path) -> None:
-        write_router_file(path, self._fields(), self.scorer)
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder | None = None) -> PoolRouter:

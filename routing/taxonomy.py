@@ -31,7 +31,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import re2
 
@@ -59,19 +59,11 @@ TaskType = Literal[
     "chat",
     "other",
 ]
-# In order of precedence: a tie goes to the earlier one (the more specific request).
-TASK_TYPES: tuple[TaskType, ...] = (
-    "code",
-    "math",
-    "translation",
-    "summarisation",
-    "extraction",
-    "creative",
-    "reasoning",
-    "chat",
-)
+# In order of precedence (the Literal's order): a tie goes to the earlier one, the more
+# specific request; `other` is what is left when nothing matched.
+TASK_TYPES: tuple[TaskType, ...] = tuple(t for t in get_args(TaskType) if t != "other")
 Complexity = Literal["simple", "moderate", "complex", "expert"]
-COMPLEXITY_LEVELS: tuple[Complexity, ...] = ("simple", "moderate", "complex", "expert")
+COMPLEXITY_LEVELS: tuple[Complexity, ...] = get_args(Complexity)
 LEVEL_FLOORS = (0.0, 1.0, 2.5, 4.5)  # the complexity score at which each level starts
 LEVEL_MARGIN = 1.0  # this far (or more) from a level boundary is full confidence
 
