@@ -6,7 +6,8 @@ Prints numbers and ratios; asserts nothing (machines are shared and noisy).
     python bench/routing.py --no-embed   # skip loading MiniLM
 
 1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier on
-   each embedding backend (torch, ONNX fp32, ONNX int8).
+   each embedding backend (torch, ONNX fp32, ONNX int8); then the whole decision with a
+   learned N-pool router of each family (lr, knn, mf, mlp) on the int8 embedding.
 2. End-to-end latency and engine-seconds of route / cascade / speculative, in-process on
    fake engines with set latencies (small 20 ms/token, large 60 ms/token, 16 tokens), for
    a confident and an unsure small model.
@@ -21,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,10 +46,12 @@ VIEWS = {
 POOLS = {"small": "a", "large": "b", "code": "c"}
 
 
-def profile(text: str, similarities: dict[str, float] | None = None) -> RequestProfile:
+def profile(
+    text: str, similarities: dict[str, float] | None = None, learned: Any = None
+) -> RequestProfile:
     """What `OpenAIServing.profile` hands the planner (the embedding is timed with it)."""
     return RequestProfile(
-        "auto", text, len(text) / 4, dict.fromkeys(POOLS, 128), {}, similarities or {}
+        "auto", text, len(text) / 4, dict.fromkeys(POOLS, 128), {}, similarities or {}, learned
     )
 
 
@@ -89,6 +94,44 @@ def decisions(embed: bool, n: int = 2000) -> None:
             times.append((time.perf_counter() - t) * 1000)
         print(
             f"decision, rules + {label + ':':11}"
+            f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+        )
+    learned_decisions(backends["onnx int8"], SemanticClassifier(backends["onnx int8"], examples))
+
+
+def learned_decisions(embedder: Any, semantic: Any, n: int = 300) -> None:
+    """The whole request-path decision with a learned N-pool router of each family, as
+    `OpenAIServing.profile` + `plan` run it: one int8 embedding shared by the semantic
+    classifier and the router, its reading, the planner. The routers are fitted on random
+    unit vectors with random labels (what a decision costs does not depend on what was
+    learned); knn holds its default maximum of 20,000 stored vectors."""
+    try:
+        from routing.choice import ChoicePolicy
+        from routing.training.families import fit_pools
+    except ImportError:
+        print("learned routers: skipped (needs the [train] extra)")
+        return
+    rng = np.random.default_rng(0)
+    config = RoutingConfig()
+    pools = list(POOLS)
+    for family in ("lr", "knn", "mf", "mlp"):
+        rows = 20_000 if family == "knn" else 4_000
+        x = rng.normal(size=(rows, embedder.dimension)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        y = rng.random((rows, len(pools))) < [0.4, 0.7, 0.6]
+        policy = ChoicePolicy("quality_target", 0.6)
+        router = fit_pools(family, x, y, pools=pools, costs=[1e-4, 1e-3, 8e-4], policy=policy)
+        times = []
+        for i in range(n):
+            text = PROMPTS[i % len(PROMPTS)]
+            t = time.perf_counter()
+            vector = embedder.encode([text])[0]
+            reading = router.read(vector)
+            sims = semantic.similarities_of(vector)
+            plan(profile(text, sims, reading), VIEWS, POOLS, config)
+            times.append((time.perf_counter() - t) * 1000)
+        print(
+            f"decision, rules + int8 + {family + ' N-pool router:':19}"
             f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
         )
 

@@ -61,7 +61,7 @@ from deployments.quota import KeeperClient
 from deployments.router_reload import WatchedRouterFile
 from models.engines.base import EngineStats
 from routing.bandit import ThompsonRouter
-from routing.learned import LearnedRouter
+from routing.learned import LearnedRouter, PoolRouter, load_serving_router
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
 from routing.tiers import tier_of
@@ -165,7 +165,7 @@ class Ingress:
         self.config = config
         self.pools = pools
         semantic = learned = None
-        self.router_file: WatchedRouterFile[LearnedRouter] | None = None
+        self.router_file: WatchedRouterFile[LearnedRouter | PoolRouter] | None = None
         routing = config.routing
         if routing.semantic.enabled or routing.learned is not None:
             from routing.embedding import MiniLMEmbedder
@@ -176,8 +176,10 @@ class Ingress:
                     SemanticClassifier, embedder, routing.semantic.examples
                 )
             if routing.learned is not None:
+                served = list(config.pools)
                 self.router_file = WatchedRouterFile(
-                    routing.learned.path, lambda path: LearnedRouter.load(path, embedder=embedder)
+                    routing.learned.path,
+                    lambda path: load_serving_router(path, served, embedder=embedder),
                 )
                 learned = self.router_file.load()
         # NOTE: the guard must be in place before the first request: the middleware

@@ -76,17 +76,21 @@ class SemanticConfig(StrictConfig):
 
 
 class LearnedConfig(StrictConfig):
-    """A router trained by `switchyard train-router`: P(strong model needed) per request."""
+    """A router trained by `switchyard train-router`: binary (P(strong model needed) per
+    request) or over N pools (P(correct) per pool and a choice rule, in the file)."""
 
     path: str = Field(description="Router JSON written by `switchyard train-router`.")
     threshold: float | None = Field(
         default=None,
         ge=0,
         le=1,
-        description="Send to strong_pool when the score >= threshold; None uses the file's "
-        "calibrated threshold (`switchyard calibrate`).",
+        description="Binary routers: send to strong_pool when the score >= threshold; None "
+        "uses the file's calibrated threshold (`switchyard calibrate`).",
     )
-    strong_pool: str = Field(default="large", description="Pool for requests that need it.")
+    strong_pool: str = Field(
+        default="large",
+        description="Binary routers: the pool for requests that need the strong model.",
+    )
     reload_s: float = Field(
         default=10.0,
         ge=0,

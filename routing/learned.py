@@ -24,37 +24,37 @@ Two kinds of router:
   always one of `eligible_pools`, and `quality`: P(correct) for every pool the router
   knows, eligible or not (for the decision's detail). Eligible pools the router does
   not know are ignored; if it knows none of them, `choose` raises `ValueError` and the
-  caller keeps its own decision. The file's rule decides (`ChoicePolicy`):
+  caller keeps its own decision. The file's rule decides (`routing.choice`: the
+  cheapest pool meeting a quality target, or the best quality - lam * cost).
 
-      quality_target  the cheapest eligible pool whose P(correct) >= target; when none
-                      reaches it, the eligible pool with the highest P(correct).
-      tradeoff        the eligible pool maximising P(correct) - lam * cost (cost in the
-                      file's units, e.g. USD per request).
+On the request path both kinds give the planner a *reading* instead (`read`:
+`routing.choice.StrongScore` or `PoolQuality`), computed once from the request's
+embedding; the planner applies it to the pools it knows the request may use.
 
-  Ties go to the cheaper pool. `choose_pools` is the same rule over many rows at once
+  `choose_pools` is the same rule over many rows at once
   (calibration and evaluation use it). Cost of one decision on one row, 2 CPU cores
   (`bench/train_scale.py`): p50 13 us for lr, 16 us mf, 27 us mlp (`score_vectors`),
   59 us for `choose` over 3 pools; kNN reads all its stored vectors (memory bound:
   ~2 ms p50 at its default 20,000), so it is for comparison more than for serving.
 
-`load_router(path)` returns whichever kind a file holds.
+`load_router(path)` returns whichever kind a file holds; `load_serving_router` also checks
+it against the pools an app serves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from routing.choice import ChoicePolicy, PoolQuality, StrongScore, choose_pools
 from routing.embedding import Embedder
 from routing.router_file import (
     FORMAT_VERSION,
     BinaryTarget,
-    ChoiceRule,
     LoadedRouter,
     read_router_file,
     render_router,
@@ -68,10 +68,13 @@ __all__ = [
     "ChoicePolicy",
     "LearnedRouter",
     "PoolRouter",
+    "PoolQuality",
     "Scores",
+    "StrongScore",
     "choose_pools",
     "default_embedder",
     "load_router",
+    "load_serving_router",
 ]
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -84,6 +87,14 @@ def _rows(vectors: NDArray[np.floating], dimension: int) -> Scores:
     if x.ndim != 2 or x.shape[1] != dimension:
         raise ValueError(f"expected vectors of shape (n, {dimension}), got {x.shape}")
     return x
+
+
+def _one_row(vector: NDArray[np.floating]) -> Scores:
+    row = np.asarray(vector, dtype=np.float64)
+    row = row[None, :] if row.ndim == 1 else row
+    if row.shape[0] != 1:
+        raise ValueError(f"expected one embedding row, got {row.shape[0]}")
+    return row
 
 
 def _check_embedder(path: str | Path, loaded: LoadedRouter, embedder: Embedder | None) -> None:
@@ -173,6 +184,13 @@ class LearnedRouter(_Embedding):
             return np.asarray(p[:, 1] * (1.0 - p[:, 0]), dtype=np.float64)
         return np.asarray(p[:, 0], dtype=np.float64)
 
+    def read(self, vector: NDArray[np.floating], threshold: float, pool: str) -> StrongScore:
+        """This router's reading of one request's embedding row: `pool` (the config's
+        strong pool; the file's names are its training columns) when the score reaches
+        `threshold`."""
+        score = float(self.score_vectors(_one_row(vector))[0])
+        return StrongScore(score, threshold, strong=pool)
+
     def score(self, texts: Sequence[str]) -> Scores:
         """Embed the texts and score them; higher means route to the strong model.
 
@@ -210,50 +228,6 @@ class LearnedRouter(_Embedding):
         return router
 
 
-@dataclass(frozen=True)
-class ChoicePolicy:
-    """How a `PoolRouter` turns per-pool P(correct) into one pool (module docstring)."""
-
-    rule: ChoiceRule
-    value: float  # the quality target in [0, 1], or lam >= 0
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.value) or self.value < 0:
-            raise ValueError(f"{self.rule} value must be finite and >= 0, got {self.value}")
-        if self.rule == "quality_target" and self.value > 1:
-            raise ValueError(f"a quality target is a probability, got {self.value}")
-
-    def describe(self) -> str:
-        if self.rule == "quality_target":
-            return f"cheapest pool with P(correct) >= {self.value:.4g}"
-        return f"max P(correct) - {self.value:.4g} * cost"
-
-
-def choose_pools(
-    quality: NDArray[np.floating],
-    costs: NDArray[np.floating],
-    policy: ChoicePolicy,
-    eligible: NDArray[np.bool_] | None = None,
-) -> NDArray[np.intp]:
-    """The chosen pool's column for each row of `quality` (n, N); `eligible` is (N,) or
-    (n, N). `ValueError` if a row has no eligible pool."""
-    q = np.asarray(quality, dtype=np.float64)
-    c = np.asarray(costs, dtype=np.float64)
-    n, pools = q.shape
-    ok = np.broadcast_to(np.ones(pools, bool) if eligible is None else eligible, (n, pools))
-    if not ok.any(axis=1).all():
-        raise ValueError("no eligible pool to choose from")
-    order = np.lexsort((np.arange(pools), c))  # cheapest first: argmax picks it on ties
-    q, c, ok = q[:, order], c[order], ok[:, order]
-    if policy.rule == "tradeoff":
-        pick = np.argmax(np.where(ok, q - policy.value * c, -np.inf), axis=1)
-    else:
-        meets = ok & (q >= policy.value)
-        best = np.argmax(np.where(ok, q, -np.inf), axis=1)
-        pick = np.where(meets.any(axis=1), np.argmax(meets, axis=1), best)
-    return np.asarray(order[pick], dtype=np.intp)
-
-
 class PoolRouter(_Embedding):
     """P(correct | prompt) for each of N pools, and a choice among the eligible ones."""
 
@@ -287,14 +261,20 @@ class PoolRouter(_Embedding):
     def quality(self, texts: Sequence[str]) -> Scores:
         return self.quality_vectors(self.embedder.encode(texts))
 
+    def read(self, vector: NDArray[np.floating]) -> PoolQuality:
+        """This router's reading of one request's embedding row: P(correct) per pool."""
+        quality = self.quality_vectors(_one_row(vector))[0]
+        return PoolQuality(
+            quality=dict(zip(self.pools, quality.tolist(), strict=True)),
+            costs=dict(zip(self.pools, self.costs.tolist(), strict=True)),
+            policy=self.policy,
+        )
+
     def choose(
         self, vector: NDArray[np.floating], eligible_pools: Collection[str]
     ) -> tuple[str, dict[str, float]]:
         """The pool for one request and P(correct) per known pool (module docstring)."""
-        row = np.asarray(vector, dtype=np.float64)
-        quality = self.quality_vectors(row[None, :] if row.ndim == 1 else row)
-        if quality.shape[0] != 1:
-            raise ValueError(f"choose takes one embedding row, got {quality.shape[0]}")
+        quality = self.quality_vectors(_one_row(vector))
         mask = np.array([p in eligible_pools for p in self.pools])
         if not mask.any():
             raise ValueError(
@@ -360,6 +340,24 @@ def load_router(path: str | Path, embedder: Embedder | None = None) -> LearnedRo
         embedding_model=doc.embedding_model,
         embedder=embedder,
     )
+
+
+def load_serving_router(
+    path: str | Path, pools: Collection[str], embedder: Embedder | None = None
+) -> LearnedRouter | PoolRouter:
+    """`load_router` for an app serving `pools`: an N-pool router (its pools are pool
+    names) that could never choose among them is refused (`ValueError`) before it is
+    served, not discovered per request. A binary router's names are its training
+    columns; `routing.learned.strong_pool` says where it sends."""
+    router = load_router(path, embedder)
+    if isinstance(router, PoolRouter):
+        known = [p for p in router.pools if p in pools]
+        if len(known) < 2:
+            raise ValueError(
+                f"{path}: routes among pools {', '.join(router.pools)}, of which the app "
+                f"serves {', '.join(known) or 'none'}; it needs at least two of them"
+            )
+    return router
 
 
 def default_embedder() -> Embedder:

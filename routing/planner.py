@@ -165,12 +165,12 @@ def plan(
         return replace(decided, max_tokens=profile.max_tokens)
     rules = config.rules
     decision = decide(extract_features(profile.text, rules), rules)
-    learned = config.learned
-    if profile.learned is not None and decision.reason == "default" and learned:
-        score, threshold = profile.learned
-        if score >= threshold and learned.strong_pool in views:
-            detail = f"learned router: P(strong needed)={score:.2f} >= {threshold:.2f}"
-            decision = RouteDecision(learned.strong_pool, "learned", detail)
+    if profile.learned is not None and decision.reason == "default":
+        # NOTE: rules first; the learned router chooses among the pools this request may
+        # use and that are up, so it never names one the plan would then have to drop.
+        picked = profile.learned.choose([p for p, v in views.items() if v.available])
+        if picked is not None and picked != decision.pool:
+            decision = RouteDecision(picked, "learned", profile.learned.describe())
     if decision.pool not in views:
         # NOTE: a profile may leave a pool out (no code pool), a tier may forbid it, or it
         # cannot serve this request: the rule still explains what it saw.
@@ -186,7 +186,7 @@ def plan(
     if strategy == "route":
         decided = _route(decision, views, config, wishes, profile.similarities)
     else:
-        decided = _escalating(strategy, decision, views, config, wishes)
+        decided = _escalating(strategy, decision, views, config, wishes, profile)
     return replace(decided, max_tokens=profile.max_tokens)
 
 
@@ -285,6 +285,7 @@ def _escalating(
     views: Mapping[str, PoolView],
     config: RoutingConfig,
     wishes: Wishes,
+    profile: RequestProfile,
 ) -> Plan:
     rules = config.rules
     source = config.cascade.source_pool
@@ -293,8 +294,15 @@ def _escalating(
         note = f"{strategy} skipped: pool {source!r} is not in tier {wishes.tier!r}"
         return replace(routed, notes=(*routed.notes, note))
     wanted = rules.code_pool if decision.reason == "code_markers" else rules.large_pool
+    chooser = ""
+    if profile.learned is not None and decision.reason in ("default", "learned"):
+        # The learned router picks where to escalate, among the pools above the source.
+        above = [p for p, v in views.items() if p != source and v.available]
+        picked = profile.learned.choose(above)
+        if picked is not None:
+            wanted, chooser = picked, f"; target chosen by the {profile.learned.describe()}"
     target = wanted if wanted in views and wanted != source else None
-    detail = f"{source!r} first, escalating to {target!r} ({decision.reason})"
+    detail = f"{source!r} first, escalating to {target!r} ({decision.reason}){chooser}"
 
     def direct(pool: str, note: str) -> Plan:
         return Plan(

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from routing.choice import LearnedScores
+
 
 class ModelLimits(Protocol):
     """What the profile reads from a catalog entry (`models.catalog.ModelSpec`)."""
@@ -46,7 +48,7 @@ class RequestProfile:
     max_tokens: Mapping[str, int]  # pool -> tokens it would generate at most
     unservable: Mapping[str, Refusal] = field(default_factory=dict)  # pool -> why not
     similarities: Mapping[str, float] = field(default_factory=dict)  # semantic classifier
-    learned: tuple[float, float] | None = None  # learned router: (P(strong needed), threshold)
+    learned: LearnedScores | None = None  # the learned router's reading (routing.choice)
 
     def servable(self, pool: str) -> bool:
         return pool not in self.unservable
@@ -62,7 +64,7 @@ def profile_request(
     pool_models: Mapping[str, ModelLimits],
     chars_per_token: float,
     similarities: Mapping[str, float] | None = None,
-    learned: tuple[float, float] | None = None,
+    learned: LearnedScores | None = None,
 ) -> RequestProfile:
     """The profile of one request against the pools' models (`pool_models`: pool -> spec)."""
     max_tokens: dict[str, int] = {}

@@ -77,14 +77,16 @@ class AdaptiveRouting:
         views: Mapping[str, PoolView],
         routing: RoutingConfig,
         wishes: Wishes,
+        *,
+        explore: bool = True,
     ) -> tuple[Plan, Pick]:
-        """The plan, maybe with another of its candidates; and the arm to learn about."""
+        """The plan, maybe with another of its candidates; and the arm to learn about.
+        `explore=False` (a dry run) gives the best pool known, as for a frugal request."""
         if decided.strategy != "route" or len(decided.candidates) < 2:
             return decided, Pick(context, decided.pool)
         costs = {p: views[p].cost_per_request for p in decided.candidates}
-        choice = self.bandit.choose(
-            context, decided.candidates, costs=costs, frugal=wishes.frugal is not None
-        )
+        greedy = wishes.frugal is not None or not explore
+        choice = self.bandit.choose(context, decided.candidates, costs=costs, frugal=greedy)
         pool = choice.pool
         if pool != decided.pool and not choice.explored:
             known = min(self.bandit.evidence(context, p) for p in (pool, decided.pool))

@@ -28,6 +28,7 @@ from deployments.openai.protocol import (
     TaskReading,
 )
 from deployments.openai.serving import OpenAIServing
+from routing.choice import StrongScore
 from routing.config import RoutingConfig
 from routing.planner import Wishes
 from routing.profile import RequestProfile
@@ -54,11 +55,11 @@ async def classify_request(
         if admission.frugal:
             wishes = replace(wishes, frugal=admission.frugal)
     text = "\n".join(m.text() for m in body.messages)
-    decided, profile = await serving.plan(body, text, wishes, chat=True)
     routing = serving.config.routing
+    reading = classify(text, routing.rules)
+    decided, profile = await serving.plan(body, text, wishes, chat=True, task=reading.task)
     features = extract_features(text, routing.rules)
     rules = decide(features, routing.rules)
-    reading = classify(text, routing.rules)
     answer = ClassifyResponse(
         task=TaskReading(
             type=reading.task,
@@ -108,19 +109,44 @@ def semantic_reading(profile: RequestProfile, config: RoutingConfig) -> Semantic
 
 
 def learned_reading(profile: RequestProfile, config: RoutingConfig) -> LearnedReading | None:
-    """The learned router's scores per pool and what it alone would choose.
+    """The learned router's scores per pool and what it alone would choose, among the
+    pools that can serve the request.
 
-    Confidence is the score's distance from the threshold over the room on its side
-    (0 at the threshold, 1 at 0 or 1).
+    Confidence is how far the deciding number is from flipping the choice, over the room
+    on its side (0: on the edge, 1: as far as it can be): the score against the
+    threshold (binary), the chosen pool's P(correct) against the quality target, or its
+    lead in P(correct) - lam * cost over the runner-up (tradeoff).
     """
-    if profile.learned is None or config.learned is None:
+    reading = profile.learned
+    if reading is None:
         return None
-    score, threshold = profile.learned
-    strong, weak = config.learned.strong_pool, config.rules.default_pool
-    scores = {weak: round(1.0 - score, 4), strong: round(score, 4)}
-    chosen = strong if score >= threshold else weak
-    room = 1.0 - threshold if score >= threshold else threshold
-    confidence = min(1.0, abs(score - threshold) / room) if room > 0 else 1.0
+    if isinstance(reading, StrongScore):
+        score, threshold = reading.score, reading.threshold
+        scores = {config.rules.default_pool: round(1.0 - score, 4), reading.strong: round(score, 4)}
+        chosen = reading.strong if score >= threshold else config.rules.default_pool
+        return LearnedReading(
+            rule="threshold", scores=scores, threshold=threshold, pool=chosen,
+            confidence=_margin(score, threshold),
+        )  # fmt: skip
+    servable = [p for p in reading.quality if profile.servable(p) and p in profile.max_tokens]
+    pool = reading.choose(servable)
+    quality = {p: round(q, 4) for p, q in reading.quality.items()}
+    policy = reading.policy
+    if pool is None:
+        confidence = 0.0
+    elif policy.rule == "quality_target":
+        confidence = _margin(reading.quality[pool], policy.value)
+    else:
+        value = {p: reading.quality[p] - policy.value * reading.costs[p] for p in servable}
+        rest = [v for p, v in value.items() if p != pool]
+        confidence = min(1.0, value[pool] - max(rest)) if rest else 1.0
     return LearnedReading(
-        scores=scores, threshold=threshold, pool=chosen, confidence=round(confidence, 3)
-    )
+        rule=policy.rule, scores=quality, pool=pool, confidence=round(confidence, 3),
+        threshold=policy.value if policy.rule == "quality_target" else None,
+        lam=policy.value if policy.rule == "tradeoff" else None,
+    )  # fmt: skip
+
+
+def _margin(value: float, threshold: float) -> float:
+    room = 1.0 - threshold if value >= threshold else threshold
+    return round(min(1.0, abs(value - threshold) / room) if room > 0 else 1.0, 3)

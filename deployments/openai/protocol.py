@@ -308,10 +308,16 @@ class SemanticReading(BaseModel):
 
 
 class LearnedReading(BaseModel):
-    scores: dict[str, float] = Field(description="Per pool: P(strong needed), P(weak will do).")
-    threshold: float
-    pool: str = Field(description="What the learned router alone would choose.")
-    confidence: float = Field(description="Distance from the threshold, 0..1.")
+    rule: Literal["threshold", "quality_target", "tradeoff"] = Field(
+        description="`threshold`: a binary router; the others: an N-pool router's rule."
+    )
+    scores: dict[str, float] = Field(
+        description="Binary: P(strong needed) and P(weak will do); N-pool: P(correct) per pool."
+    )
+    threshold: float | None = Field(default=None, description="Score threshold or quality target.")
+    lam: float | None = Field(default=None, description="`tradeoff`: the weight of cost.")
+    pool: str | None = Field(description="What the learned router alone would choose.")
+    confidence: float = Field(description="How far the choice is from flipping, 0..1.")
 
 
 class ClassifyResponse(BaseModel):

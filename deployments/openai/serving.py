@@ -54,7 +54,8 @@ from models.engines.base import (
     GenerationRequest,
     SamplingOptions,
 )
-from routing.learned import LearnedRouter
+from routing.choice import LearnedScores
+from routing.learned import LearnedRouter, PoolRouter
 from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
 from routing.profile import RequestProfile, profile_request
 from routing.semantic import SemanticClassifier
@@ -110,7 +111,7 @@ class OpenAIServing:
         config: AppConfig,
         pools: PoolClient,
         semantic: SemanticClassifier | None = None,
-        learned: LearnedRouter | None = None,
+        learned: LearnedRouter | PoolRouter | None = None,
         metrics: RequestMetrics | None = None,
         ledger: LedgerSink | None = None,
         gate: QuotaGate | None = None,
@@ -123,11 +124,10 @@ class OpenAIServing:
         self.gate = gate
         self.pools = pools
         self.semantic = semantic
-        self.learned = learned
-        # Config overrides the router file's calibrated threshold; 0.5 if neither has one.
-        cfg = config.routing.learned
-        chosen = [cfg.threshold if cfg else None, learned.threshold if learned else None]
-        self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
+        self.learned: LearnedRouter | PoolRouter | None = None
+        self._learned_threshold = 0.5
+        if learned is not None:
+            self.use_learned(learned)
         self._pool_models = config.pool_models()
         self._pool_specs = {name: config.model(model) for name, model in self._pool_models.items()}
         self.monitor = PoolMonitor(
@@ -139,9 +139,11 @@ class OpenAIServing:
         large = config.pools.get(config.routing.rules.large_pool)
         self._large_model = config.model(large.model) if large else None
 
-    def use_learned(self, router: LearnedRouter) -> None:
-        """Serve `router` from the next request on (a new router file, see
-        `deployments.router_reload`); the config's threshold still wins over the file's.
+    def use_learned(self, router: LearnedRouter | PoolRouter) -> None:
+        """Serve `router` from the next request on (at start, and for a new router file,
+        see `deployments.router_reload`). A binary router is held to the config's
+        threshold, else its file's calibrated one, else 0.5; an N-pool router carries
+        its own choice rule.
 
         NOTE: called on the event loop, where `profile` reads the threshold: every request
         planned after the call uses the new router and threshold. One whose embedding is
@@ -149,7 +151,8 @@ class OpenAIServing:
         threshold, once.
         """
         cfg = self.config.routing.learned
-        chosen = [cfg.threshold if cfg else None, router.threshold]
+        filed = router.threshold if isinstance(router, LearnedRouter) else None
+        chosen = [cfg.threshold if cfg else None, filed]
         self.learned = router
         self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
 
@@ -177,9 +180,7 @@ class OpenAIServing:
         learned = None
         if body.model == AUTO_MODEL and (self.semantic or self.learned):
             # NOTE: embedding costs a few ms of CPU: off the event loop, and only once.
-            similarities, score = await asyncio.to_thread(self._classify, text)
-            if score is not None:
-                learned = (score, self._learned_threshold)
+            similarities, learned = await asyncio.to_thread(self._classify, text)
         return profile_request(
             body.model,
             text,
@@ -192,14 +193,18 @@ class OpenAIServing:
             learned=learned,
         )
 
-    def _classify(self, text: str) -> tuple[dict[str, float], float | None]:
+    def _classify(self, text: str) -> tuple[dict[str, float], LearnedScores | None]:
         """Embed the request once; both classifiers read the same vector."""
         model = self.semantic or self.learned
         assert model is not None
         vectors = model.embedder.encode([text])
         similarities = self.semantic.similarities_of(vectors[0]) if self.semantic else {}
-        score = float(self.learned.score_vectors(vectors)[0]) if self.learned else None
-        return similarities, score
+        router = self.learned
+        if isinstance(router, LearnedRouter):
+            cfg = self.config.routing.learned
+            strong = cfg.strong_pool if cfg else self.config.routing.rules.large_pool
+            return similarities, router.read(vectors[0], self._learned_threshold, strong)
+        return similarities, router.read(vectors[0]) if router is not None else None
 
     def views(self, profile: RequestProfile) -> dict[str, PoolView]:
         """Pool views for the planner, from config and live load; never blocks."""
@@ -227,18 +232,27 @@ class OpenAIServing:
         wishes: Wishes,
         chat: bool,
         flight: InFlight | None = None,
+        task: str | None = None,
     ) -> tuple[Plan, RequestProfile]:
         """The plan (the adaptive router's pick included) and the profile it came from;
-        the request's `flight` keeps the pick, so its end and its feedback teach it."""
+        the request's `flight` keeps the pick, so its end and its feedback teach it.
+
+        Without a `flight` this is a dry run (`/v1/route`, `/v1/classify`): it shows what
+        the adaptive router knows best and never explores, so asking spends none of the
+        exploration credit that served requests get. `task`: the taxonomy's task type,
+        when the caller has already read it.
+        """
         profile = await self.profile(body, text, chat)
         views = self.views(profile)
         routing = self.config.routing
         decided = plan(profile, views, self._pool_models, routing, wishes)
         if self.adaptive is not None:
-            task = classify(text, routing.rules).task
+            task = task or classify(text, routing.rules).task
             context = self.adaptive.context(task, profile.model, wishes)
             if context is not None:
-                decided, pick = self.adaptive.choose(decided, context, views, routing, wishes)
+                decided, pick = self.adaptive.choose(
+                    decided, context, views, routing, wishes, explore=flight is not None
+                )
                 if flight is not None:
                     flight.pick = pick
         return decided, profile

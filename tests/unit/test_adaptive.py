@@ -88,3 +88,15 @@ def test_outcomes_are_evidence_about_the_chosen_pool() -> None:
     adaptive.finished(Pick("chat", "small"), "client_error", None)  # nor a client mistake
     alpha, beta = bandit.router.posterior("chat", "small")
     assert (alpha, beta) == (1.0, pytest.approx(1.0 + 1.0 + 0.5))
+
+
+def test_a_dry_run_shows_the_best_known_pool_and_spends_no_exploration() -> None:
+    bandit = Local(explore_share=0.5)  # a real request may explore every other time
+    adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True, explore_share=0.5), bandit)
+    decided, pools = planned("Fix my python function")
+    for _ in range(200):  # dry runs: never exploring, so never a pool but the policy's
+        shown, pick = adaptive.choose(decided, "code", pools, CONFIG, Wishes(), explore=False)
+        assert (shown.pool, pick.pool) == ("code", "code")
+    assert bandit.router._credit.get("code", 0.0) == 0.0  # and they saved no credit up
+    served = [adaptive.choose(decided, "code", pools, CONFIG, Wishes())[0].pool for _ in range(40)]
+    assert set(served) != {"code"}  # served requests do explore (no evidence yet: priors)

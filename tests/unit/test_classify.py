@@ -15,9 +15,10 @@ from deployments.openai.classify import classify_request, learned_reading, seman
 from deployments.openai.errors import to_api_error
 from deployments.openai.protocol import ClassifyRequest
 from deployments.openai.serving import OpenAIServing
+from routing.choice import ChoicePolicy, PoolQuality, StrongScore
 from routing.config import RoutingConfig
 from routing.planner import Wishes
-from routing.profile import RequestProfile
+from routing.profile import Refusal, RequestProfile
 from routing.semantic import SemanticClassifier
 from tenancy.gate import QuotaGate
 from tests.conftest import fake_app, fake_app_args
@@ -160,7 +161,8 @@ async def test_semantic_similarities_with_confidence() -> None:
 
 
 def profile(**readings: Any) -> RequestProfile:
-    return RequestProfile(model="auto", text="x", prompt_tokens=1.0, max_tokens={}, **readings)
+    readings.setdefault("max_tokens", {})
+    return RequestProfile(model="auto", text="x", prompt_tokens=1.0, **readings)
 
 
 def test_semantic_confidence_is_the_share_of_the_winner() -> None:
@@ -179,14 +181,39 @@ def test_semantic_confidence_is_the_share_of_the_winner() -> None:
 
 def test_learned_scores_per_pool_and_confidence() -> None:
     config = RoutingConfig.model_validate({"learned": {"path": "router.json"}})
-    strong = learned_reading(profile(learned=(0.9, 0.6)), config)
-    weak = learned_reading(profile(learned=(0.3, 0.6)), config)
-    edge = learned_reading(profile(learned=(0.6, 0.6)), config)
+    strong = learned_reading(profile(learned=StrongScore(0.9, 0.6, "large")), config)
+    weak = learned_reading(profile(learned=StrongScore(0.3, 0.6, "large")), config)
+    edge = learned_reading(profile(learned=StrongScore(0.6, 0.6, "large")), config)
     assert strong is not None and weak is not None and edge is not None
     assert strong.scores == {"small": 0.1, "large": 0.9}
+    assert (strong.rule, strong.threshold) == ("threshold", 0.6)
     assert (strong.pool, weak.pool, edge.pool) == ("large", "small", "large")
     assert strong.confidence == pytest.approx(0.75)  # (0.9 - 0.6) / (1 - 0.6)
     assert weak.confidence == pytest.approx(0.5)  # (0.6 - 0.3) / 0.6
     assert edge.confidence == 0
     assert learned_reading(profile(), config) is None
-    assert learned_reading(profile(learned=(0.9, 0.6)), RoutingConfig()) is None
+
+
+def test_an_n_pool_reading_chooses_among_servable_pools() -> None:
+    costs = {"small": 1.0, "code": 2.0, "large": 10.0}
+    quality = {"small": 0.4, "code": 0.8, "large": 0.9}
+    tokens = dict.fromkeys(costs, 16)
+    target = PoolQuality(quality, costs, ChoicePolicy("quality_target", 0.6))
+    reading = learned_reading(profile(learned=target, max_tokens=tokens), RoutingConfig())
+    assert reading is not None
+    assert (reading.rule, reading.pool, reading.threshold, reading.lam) == (
+        "quality_target", "code", 0.6, None,
+    )  # fmt: skip
+    assert reading.scores == quality
+    assert reading.confidence == pytest.approx(0.5)  # (0.8 - 0.6) / (1 - 0.6)
+    # code cannot serve this request: the reading says what the router would do instead
+    refused = {"code": Refusal("model", "completion-only")}
+    without = learned_reading(
+        profile(learned=target, max_tokens=tokens, unservable=refused), RoutingConfig()
+    )
+    assert without is not None and without.pool == "large"
+    tradeoff = PoolQuality(quality, costs, ChoicePolicy("tradeoff", 0.01))
+    lead = learned_reading(profile(learned=tradeoff, max_tokens=tokens), RoutingConfig())
+    # values: small 0.39, code 0.78, large 0.80: large leads code by 0.02
+    assert lead is not None and (lead.pool, lead.lam) == ("large", 0.01)
+    assert lead.confidence == pytest.approx(0.02)

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from core.errors import PromptError
+from routing.choice import ChoicePolicy, PoolQuality, StrongScore
 from routing.config import RoutingConfig
 from routing.planner import PoolView, Wishes, match_scores, objective, plan
 from routing.profile import Refusal, RequestProfile
@@ -154,13 +155,51 @@ def test_objective_normalises_latency_and_cost() -> None:
 
 def test_learned_router_sends_hard_requests_to_strong_pool() -> None:
     config = RoutingConfig.model_validate({"learned": {"path": "router.json"}})
-    hard = auto("Is it true?", config=config, learned=(0.8, 0.69))
+    hard = auto("Is it true?", config=config, learned=StrongScore(0.8, 0.69, "large"))
     assert (hard.pool, hard.reason) == ("large", "learned")
     assert "0.80 >= 0.69" in hard.detail
-    easy = auto("Is it true?", config=config, learned=(0.2, 0.69))
+    easy = auto("Is it true?", config=config, learned=StrongScore(0.2, 0.69, "large"))
     assert (easy.pool, easy.reason) == ("small", "default")
-    code = auto("fix my python", config=config, learned=(0.9, 0.69))
+    code = auto("fix my python", config=config, learned=StrongScore(0.9, 0.69, "large"))
     assert code.pool == "code"  # rules come first
+
+
+def pool_quality(rule: str = "quality_target", value: float = 0.6, **quality: float) -> Any:
+    costs = {"small": 0.0001, "code": 0.0002, "large": 0.001}
+    return PoolQuality(quality, {p: costs[p] for p in quality}, ChoicePolicy(rule, value))  # type: ignore[arg-type]
+
+
+def test_an_n_pool_router_picks_any_pool_and_only_eligible_ones() -> None:
+    reading = pool_quality(small=0.3, code=0.7, large=0.9)
+    decided = auto("Is it true?", learned=reading)
+    # the cheapest pool reaching 0.6 is code, which no rule and no binary router can pick
+    assert (decided.pool, decided.reason) == ("code", "learned")
+    assert "P(correct) small 0.30, code 0.70, large 0.90" in decided.detail
+    # a tier without code: the router chooses among what the tier allows
+    tier = auto("Is it true?", learned=reading, wishes=Wishes(pools=frozenset({"small", "large"})))
+    assert (tier.pool, tier.reason) == ("large", "learned")
+    # code's circuit is open: large, never the pool that is down
+    down = auto("Is it true?", learned=reading, views=views(code=dict(available=False)))
+    assert (down.pool, down.reason) == ("large", "learned")
+    # small reaches the target: the cheapest pool, and the rules still come first
+    easy = auto("Is it true?", learned=pool_quality(small=0.8, code=0.9, large=0.95))
+    assert (easy.pool, easy.reason) == ("small", "default")
+    assert auto("Explain why, step by step", learned=reading).reason == "complex_task"
+
+
+def test_an_n_pool_router_chooses_the_cascade_escalation_target() -> None:
+    # small first; the router says code is the cheapest pool that gets this right
+    reading = pool_quality(small=0.2, code=0.65, large=0.7)
+    decided = auto("Is it true?", learned=reading, wishes=Wishes(strategy="cascade"))
+    assert (decided.strategy, decided.pool, decided.target) == ("cascade", "small", "code")
+    assert "target chosen by the learned router" in decided.detail
+    # tradeoff: with cost nearly free, the best quality (large) is the target
+    best = pool_quality("tradeoff", 0.001, small=0.2, code=0.65, large=0.7)
+    spec = auto("Is it true?", learned=best, wishes=Wishes(strategy="speculative"))
+    assert (spec.strategy, spec.pool, spec.target) == ("speculative", "small", "large")
+    # the target is never the source, nor a pool the tier leaves out
+    tier = Wishes(strategy="cascade", pools=frozenset({"small", "large"}))
+    assert auto("Is it true?", learned=reading, wishes=tier).target == "large"
 
 
 # --- what decided, and pools that cannot serve -------------------------------------

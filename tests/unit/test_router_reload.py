@@ -11,7 +11,10 @@ import pytest
 
 from deployments.openai.serving import OpenAIServing
 from deployments.router_reload import WatchedRouterFile
-from routing.learned import LearnedRouter
+from routing.choice import ChoicePolicy
+from routing.learned import LearnedRouter, PoolRouter, load_serving_router
+from routing.planner import Wishes
+from routing.scorers import LogisticScorer
 from tests.conftest import fake_app_args
 from tests.unit.test_learned import HashingEmbedder
 from tests.unit.test_serving import chat, serving
@@ -156,3 +159,43 @@ def test_the_new_files_threshold_applies_unless_the_config_sets_one(tmp_path: Pa
     pinned = learned_serving(path, threshold=0.9)
     pinned.use_learned(router(0.0, threshold=0.2))
     assert pinned._learned_threshold == 0.9
+
+
+def pool_router(**logits: float) -> PoolRouter:
+    """An N-pool router whose P(correct) per pool is sigmoid(logit) for every prompt."""
+    pools = list(logits)
+    scorer = LogisticScorer(
+        np.zeros((len(pools), EMBEDDER.dimension)), np.array(list(logits.values()))
+    )
+    costs = {"small": 0.0001, "code": 0.0002, "large": 0.001}
+    return PoolRouter(
+        pools=pools, costs=[costs[p] for p in pools], scorer=scorer,
+        policy=ChoicePolicy("quality_target", 0.6), embedder=EMBEDDER,
+    )  # fmt: skip
+
+
+async def test_an_n_pool_router_file_replaces_a_binary_one_and_can_pick_code(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.json"
+    router(-3.0).save(path)
+    svc = learned_serving(path)
+    assert (await svc.chat(chat(text="Is it true?"))).route.pool == "small"
+    # P(correct): small 0.27, code 0.73, large 0.88: code is the cheapest reaching 0.6
+    pool_router(small=-1.0, code=1.0, large=2.0).save(path)
+    bump_mtime(path)
+    svc.use_learned(load_serving_router(path, ["small", "large", "code"], embedder=EMBEDDER))
+    routed = await svc.chat(chat(text="Is it true?"))
+    assert (routed.route.pool, routed.route.reason) == ("code", "learned")
+    # the same reading picks the cascade's escalation target: code, not the default large
+    wishes = Wishes(strategy="cascade")
+    decided, _ = await svc.plan(chat(text="Is it true?"), "Is it true?", wishes, chat=True)
+    assert (decided.pool, decided.target) == ("small", "code")
+
+
+def test_an_n_pool_router_for_other_pools_is_refused_before_it_is_served(tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    pool_router(small=0.0, code=1.0, large=2.0).save(path)
+    with pytest.raises(ValueError, match="serves small; it needs at least two"):
+        load_serving_router(path, ["small", "tiny"], embedder=EMBEDDER)
+    assert load_serving_router(path, ["small", "code"], embedder=EMBEDDER).family == "lr"
