@@ -337,7 +337,7 @@ class Ingress:
                 self._router_log.failed(exc)
                 continue
             if router is not None:
-                self.serving.use_learned(router)
+                self.serving.planning.use_learned(router)
 
     async def _report_spend(self) -> None:
         """What this replica's requests spent, to the quota keeper, twice a second."""

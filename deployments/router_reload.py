@@ -9,7 +9,7 @@ and swaps the new router in. What makes that safe:
   reloaded.
 - The new router is loaded and validated completely (with the `.npz` beside the JSON
   that some families have, see `routing.router_file`), off the event loop, before it
-  replaces the old one in a single assignment (`OpenAIServing.use_learned`), so a request
+  replaces the old one in a single assignment (`Planning.use_learned`), so a request
   sees either router, never a half-loaded one.
 - A file that does not load (half copied, hand-edited, from another embedding model, or
   deleted) leaves the router in use serving, with one warning per broken version. It is

@@ -1,7 +1,7 @@
 """`POST /v1/classify`: what routing reads in a request, and what it would do with it.
 
-A dry run like `POST /v1/route`, reusing its planning (`OpenAIServing.plan`: the same
-profile, the same one embedding for both classifiers, the same planner), with the
+A dry run like `POST /v1/route`, reusing its planning (`deployments.openai.planning`:
+the same profile, the same one embedding for both classifiers, the same planner), with the
 readings behind the decision laid out: the taxonomy (`routing.taxonomy`: task type and
 complexity level), the rule features and the rules' own choice, the semantic
 classifier's similarities and the learned router's scores, each with a confidence.
@@ -57,7 +57,7 @@ async def classify_request(
     text = "\n".join(m.text() for m in body.messages)
     routing = serving.config.routing
     reading = classify(text, routing.rules)
-    decided, profile = await serving.plan(body, text, wishes, chat=True, task=reading.task)
+    decided, profile = await serving.planning.plan(body, text, wishes, chat=True, task=reading.task)
     features = extract_features(text, routing.rules)
     rules = decide(features, routing.rules)
     answer = ClassifyResponse(
@@ -81,7 +81,7 @@ async def classify_request(
         rules=RuleReading(pool=rules.pool, reason=rules.reason, detail=rules.detail),
         semantic=semantic_reading(profile, routing),
         learned=learned_reading(profile, routing),
-        route=serving.describe(decided, profile),
+        route=serving.planning.describe(decided, profile),
     )
     return answer, headers
 

@@ -2,8 +2,9 @@
 
 Independent of Ray: pools are reached through `PoolClient`, which the ingress backs with
 Serve handles and unit tests back with fake engines. A reader finds the request path
-here: validate -> `RequestProfile` (routing/profile.py, once) -> `plan`
-(routing/planner.py, pure) -> `Executor` (execution/, pools) -> response.
+here: validate -> `Planning.plan` (planning.py: the `RequestProfile`, once, then
+routing/planner.py, pure, then the adaptive router's pick) -> `Executor` (execution/,
+pools) -> response.
 
 Streaming: `route` streams tokens as the pool produces them (falling back to the next
 pool only before the first token). `cascade` and `speculative` stream once an answer is
@@ -13,7 +14,6 @@ answer that gets rejected is never shown.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -28,6 +28,7 @@ from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting
 from deployments.openai.errors import outcome_of
 from deployments.openai.inflight import InFlight, ledger_entry
+from deployments.openai.planning import Planning
 from deployments.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -54,12 +55,9 @@ from models.engines.base import (
     GenerationRequest,
     SamplingOptions,
 )
-from routing.choice import LearnedScores
 from routing.learned import LearnedRouter, PoolRouter
-from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, plan
-from routing.profile import RequestProfile, profile_request
+from routing.planner import AUTO_MODEL, Plan, Wishes
 from routing.semantic import SemanticClassifier
-from routing.taxonomy import classify
 from tenancy.gate import QuotaGate
 from tenancy.ledger import LedgerEntry
 
@@ -123,11 +121,6 @@ class OpenAIServing:
         self.ledger = ledger
         self.gate = gate
         self.pools = pools
-        self.semantic = semantic
-        self.learned: LearnedRouter | PoolRouter | None = None
-        self._learned_threshold = 0.5
-        if learned is not None:
-            self.use_learned(learned)
         self._pool_models = config.pool_models()
         self._pool_specs = {name: config.model(model) for name, model in self._pool_models.items()}
         self.monitor = PoolMonitor(
@@ -135,26 +128,10 @@ class OpenAIServing:
             config.routing.fallback.failure_threshold,
             config.routing.fallback.cooldown_s,
         )
+        self.planning = Planning(config, self.monitor, semantic, learned, adaptive)
         self.executor = Executor(pools, self.monitor, self.metrics)
         large = config.pools.get(config.routing.rules.large_pool)
         self._large_model = config.model(large.model) if large else None
-
-    def use_learned(self, router: LearnedRouter | PoolRouter) -> None:
-        """Serve `router` from the next request on (at start, and for a new router file,
-        see `deployments.router_reload`). A binary router is held to the config's
-        threshold, else its file's calibrated one, else 0.5; an N-pool router carries
-        its own choice rule.
-
-        NOTE: called on the event loop, where `profile` reads the threshold: every request
-        planned after the call uses the new router and threshold. One whose embedding is
-        running in a thread at that moment may pair the old router's score with the new
-        threshold, once.
-        """
-        cfg = self.config.routing.learned
-        filed = router.threshold if isinstance(router, LearnedRouter) else None
-        chosen = [cfg.threshold if cfg else None, filed]
-        self.learned = router
-        self._learned_threshold = next((t for t in chosen if t is not None), 0.5)
 
     def models(self) -> ModelList:
         now = int(time.time())
@@ -174,112 +151,12 @@ class OpenAIServing:
 
     # --- planning -----------------------------------------------------------------
 
-    async def profile(self, body: SamplingFields, text: str, chat: bool) -> RequestProfile:
-        """The request's facts, once: tokens per pool, what cannot serve it, its embedding."""
-        similarities: dict[str, float] = {}
-        learned = None
-        if body.model == AUTO_MODEL and (self.semantic or self.learned):
-            # NOTE: embedding costs a few ms of CPU: off the event loop, and only once.
-            similarities, learned = await asyncio.to_thread(self._classify, text)
-        return profile_request(
-            body.model,
-            text,
-            chat=chat,
-            requested_max_tokens=body.requested_max_tokens,
-            min_tokens=body.min_tokens,
-            pool_models=self._pool_specs,
-            chars_per_token=self.config.routing.rules.chars_per_token,
-            similarities=similarities,
-            learned=learned,
-        )
-
-    def _classify(self, text: str) -> tuple[dict[str, float], LearnedScores | None]:
-        """Embed the request once; both classifiers read the same vector."""
-        model = self.semantic or self.learned
-        assert model is not None
-        vectors = model.embedder.encode([text])
-        similarities = self.semantic.similarities_of(vectors[0]) if self.semantic else {}
-        router = self.learned
-        if isinstance(router, LearnedRouter):
-            cfg = self.config.routing.learned
-            strong = cfg.strong_pool if cfg else self.config.routing.rules.large_pool
-            return similarities, router.read(vectors[0], self._learned_threshold, strong)
-        return similarities, router.read(vectors[0]) if router is not None else None
-
-    def views(self, profile: RequestProfile) -> dict[str, PoolView]:
-        """Pool views for the planner, from config and live load; never blocks."""
-        monitor = self.monitor
-        views = {}
-        for name, pool in self.config.pools.items():
-            state = monitor.state(name)
-            tokens = profile.max_tokens[name]
-            per_token = state.seconds_per_token or 1.0 / pool.tokens_per_s
-            queued = state.stats.running + state.stats.waiting
-            views[name] = PoolView(
-                name=name,
-                quality=pool.quality,
-                cost_per_request=self._pool_specs[name].cost.of(profile.prompt_tokens, tokens),
-                expected_latency_s=per_token * tokens * (1 + queued / pool.max_ongoing_requests),
-                saturated=monitor.saturated(name),
-                available=monitor.available(name),
-            )
-        return views
-
-    async def plan(
-        self,
-        body: SamplingFields,
-        text: str,
-        wishes: Wishes,
-        chat: bool,
-        flight: InFlight | None = None,
-        task: str | None = None,
-    ) -> tuple[Plan, RequestProfile]:
-        """The plan (the adaptive router's pick included) and the profile it came from;
-        the request's `flight` keeps the pick, so its end and its feedback teach it.
-
-        Without a `flight` this is a dry run (`/v1/route`, `/v1/classify`): it shows what
-        the adaptive router knows best and never explores, so asking spends none of the
-        exploration credit that served requests get. `task`: the taxonomy's task type,
-        when the caller has already read it.
-        """
-        profile = await self.profile(body, text, chat)
-        views = self.views(profile)
-        routing = self.config.routing
-        decided = plan(profile, views, self._pool_models, routing, wishes)
-        if self.adaptive is not None:
-            task = task or classify(text, routing.rules).task
-            context = self.adaptive.context(task, profile.model, wishes)
-            if context is not None:
-                decided, pick = self.adaptive.choose(
-                    decided, context, views, routing, wishes, explore=flight is not None
-                )
-                if flight is not None:
-                    flight.pick = pick
-        return decided, profile
-
     async def dry_run(
         self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
     ) -> RoutePlanResponse:
         """`POST /v1/route`: the decision for a request, without generating."""
-        decided, profile = await self.plan(body, text, wishes, chat)
-        return self.describe(decided, profile)
-
-    def describe(self, decided: Plan, profile: RequestProfile) -> RoutePlanResponse:
-        """A plan as `POST /v1/route` shows it (also part of `POST /v1/classify`)."""
-        return RoutePlanResponse(
-            strategy=decided.strategy,
-            pool=decided.pool,
-            model=self._pool_models[decided.pool],
-            target=decided.target,
-            reason=decided.reason,
-            detail=decided.detail,
-            confidence_method=decided.rule.method if decided.rule else None,
-            threshold=decided.rule.threshold if decided.rule else None,
-            fallbacks=list(decided.fallbacks),
-            scores=decided.scores,
-            similarities=dict(profile.similarities),
-            notes=list(decided.notes),
-        )
+        decided, profile = await self.planning.plan(body, text, wishes, chat)
+        return self.planning.describe(decided, profile)
 
     def _sampling(self, body: SamplingFields, decided: Plan) -> SamplingOptions:
         """Sampling for the plan's first pool; the executor sets each pool's max_tokens."""
@@ -313,7 +190,7 @@ class OpenAIServing:
             messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
             text = "\n".join(m.content for m in messages)
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.plan(body, text, wishes, chat=True, flight=flight)
+            flight.plan, _ = await self.planning.plan(body, text, wishes, chat=True, flight=flight)
             sampling = self._sampling(body, flight.plan)
             request = GenerationRequest(flight.id, sampling, messages=messages)
             return await self._serve(body, flight, request, chat_shaper, chat_body)
@@ -326,7 +203,7 @@ class OpenAIServing:
             wishes = await self._admit(flight, wishes)
             text = body.prompt_text
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.plan(body, text, wishes, chat=False, flight=flight)
+            flight.plan, _ = await self.planning.plan(body, text, wishes, chat=False, flight=flight)
             request = GenerationRequest(flight.id, self._sampling(body, flight.plan), prompt=text)
             return await self._serve(body, flight, request, completion_shaper, completion_body)
 

@@ -128,7 +128,7 @@ def learned_serving(path: Path, threshold: float | None = None) -> OpenAIServing
     learned = {"path": str(path)} if threshold is None else {"path": str(path), "threshold": 0.9}
     args.setdefault("routing", {})["learned"] = learned
     svc, _ = serving(args)
-    svc.use_learned(LearnedRouter.load(path, embedder=EMBEDDER))
+    svc.planning.use_learned(LearnedRouter.load(path, embedder=EMBEDDER))
     return svc
 
 
@@ -144,7 +144,7 @@ async def test_the_swapped_router_decides_the_next_request(tmp_path: Path) -> No
     bump_mtime(path)
     new = file.poll()
     assert new is not None
-    svc.use_learned(new)
+    svc.planning.use_learned(new)
     second = await svc.chat(chat(text="Is it true?"))
     assert (second.route.pool, second.route.reason) == ("large", "learned")
 
@@ -153,12 +153,12 @@ def test_the_new_files_threshold_applies_unless_the_config_sets_one(tmp_path: Pa
     path = tmp_path / "router.json"
     router(0.0, threshold=0.3).save(path)
     svc = learned_serving(path)
-    assert svc._learned_threshold == 0.3
-    svc.use_learned(router(0.0, threshold=0.7))
-    assert svc._learned_threshold == 0.7
+    assert svc.planning.learned_threshold == 0.3
+    svc.planning.use_learned(router(0.0, threshold=0.7))
+    assert svc.planning.learned_threshold == 0.7
     pinned = learned_serving(path, threshold=0.9)
-    pinned.use_learned(router(0.0, threshold=0.2))
-    assert pinned._learned_threshold == 0.9
+    pinned.planning.use_learned(router(0.0, threshold=0.2))
+    assert pinned.planning.learned_threshold == 0.9
 
 
 def pool_router(**logits: float) -> PoolRouter:
@@ -184,12 +184,13 @@ async def test_an_n_pool_router_file_replaces_a_binary_one_and_can_pick_code(
     # P(correct): small 0.27, code 0.73, large 0.88: code is the cheapest reaching 0.6
     pool_router(small=-1.0, code=1.0, large=2.0).save(path)
     bump_mtime(path)
-    svc.use_learned(load_serving_router(path, ["small", "large", "code"], embedder=EMBEDDER))
+    served = load_serving_router(path, ["small", "large", "code"], embedder=EMBEDDER)
+    svc.planning.use_learned(served)
     routed = await svc.chat(chat(text="Is it true?"))
     assert (routed.route.pool, routed.route.reason) == ("code", "learned")
     # the same reading picks the cascade's escalation target: code, not the default large
     wishes = Wishes(strategy="cascade")
-    decided, _ = await svc.plan(chat(text="Is it true?"), "Is it true?", wishes, chat=True)
+    decided, _ = await svc.planning.plan(chat(text="Is it true?"), "Is it true?", wishes, chat=True)
     assert (decided.pool, decided.target) == ("small", "code")
 
 
