@@ -21,7 +21,11 @@ timeouts, and records without feedback or verdict.
 
 One row per distinct prompt. Several verdicts on the same (prompt, pool) are combined by
 majority, a tie by the most recent. A pool with no verdict on a prompt gets an empty
-cell: unknown, not wrong. Prompts without any label are left out.
+cell: unknown, not wrong. Prompts without any label are left out. The offline tools read
+empty cells as unknown (`routing.training.train`): an N-pool router's heads learn each
+from the prompts its pool has a label for, a binary router and `eval` skip the prompts
+missing a label they need. `complete` (`--complete`) keeps only the prompts labelled for
+every pool column instead.
 
 Memory stays bounded at any ledger size: the query is ordered by prompt and streamed
 (server-side cursor on PostgreSQL; SQLite's cursor is lazy), and only the records of one
@@ -308,7 +312,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m tenancy.ex
     parser.add_argument(
         "--complete",
         action="store_true",
-        help="only prompts with a label for every pool column (the trainer reads no empty cell)",
+        help="only prompts with a label for every pool column (default: unknown labels are "
+        "empty cells, which train-router, calibrate and eval read as unknown)",
     )
     args = parser.parse_args(argv)
     try:

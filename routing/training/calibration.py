@@ -23,6 +23,10 @@ YAML. The config is read and written with PyYAML (`ruamel.yaml` is not a depende
 so comments in the file are lost and flow-style mappings may be reformatted; the values
 and key order are kept. The value goes under the first application's `args` at a dotted
 key such as `routing.learned.threshold`, creating missing mappings on the way.
+
+Labels. Calibration reads the prompts (or a scores column) and never the correctness
+columns, so a CSV with empty (unknown) label cells, e.g. `switchyard export` without
+`--complete`, is calibrated on every row.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Everything here is a pure function of arrays except `plot`, which writes a PNG.
 `switchyard eval --split-by COLUMN` compares router families on grouped folds instead
 (`routing.training.crossval`); given an N-pool router, `eval` reports the accuracy and
 mean cost of its choices next to each pool alone.
+
+Unknown labels (empty cells): the curve needs both models' labels, and an N-pool
+router's accuracy the chosen pool's, so `eval` scores only the rows labelled for both
+models (for every pool) and prints one line saying how many it skipped.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from routing.learned import PoolRouter, choose_pools, load_router
 from routing.training.train import (
     RouterData,
     add_score_source,
+    complete_rows,
     embed_prompts,
     read_router_csv,
     scores_from_source,
@@ -284,15 +289,18 @@ def main(
         router = load_router(args.router) if args.router is not None else None
         if isinstance(router, PoolRouter):
             return _eval_pools(router, data, args)
-        if router is not None:
-            scores = router.score_vectors(embed_prompts(data.prompts, router.embedder, args))
-        else:
-            scores, _ = scores_from_source(data, None, args.scores_column, args)
         weak = args.weak or (router.weak if router else None)
         strong = args.strong or (router.strong if router else None)
         if weak is None or strong is None:
             raise ValueError("--weak and --strong are required with --scores-column")
-        weak_correct, strong_correct = data.correct(weak), data.correct(strong)
+        rows = complete_rows(data, (weak, strong))  # the curve needs both labels
+        if (note := rows.note()) is not None:
+            print(note)
+        if router is not None:
+            scores = router.score_vectors(embed_prompts(rows.data.prompts, router.embedder, args))
+        else:
+            scores, _ = scores_from_source(rows.data, None, args.scores_column, args)
+        weak_correct, strong_correct = rows.correct[:, 0], rows.correct[:, 1]
         name = "learned" if router is not None else args.scores_column
         result = evaluate(scores, weak_correct, strong_correct, name=name, bins=args.bins)
         baseline = random_baseline(weak_correct, strong_correct, bins=args.bins)
@@ -316,9 +324,13 @@ def _grouped(data: RouterData, args: argparse.Namespace) -> int:
     if args.weak is None or args.strong is None:
         raise ValueError("--split-by needs --weak and --strong")
     families = parse_families(args.families)
-    groups = data.values(args.split_by)
-    weak_correct, strong_correct = data.correct(args.weak), data.correct(args.strong)
-    vectors = embed_prompts(data.prompts, default_embedder(), args)
+    data.values(args.split_by)  # a missing column fails before anything else
+    rows = complete_rows(data, (args.weak, args.strong))
+    if (note := rows.note()) is not None:
+        print(note)
+    groups = rows.data.values(args.split_by)
+    weak_correct, strong_correct = rows.correct[:, 0], rows.correct[:, 1]
+    vectors = embed_prompts(rows.data.prompts, default_embedder(), args)
     report = cross_validate(
         vectors,
         weak_correct,
@@ -338,11 +350,18 @@ def _grouped(data: RouterData, args: argparse.Namespace) -> int:
 
 def _eval_pools(router: PoolRouter, data: RouterData, args: argparse.Namespace) -> int:
     """An N-pool router on labelled prompts: accuracy and cost of its choices, next to
-    each pool alone and a random choice with the same shares."""
+    each pool alone and a random choice with the same shares. The chosen pool's label is
+    needed, so only the prompts labelled for every pool are evaluated."""
     from routing.training.multipool import choice_summary
 
-    correct = data.correct_matrix(router.pools)
-    quality = router.quality_vectors(embed_prompts(data.prompts, router.embedder, args))
+    try:
+        rows = complete_rows(data, router.pools)
+    except ValueError as exc:
+        raise ValueError(f"eval scores the prompts labelled for every pool: {exc}") from exc
+    if (note := rows.note()) is not None:
+        print(note)
+    correct = rows.correct
+    quality = router.quality_vectors(embed_prompts(rows.data.prompts, router.embedder, args))
     chosen = choose_pools(quality, router.costs, router.policy)
     shares = [float((chosen == i).mean()) for i in range(len(router.pools))]
     accuracy = correct[np.arange(chosen.size), chosen].mean()

@@ -13,10 +13,22 @@
 - `mlp`: scikit-learn `MLPClassifier` (ReLU, early stopping), one logistic output per
   head (multi-label for several heads).
 
+Partial labels. Traffic labels only the pools that served a prompt, so `fit_scorer`
+and `fit_pools` take a mask `known` (n, heads) beside the targets: each head learns from
+the rows where its label is known, and rows with no known label are dropped. `lr` fits
+each head on its known rows; `mf` masks the loss (an unknown cell has no gradient, the
+mean is over known cells, the early-stopping loss too); `knn` stores an unknown cell as
+that head's mean over its known rows, a prior rather than a label; `mlp` (whose
+scikit-learn fit cannot mask) fits one network per head on its known rows and merges
+them into one block-diagonal network (`merge_mlps`), exactly equivalent to the separate
+ones, that the server scores as any other. Every head needs both classes among its
+known rows.
+
 `fit_binary` and `fit_pools` wrap it into the two router kinds of `routing.learned`:
 binary routers learn "strong right and weak wrong" directly, except `mf`, which models
 each model's correctness (its design: one vector per model) and scores
-P(strong right) * P(weak wrong).
+P(strong right) * P(weak wrong). A binary label needs both models' cells, so binary
+routers take complete rows only (`routing.training.train.complete_rows`).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,6 +60,8 @@ __all__ = [
     "fit_binary",
     "fit_pools",
     "fit_scorer",
+    "merge_mlps",
+    "mlp_classifier",
     "parse_families",
 ]
 
@@ -78,19 +93,27 @@ def parse_families(text: str) -> tuple[Family, ...]:
     return tuple(f for f in FAMILIES if f in names)
 
 
-def _fit_lr(x: NDArray[np.floating], y: Mask, balanced: bool) -> LogisticScorer:
+def _fit_lr(x: NDArray[np.floating], y: Mask, known: Mask, balanced: bool) -> LogisticScorer:
     from sklearn.linear_model import LogisticRegression
 
     coef, intercept = [], []
     for head in range(y.shape[1]):
+        rows = known[:, head]
         model = LogisticRegression(class_weight="balanced" if balanced else None, max_iter=1000)
-        model.fit(x, y[:, head])
+        model.fit(x[rows], y[rows, head])
         coef.append(model.coef_[0])
         intercept.append(float(model.intercept_[0]))
     return LogisticScorer(np.array(coef, dtype=np.float64), np.array(intercept))
 
 
-def _fit_knn(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> KnnScorer:
+def _fit_knn(x: NDArray[np.floating], y: Mask, known: Mask, options: FamilyOptions) -> KnnScorer:
+    """Unknown cells are stored as their head's mean over the known rows: a prior, not a
+    label. Such a neighbour pulls the vote towards the head's base rate (as `smoothing`
+    does), so a head whose labels are sparse leans on its prior where they are missing."""
+    labels = y.astype(np.float32)
+    if not known.all():
+        prior = (labels * known).sum(axis=0) / known.sum(axis=0)
+        labels = np.where(known, labels, prior[None, :]).astype(np.float32)
     rows = np.arange(x.shape[0])
     if rows.size > options.knn_max_points:
         rng = np.random.default_rng(options.seed)
@@ -99,27 +122,36 @@ def _fit_knn(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> KnnSco
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return KnnScorer(
         vectors,
-        y[rows].astype(np.float32),
+        labels[rows],
         neighbours=options.knn_neighbours,
         temperature=options.knn_temperature,
     )
 
 
-def _bce(p: NDArray[np.float64], y: NDArray[np.float64]) -> float:
+def _bce(p: NDArray[np.float64], y: NDArray[np.float64], known: NDArray[np.float64]) -> float:
+    """Mean binary cross-entropy over the known cells (`known` 1.0) only."""
     p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    cells = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    return float((cells * known).sum() / max(known.sum(), 1.0))
 
 
-def _fit_mf(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> FactorScorer:
-    """Mini-batch Adam on mean BCE of sigmoid((x A^T) U^T + b), L2 on A and U."""
+def _fit_mf(x: NDArray[np.floating], y: Mask, known: Mask, options: FamilyOptions) -> FactorScorer:
+    """Mini-batch Adam on the mean BCE of sigmoid((x A^T) U^T + b) over the known cells
+    (an unknown cell has zero gradient; each batch is normalised by its known cells),
+    L2 on A and U; early stopping on the masked loss of a 10% split."""
     rng = np.random.default_rng(options.seed)
     n, d = x.shape
     target = y.astype(np.float64)
+    weight = known.astype(np.float64)
     order = rng.permutation(n)
     held = order[: n // 10] if n >= 50 else order[:0]
+    if not weight[held].any():
+        held = held[:0]  # nothing known to stop on
     train = order[held.size :]
     rank = options.mf_rank
-    mean = np.clip(target[train].mean(axis=0), 1e-3, 1 - 1e-3)
+    counts = weight[train].sum(axis=0)
+    mean = (target[train] * weight[train]).sum(axis=0) / np.maximum(counts, 1.0)
+    mean = np.clip(np.where(counts > 0, mean, 0.5), 1e-3, 1 - 1e-3)
     params = [
         rng.normal(0.0, 1.0 / np.sqrt(d), (rank, d)),
         rng.normal(0.0, 0.1, (y.shape[1], rank)),
@@ -137,10 +169,13 @@ def _fit_mf(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> FactorS
     for _ in range(options.mf_epochs):
         for start in range(0, train.size, batch):
             rows = train[start : start + batch]
+            cells = weight[rows]
+            if not cells.any():
+                continue
             a, u, b = params
             h = x[rows] @ a.T
             p = 1.0 / (1.0 + np.exp(-(h @ u.T + b)))
-            g = (p - target[rows]) / p.size
+            g = (p - target[rows]) * cells / cells.sum()
             grads = [(g @ u).T @ x[rows] + options.mf_l2 * a, g.T @ h + options.mf_l2 * u]
             grads.append(g.sum(axis=0))
             step += 1
@@ -153,7 +188,7 @@ def _fit_mf(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> FactorS
         train = rng.permutation(train)
         if held.size == 0:
             continue
-        loss = _bce(predict(held), target[held])
+        loss = _bce(predict(held), target[held], weight[held])
         if loss < best[0] - 1e-5:
             best, stale = (loss, [p.copy() for p in params]), 0
         else:
@@ -164,24 +199,32 @@ def _fit_mf(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> FactorS
     return FactorScorer(final[0], final[1], final[2])
 
 
-def _fit_mlp(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> MlpScorer:
-    from sklearn.exceptions import ConvergenceWarning
+def mlp_classifier(rows: int, options: FamilyOptions) -> Any:
+    """The scikit-learn `MLPClassifier` the `mlp` family fits on `rows` training rows."""
     from sklearn.neural_network import MLPClassifier
 
-    model = MLPClassifier(
+    return MLPClassifier(
         hidden_layer_sizes=options.mlp_hidden,
         alpha=options.mlp_alpha,
         # A 10% validation split of a small set is too noisy to stop on (600 rows stopped
         # after 8 epochs, below a random router); small sets run to max_iter instead.
-        early_stopping=x.shape[0] >= 5000,
+        early_stopping=rows >= 5000,
         n_iter_no_change=4,
         # About 3*10^5 rows seen in all, 15 to 200 epochs: 10^5 prompts stop within ~15.
-        max_iter=int(np.clip(3e5 / max(x.shape[0], 1), 15, 200)),
+        max_iter=int(np.clip(3e5 / max(rows, 1), 15, 200)),
         random_state=options.seed,
     )
+
+
+def _mlp_fit(
+    x: NDArray[np.floating], y: NDArray[np.bool_] | NDArray[np.int64], options: FamilyOptions
+) -> MlpScorer:
+    from sklearn.exceptions import ConvergenceWarning
+
+    model = mlp_classifier(x.shape[0], options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter is the budget
-        model.fit(x, y[:, 0] if y.shape[1] == 1 else y.astype(np.int64))
+        model.fit(x, y)
     if model.out_activation_ != "logistic":
         raise ValueError(f"unexpected MLP output activation {model.out_activation_!r}")
     return MlpScorer(
@@ -190,15 +233,58 @@ def _fit_mlp(x: NDArray[np.floating], y: Mask, options: FamilyOptions) -> MlpSco
     )
 
 
+def merge_mlps(networks: Sequence[MlpScorer]) -> MlpScorer:
+    """One network computing every one of `networks` side by side, heads in order: the
+    first layers concatenated, every later layer block-diagonal. ReLU is elementwise and
+    the off-diagonal weights are zero, so each head's output is exactly its own
+    network's (up to float rounding of the matrix products)."""
+    if not networks:
+        raise ValueError("no networks to merge")
+    layers = len(networks[0].weights)
+    if any(len(n.weights) != layers for n in networks):
+        raise ValueError("networks to merge need the same number of layers")
+    if len({n.dimension for n in networks}) != 1:
+        raise ValueError("networks to merge need the same input dimension")
+    weights = [np.concatenate([n.weights[0] for n in networks], axis=1)]
+    for i in range(1, layers):
+        rows = sum(n.weights[i].shape[0] for n in networks)
+        block = np.zeros((rows, sum(n.weights[i].shape[1] for n in networks)))
+        r = c = 0
+        for n in networks:
+            w = n.weights[i]
+            block[r : r + w.shape[0], c : c + w.shape[1]] = w
+            r, c = r + w.shape[0], c + w.shape[1]
+        weights.append(block)
+    biases = [np.concatenate([n.biases[i] for n in networks]) for i in range(layers)]
+    return MlpScorer(tuple(weights), tuple(biases))
+
+
+def _fit_mlp(x: NDArray[np.floating], y: Mask, known: Mask, options: FamilyOptions) -> MlpScorer:
+    """One multi-label network with complete labels; with unknown cells (which
+    `MLPClassifier` cannot mask) one network per head on its known rows, merged into
+    one (`merge_mlps`) that serves as the multi-label one does."""
+    if known.all():
+        return _mlp_fit(x, y[:, 0] if y.shape[1] == 1 else y.astype(np.int64), options)
+    heads = [
+        _mlp_fit(x[known[:, h]], y[known[:, h], h].astype(np.int64), options)
+        for h in range(y.shape[1])
+    ]
+    return merge_mlps(heads)
+
+
 def fit_scorer(
     family: Family,
     vectors: NDArray[np.floating],
     targets: Mask,
     *,
+    known: Mask | None = None,
     balanced: bool = False,
     options: FamilyOptions | None = None,
 ) -> Scorer:
-    """Fit `family` to boolean `targets` (n, heads); every head needs both classes."""
+    """Fit `family` to boolean `targets` (n, heads). `known` (n, heads), default all
+    True: which cells are labelled; each head learns from its known rows only (module
+    docstring), rows with no known cell are dropped. Every head needs both classes
+    among its known rows."""
     options = options or FamilyOptions()
     # float32 rows for knn and mf (half the memory at 10^5 prompts), float64 for sklearn.
     x: NDArray[np.floating] = np.asarray(
@@ -207,17 +293,25 @@ def fit_scorer(
     y = np.asarray(targets, dtype=bool)
     if y.ndim != 2 or y.shape[0] != x.shape[0] or x.ndim != 2:
         raise ValueError(f"targets {y.shape} do not match vectors {x.shape}")
-    constant = [h for h in range(y.shape[1]) if y[:, h].all() or not y[:, h].any()]
+    mask = np.ones_like(y) if known is None else np.asarray(known, dtype=bool)
+    if mask.shape != y.shape:
+        raise ValueError(f"known {mask.shape} does not match targets {y.shape}")
+    if not mask.all():
+        rows = mask.any(axis=1)
+        x, y, mask = x[rows], y[rows], mask[rows]
+    constant = [
+        h for h in range(y.shape[1]) if y[mask[:, h], h].all() or not y[mask[:, h], h].any()
+    ]
     if constant:
-        raise ValueError(f"heads {constant}: labels are all the same")
+        raise ValueError(f"heads {constant}: labels are all the same (or none is known)")
     if family == "lr":
-        return _fit_lr(x, y, balanced)
+        return _fit_lr(x, y, mask, balanced)
     if family == "knn":
-        return _fit_knn(x, y, options)
+        return _fit_knn(x, y, mask, options)
     if family == "mf":
-        return _fit_mf(x, y, options)
+        return _fit_mf(x, y, mask, options)
     if family == "mlp":
-        return _fit_mlp(x, y, options)
+        return _fit_mlp(x, y, mask, options)
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -274,14 +368,26 @@ def fit_pools(
     pools: Sequence[str],
     costs: Sequence[float],
     policy: ChoicePolicy,
+    known: Mask | None = None,
     options: FamilyOptions | None = None,
     embedding_model: str = EMBEDDING_MODEL,
     embedder: Embedder | None = None,
 ) -> PoolRouter:
-    """An N-pool router of `family`: one P(correct) head per column of `correct` (n, N)."""
+    """An N-pool router of `family`: one P(correct) head per column of `correct` (n, N).
+    `known` (n, N), default all True: which labels are known; each pool's head learns
+    from the rows where its label is (partial labels: module docstring)."""
+    correct = np.asarray(correct, dtype=bool)
+    mask = np.ones_like(correct) if known is None else np.asarray(known, dtype=bool)
+    if correct.ndim != 2 or correct.shape[1] != len(pools) or mask.shape != correct.shape:
+        raise ValueError(
+            f"labels {correct.shape} and known {mask.shape} do not match {len(pools)} pools"
+        )
     for i, pool in enumerate(pools):
-        _both_classes(correct[:, i], f"pool {pool!r} correctness")
-    scorer = fit_scorer(family, vectors, correct, options=options)
+        labelled = correct[mask[:, i], i]
+        if labelled.size == 0:
+            raise ValueError(f"pool {pool!r} correctness: no prompt has a label")
+        _both_classes(labelled, f"pool {pool!r} correctness ({labelled.size} labelled prompts)")
+    scorer = fit_scorer(family, vectors, correct, known=mask, options=options)
     return PoolRouter(
         pools=pools,
         costs=costs,

@@ -193,9 +193,7 @@ def test_rows_with_labels_only_for_pools_not_asked_for_are_left_out(engine: Engi
     assert (stats.rows, stats.unlabelled, stats.records) == (0, 1, 1)
 
 
-def test_complete_keeps_only_rows_the_trainer_can_read_today(
-    engine: Engine, tmp_path: Path
-) -> None:
+def test_complete_keeps_only_rows_labelled_for_every_pool(engine: Engine, tmp_path: Path) -> None:
     ids = write(
         engine,
         served("both", "large", strategy="cascade", tried="small,large", escalated=1,
