@@ -4,6 +4,7 @@ Prints numbers and ratios; asserts nothing (machines are shared and noisy).
 
     python bench/routing.py              # decisions + strategies on the fake engine
     python bench/routing.py --no-embed   # skip loading MiniLM
+    python bench/routing.py --router pools.json   # the decision with your trained router
 
 1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier on
    each embedding backend (torch, ONNX fp32, ONNX int8); then the whole decision with a
@@ -60,7 +61,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def decisions(embed: bool, n: int = 2000) -> None:
+def decisions(embed: bool, router_file: Path | None = None, n: int = 2000) -> None:
     config = RoutingConfig()
     times = []
     for i in range(n):
@@ -96,10 +97,48 @@ def decisions(embed: bool, n: int = 2000) -> None:
             f"decision, rules + {label + ':':11}"
             f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
         )
-    learned_decisions(backends["onnx int8"], SemanticClassifier(backends["onnx int8"], examples))
+    semantic = SemanticClassifier(backends["onnx int8"], examples)
+    if router_file is not None:
+        router_decisions(router_file, backends["onnx int8"], semantic)
+    else:
+        learned_decisions(backends["onnx int8"], semantic)
 
 
-def learned_decisions(embedder: Any, semantic: Any, n: int = 300) -> None:
+def timed_decisions(label: str, read: Any, embedder: Any, semantic: Any, n: int = 300) -> None:
+    """p50/p99 of what `Planning.profile` + `plan` run for one request: one int8
+    embedding shared by the semantic classifier and the router, its reading, the planner."""
+    config = RoutingConfig()
+    times = []
+    for i in range(n):
+        text = PROMPTS[i % len(PROMPTS)]
+        t = time.perf_counter()
+        vector = embedder.encode([text])[0]
+        reading = read(vector)
+        sims = semantic.similarities_of(vector)
+        plan(profile(text, sims, reading), VIEWS, POOLS, config)
+        times.append((time.perf_counter() - t) * 1000)
+    print(
+        f"decision, rules + int8 + {label + ':':27}"
+        f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
+    )
+
+
+def router_decisions(path: Path, embedder: Any, semantic: Any) -> None:
+    """The whole decision with a trained router file (`--router`)."""
+    from routing.learned import LearnedRouter, load_router
+
+    router = load_router(path, embedder)
+    if isinstance(router, LearnedRouter):
+        binary = router
+
+        def read(vector: Any) -> Any:
+            return binary.read(vector, binary.threshold or 0.5, "large")
+    else:
+        read = router.read
+    timed_decisions(f"{router.family} router file", read, embedder, semantic)
+
+
+def learned_decisions(embedder: Any, semantic: Any) -> None:
     """The whole request-path decision with a learned N-pool router of each family, as
     `OpenAIServing.profile` + `plan` run it: one int8 embedding shared by the semantic
     classifier and the router, its reading, the planner. The routers are fitted on random
@@ -112,7 +151,6 @@ def learned_decisions(embedder: Any, semantic: Any, n: int = 300) -> None:
         print("learned routers: skipped (needs the [train] extra)")
         return
     rng = np.random.default_rng(0)
-    config = RoutingConfig()
     pools = list(POOLS)
     for family in ("lr", "knn", "mf", "mlp"):
         rows = 20_000 if family == "knn" else 4_000
@@ -121,19 +159,7 @@ def learned_decisions(embedder: Any, semantic: Any, n: int = 300) -> None:
         y = rng.random((rows, len(pools))) < [0.4, 0.7, 0.6]
         policy = ChoicePolicy("quality_target", 0.6)
         router = fit_pools(family, x, y, pools=pools, costs=[1e-4, 1e-3, 8e-4], policy=policy)
-        times = []
-        for i in range(n):
-            text = PROMPTS[i % len(PROMPTS)]
-            t = time.perf_counter()
-            vector = embedder.encode([text])[0]
-            reading = router.read(vector)
-            sims = semantic.similarities_of(vector)
-            plan(profile(text, sims, reading), VIEWS, POOLS, config)
-            times.append((time.perf_counter() - t) * 1000)
-        print(
-            f"decision, rules + int8 + {family + ' N-pool router:':19}"
-            f"p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
-        )
+        timed_decisions(f"{family} N-pool router", router.read, embedder, semantic)
 
 
 async def strategies() -> None:
@@ -170,8 +196,11 @@ async def strategies() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-embed", action="store_true")
+    parser.add_argument(
+        "--router", type=Path, help="time this trained router file instead of fitted ones"
+    )
     args = parser.parse_args()
-    decisions(not args.no_embed)
+    decisions(not args.no_embed, args.router)
     asyncio.run(strategies())
 
 
