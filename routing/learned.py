@@ -273,16 +273,16 @@ class PoolRouter(_Embedding):
     def choose(
         self, vector: NDArray[np.floating], eligible_pools: Collection[str]
     ) -> tuple[str, dict[str, float]]:
-        """The pool for one request and P(correct) per known pool (module docstring)."""
-        quality = self.quality_vectors(_one_row(vector))
-        mask = np.array([p in eligible_pools for p in self.pools])
-        if not mask.any():
+        """The pool for one request and P(correct) per known pool (module docstring):
+        `read`, then the reading's choice."""
+        reading = self.read(vector)
+        pool = reading.choose(eligible_pools)
+        if pool is None:
             raise ValueError(
                 f"none of the eligible pools {sorted(eligible_pools)} is known to this router "
                 f"({', '.join(self.pools)})"
             )
-        index = int(choose_pools(quality, self.costs, self.policy, mask)[0])
-        return self.pools[index], dict(zip(self.pools, quality[0].tolist(), strict=True))
+        return pool, dict(reading.quality)
 
     def with_policy(self, policy: ChoicePolicy) -> PoolRouter:
         return PoolRouter(

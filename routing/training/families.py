@@ -43,7 +43,6 @@ from numpy.typing import NDArray
 
 from routing.embedding import Embedder
 from routing.learned import EMBEDDING_MODEL, ChoicePolicy, LearnedRouter, PoolRouter
-from routing.router_file import BinaryTarget
 from routing.scorers import (
     FAMILIES,
     FactorScorer,
@@ -58,6 +57,7 @@ __all__ = [
     "FAMILIES",
     "FamilyOptions",
     "fit_binary",
+    "fit_needed",
     "fit_pools",
     "fit_scorer",
     "merge_mlps",
@@ -334,30 +334,54 @@ def fit_binary(
 ) -> LearnedRouter:
     """A binary router of `family`: P(strong needed) (see the module docstring)."""
     needed = strong_correct & ~weak_correct
-    if len(set(needed.tolist())) < 2:
-        raise ValueError(
-            "labels are all the same: need prompts where only the strong model is right "
-            "and prompts where it is not"
-        )
-    target: BinaryTarget
-    if family == "mf":
-        _both_classes(weak_correct, f"{weak} correctness")
-        _both_classes(strong_correct, f"{strong} correctness")
-        scorer = fit_scorer(
-            family, vectors, np.stack([weak_correct, strong_correct], axis=1), options=options
-        )
-        target = "correct"
-    else:
-        scorer = fit_scorer(family, vectors, needed[:, None], balanced=True, options=options)
-        target = "strong_needed"
+    if family != "mf":
+        return fit_needed(
+            family, vectors, needed, weak=weak, strong=strong, options=options,
+            embedding_model=embedding_model, embedder=embedder,
+        )  # fmt: skip
+    _mixed(needed)
+    _both_classes(weak_correct, f"{weak} correctness")
+    _both_classes(strong_correct, f"{strong} correctness")
+    scorer = fit_scorer(
+        family, vectors, np.stack([weak_correct, strong_correct], axis=1), options=options
+    )
+    return LearnedRouter(
+        weak=weak, strong=strong, scorer=scorer, target="correct",
+        embedding_model=embedding_model, embedder=embedder,
+    )  # fmt: skip
+
+
+def fit_needed(
+    family: Family,
+    vectors: NDArray[np.floating],
+    needed: Mask,
+    *,
+    weak: str,
+    strong: str,
+    options: FamilyOptions | None = None,
+    embedding_model: str = EMBEDDING_MODEL,
+    embedder: Embedder | None = None,
+) -> LearnedRouter:
+    """A binary router of `family` fitted to "strong needed" labels given as they are
+    (balanced class weights: positives are often rare)."""
+    _mixed(needed)
+    scorer = fit_scorer(family, vectors, needed[:, None], balanced=True, options=options)
     return LearnedRouter(
         weak=weak,
         strong=strong,
         scorer=scorer,
-        target=target,
+        target="strong_needed",
         embedding_model=embedding_model,
         embedder=embedder,
     )
+
+
+def _mixed(needed: Mask) -> None:
+    if len(set(np.asarray(needed, dtype=bool).tolist())) < 2:
+        raise ValueError(
+            "labels are all the same: need prompts where only the strong model is right "
+            "and prompts where it is not"
+        )
 
 
 def fit_pools(

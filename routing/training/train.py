@@ -68,7 +68,7 @@ from routing.learned import (
 )
 from routing.scorers import FAMILIES, Family
 from routing.training.embedding_cache import add_cache_options, embed_texts
-from routing.training.families import fit_binary, fit_pools
+from routing.training.families import fit_binary, fit_needed, fit_pools
 
 __all__ = [
     "LabelledRows",
@@ -266,8 +266,6 @@ def fit_router(
     """The logistic-regression baseline on "strong needed" labels (`families.fit_binary`
     fits any family from the two correctness columns). `known`: the rows whose label is
     known (both models labelled); the others are left out. Default: every row."""
-    from routing.training.families import fit_scorer
-
     labels = np.asarray(labels, dtype=bool)
     if known is not None:
         keep = np.asarray(known, dtype=bool)
@@ -276,15 +274,10 @@ def fit_router(
         if not keep.any():
             raise ValueError("no row has a known label")
         vectors, labels = np.asarray(vectors)[keep], labels[keep]
-    if len(set(labels.tolist())) < 2:
-        raise ValueError(
-            "labels are all the same: need prompts where only the strong model is right "
-            "and prompts where it is not"
-        )
-    scorer = fit_scorer("lr", vectors, labels[:, None], balanced=True)
-    return LearnedRouter(
-        weak=weak, strong=strong, scorer=scorer, embedding_model=embedding_model, embedder=embedder
-    )
+    return fit_needed(
+        "lr", vectors, labels, weak=weak, strong=strong,
+        embedding_model=embedding_model, embedder=embedder,
+    )  # fmt: skip
 
 
 def train_router(

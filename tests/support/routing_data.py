@@ -42,7 +42,8 @@ POOLS = ("small", "large", "code")
 
 
 class CountingEmbedder:
-    """Bag of words hashed into 64 buckets, L2-normalised; counts the texts it embeds."""
+    """Bag of words hashed into `dimension` (64) buckets, L2-normalised; counts the texts
+    it embeds."""
 
     dimension = 64
 

@@ -12,13 +12,11 @@ import json
 import re
 import subprocess
 import sys
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-from numpy.typing import NDArray
 
 from routing import learned
 from routing.learned import LearnedRouter
@@ -30,22 +28,19 @@ from routing.training.train import (
     strong_needed,
     train_router,
 )
+from tests.support.routing_data import CountingEmbedder
 
 SAMPLE = Path(__file__).parents[1] / "data" / "router_sample.csv"
 
 
-class HashingEmbedder:
-    """Bag of words, each word hashed (crc32) into one of 16 buckets, L2-normalised."""
+class HashingEmbedder(CountingEmbedder):
+    """Bag of words, each word hashed (crc32) into one of 16 buckets, L2-normalised; no
+    cache id, so the embedding cache leaves it alone."""
 
     dimension = 16
 
-    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in re.findall(r"[a-z]+", text.lower()):
-                vectors[row, zlib.crc32(word.encode()) % self.dimension] += 1.0
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.asarray(vectors / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+    def __init__(self) -> None:
+        super().__init__(cache_id=None)
 
 
 def subset(data: RouterData, rows: Sequence[int]) -> RouterData:
