@@ -18,13 +18,19 @@ know about it, so nobody re-derives it from a status code:
     │   ├── NotFoundError                    no such thing (404)
     │   │   ├── UnknownModelError            no such model or pool
     │   │   └── UnknownResponseError         feedback on an id the ledger does not know
+    │   ├── ConflictError                    not possible in the current state (409)
+    │   │   └── FeedbackWindowClosedError    feedback too long after the response
     │   ├── AuthenticationError              no key, or not a valid one (401)
+    │   ├── PromptError
+    │   │   └── RequestExceedsLimitError     one request's worst case > a whole limit (400)
     │   ├── RateLimitedError                 over the tenant's requests/tokens per minute (429)
+    │   │   └── ConcurrencyLimitError        too many requests in flight at once (429)
     │   ├── QuotaExceededError               the tenant's budget is spent (429)
     │   └── NotAllowedError                  the client may not do this (403)
     │       ├── TierNotAllowedError          a tier it may not choose
     │       ├── PoolNotAllowedError          a pool outside its tier
     │       └── ForeignResponseError         feedback on another tenant's response
+    ├── AccountingUnavailableError           limits cannot be checked, fail_mode closed (503)
     └── PoolError                            one pool could not answer; retryable
         ├── PoolOverloadedError              queue full (429 + Retry-After)
         ├── ColdStartError                   scaled to zero, starting (503 + Retry-After)
@@ -134,6 +140,25 @@ class UnknownResponseError(NotFoundError):
         super().__init__(f"no response with id {request_id[:64]!r} in the ledger")
 
 
+class ConflictError(ClientError):
+    """The request is well formed, but what it names no longer allows it."""
+
+
+class FeedbackWindowClosedError(ConflictError):
+    """Feedback arrived more than `feedback.window_s` after the response: a verdict on an
+    old answer says little about the pool as it is now, and an open-ended window would
+    let a tenant rate its whole history at once."""
+
+    default_code = "feedback_window_closed"
+    default_param = "id"
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__(
+            f"feedback on a response is accepted for {window_s:g} s after it; this "
+            "response is older"
+        )
+
+
 class AuthenticationError(ClientError):
     """The request carries no API key, or one that is unknown, revoked or malformed."""
 
@@ -156,6 +181,26 @@ class RateLimitedError(ClientError):
             f"{retry_after_s} s",
             retry_after_s=retry_after_s,
         )
+
+
+class ConcurrencyLimitError(RateLimitedError):
+    """The account already has as many requests in flight as its tier allows."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:  # noqa: D107
+        ClientError.__init__(
+            self,
+            f"concurrency limit reached: {limit} requests in flight at once for this "
+            f"account; retry when one ends",
+            retry_after_s=retry_after_s,
+        )
+
+
+class RequestExceedsLimitError(PromptError):
+    """One request's worst case (prompt + max_tokens) is more than a limit allows in a
+    whole window: no retry can admit it, so it is a 400, not a 429."""
+
+    default_code = "request_exceeds_limit"
+    default_param = "max_tokens"
 
 
 class QuotaExceededError(ClientError):
@@ -199,6 +244,20 @@ class ForeignResponseError(NotAllowedError):
 
     def __init__(self) -> None:
         super().__init__("this response belongs to another tenant")
+
+
+class AccountingUnavailableError(SwitchyardError):
+    """The quota keeper cannot be reached and `quota.fail_mode` is `closed`: nothing is
+    admitted whose limits cannot be checked."""
+
+    default_code = "accounting_unavailable"
+    outcome = "unavailable"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(
+            "limits cannot be checked right now (accounting unavailable); retry shortly",
+            retry_after_s=retry_after_s,
+        )
 
 
 # --- one pool's failure -------------------------------------------------------------

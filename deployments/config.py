@@ -19,7 +19,15 @@ from models.catalog import ModelSpec
 from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
 from routing.planner import AUTO_MODEL
-from tenancy.config import AuthConfig, DatabaseConfig, QuotaConfig, Quotas, TenantConfig
+from tenancy.config import (
+    AccountingConfig,
+    AuthConfig,
+    DatabaseConfig,
+    FeedbackConfig,
+    QuotaConfig,
+    Quotas,
+    TenantConfig,
+)
 
 POOL_NAME = r"^[a-z][a-z0-9_\-]{0,31}$"
 
@@ -120,6 +128,10 @@ class DeploymentOptions(StrictConfig):
         "off: the ingress already logs every request, and a pool's calls include the "
         "stats poll every second.",
     )
+
+    def max_replicas(self) -> int:
+        scaling = self.autoscaling_config
+        return scaling.max_replicas if scaling is not None else self.num_replicas
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for `Deployment.options`."""
@@ -243,8 +255,17 @@ class AppConfig(StrictConfig):
     database: DatabaseConfig = Field(
         default_factory=DatabaseConfig, description="Where keys, ledger and feedback live."
     )
+    feedback: FeedbackConfig = Field(
+        default_factory=FeedbackConfig,
+        description="`POST /v1/feedback`: one verdict per response, within `window_s` of it.",
+    )
     tenants: dict[str, TenantConfig] = Field(
         default_factory=dict, description="Per-tenant limits, budgets and policies."
+    )
+    accounting: AccountingConfig = Field(
+        default_factory=AccountingConfig,
+        description="Fail mode of limits when the quota keeper is unreachable; the limit on "
+        "endpoints that generate nothing.",
     )
     tier_quotas: dict[str, QuotaConfig] = Field(
         default_factory=dict,
@@ -259,6 +280,11 @@ class AppConfig(StrictConfig):
 
     def quotas(self) -> Quotas:
         return Quotas(self.tenants, self.tier_quotas, self.key_quotas)
+
+    def local_share(self) -> float:
+        """Each ingress replica's share of every limit while the keeper is unreachable."""
+        share = self.accounting.local_share
+        return share if share is not None else 1.0 / self.ingress.max_replicas()
 
     request_timeout_s: float = Field(
         default=300.0,

@@ -22,9 +22,14 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import ForeignResponseError, SwitchyardError, UnknownResponseError
+from core.errors import (
+    FeedbackWindowClosedError,
+    ForeignResponseError,
+    SwitchyardError,
+    UnknownResponseError,
+)
 from deployments.config import AppConfig
-from deployments.metrics import Finished, RequestMetrics
+from deployments.metrics import RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting, Pick
 from deployments.openai.auth import Authenticated, Authenticator
 from deployments.openai.classify import classify_request
@@ -43,7 +48,6 @@ from deployments.openai.protocol import (
     RoutePlanResponse,
     RouteRequest,
     SamplingFields,
-    new_id,
 )
 from deployments.openai.schema import (
     CLASSIFY_ERRORS,
@@ -55,7 +59,7 @@ from deployments.openai.schema import (
     responses,
 )
 from deployments.openai.serving import OpenAIServing, Routed, is_counted
-from deployments.openai.wishes import Headers, RoutingHeaders, wishes
+from deployments.openai.wishes import Headers, KnownTenants, RoutingHeaders, wishes
 from deployments.pool_client import HandlePoolClient
 from deployments.quota import KeeperClient
 from deployments.router_reload import WatchedRouterFile
@@ -69,8 +73,9 @@ from tenancy.bandit import BanditStore, SharedBandit
 from tenancy.db import connect, database_url
 from tenancy.gate import QuotaGate
 from tenancy.keys import Caller, KeyStore
-from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, arm_of, tenant_of
+from tenancy.ledger import LedgerWriter, add_feedback, feedback_target
 from tenancy.ledger import summary as ledger_summary
+from tenancy.side import SideCalls
 
 logger = logging.getLogger(__name__)
 
@@ -87,26 +92,16 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     """Map every error to the OpenAI shape; count refused generation requests.
 
     Requests refused before `OpenAIServing` saw them (a body that fails validation, a
-    bad header, no API key) are counted and recorded in the ledger here, so metrics and
-    the ledger see every generation request answered.
+    bad header) are counted in the metrics here (`RequestMetrics.refused`), never written
+    to the ledger: a refusal costs its sender nothing, so it must not cost a database
+    row. (A missing or bad API key is refused earlier still, by the request guard.)
     """
     err = to_api_error(exc)
-    path = request.url.path
-    generation = path.endswith(GENERATION_PATHS)  # under any route prefix
+    generation = request.url.path.endswith(GENERATION_PATHS)  # under any route prefix
     if generation and not is_counted(exc):
-        outcome = outcome_of(err)
         metrics: RequestMetrics | None = getattr(request.app.state, "metrics", None)
         if metrics is not None:
-            metrics.finished(Finished("none", outcome, 0.0))
-        ledger: LedgerWriter | None = getattr(request.app.state, "ledger", None)
-        if ledger is not None:
-            endpoint = "chat" if path.endswith(GENERATION_PATHS[0]) else "completions"
-            ledger.record(
-                LedgerEntry(
-                    id=new_id("refused"), created_at=time.time(), endpoint=endpoint,
-                    model_asked="", strategy="none", outcome=outcome, latency_s=0.0,
-                )
-            )  # fmt: skip
+            metrics.refused(outcome_of(err))
     return create_error_response(err)
 
 
@@ -148,7 +143,7 @@ def _respond(routed: Routed) -> Response:
 
 STATS_PERIOD_S = 1.0
 REPLICAS_PERIOD_S = 2.0
-SPEND_REPORT_S = 0.5  # how often spend reaches the quota keeper (part of the overshoot bound)
+SPEND_REPORT_S = 0.5  # how often spend and idle allowances reach the quota keeper
 HEALTH_FIRST_SAMPLE_S = 3.0  # longest /health waits for the first stats round after start
 HINT_PERIOD_S = 5.0  # re-send an unchanged escalation forecast this often (pools drop at 15 s)
 
@@ -190,7 +185,6 @@ class Ingress:
         self.keys = KeyStore(self.db)
         self.ledger = LedgerWriter(self.db, config.database.flush_interval_s)
         self.ledger.start()
-        api.state.ledger = self.ledger
         self.auth = Authenticator(config.auth)
         if config.auth.mode == "keys":
             self.auth.ring.replace(await asyncio.to_thread(self.keys.all))
@@ -201,10 +195,24 @@ class Ingress:
                 "served; keep it on 127.0.0.1 or set auth.mode: keys"
             )
         api.state.auth = self.auth
+        # Tenant names a gateway may send (others become `other`): config and key ring.
+        self.tenants = KnownTenants([*config.tenants, *routing.tenants], self.auth.ring)
         client = HandlePoolClient(pools, config.request_timeout_s)
         self.metrics = RequestMetrics()
         api.state.metrics = self.metrics
-        self.gate = QuotaGate(config.quotas(), KeeperClient(quota)) if quota else None
+        context = serve.get_replica_context()
+        self.gate = (
+            QuotaGate(
+                config.quotas(),
+                KeeperClient(quota),
+                holder=context.replica_tag,
+                fail_mode=config.accounting.fail_mode,
+                local_share=config.local_share(),
+            )
+            if quota
+            else None
+        )
+        self.side = SideCalls(config.accounting.side_requests_per_minute)
         self.bandit: SharedBandit | None = None
         adaptive = None
         if routing.adaptive.enabled:
@@ -222,7 +230,6 @@ class Ingress:
             adaptive=adaptive,
         )  # fmt: skip
         self.monitor = self.serving.monitor
-        context = serve.get_replica_context()
         self._app, self._me = context.app_name, context.replica_tag
         self._sent: dict[str, tuple[float, float]] = {}  # pool -> (forecast, when sent)
         self._sampled = asyncio.Event()  # set once every awake pool has been asked
@@ -345,11 +352,12 @@ class Ingress:
         while True:
             await asyncio.sleep(SPEND_REPORT_S)
             await self.gate.flush()  # NOTE: logs and keeps the batch when the keeper is down
+            self.metrics.quota_mode(self.gate.mode)
 
     def _wishes(
         self, body: SamplingFields, headers: RoutingHeaders, caller: Caller | None
     ) -> Wishes:
-        return wishes(body, self.config.routing, headers, caller)
+        return wishes(body, self.config.routing, headers, caller, self.tenants)
 
     @api.get("/v1/models", responses=responses(ModelList, READ_ERRORS))
     async def models(self, _caller: Authenticated) -> Response:
@@ -391,6 +399,7 @@ class Ingress:
         caller: Authenticated,
     ) -> Response:
         asked = self._wishes(body, headers, caller)
+        self.side.take(asked.tenant)
         decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
         return Response(decided.model_dump_json(), media_type="application/json")
 
@@ -404,6 +413,7 @@ class Ingress:
         """Task type, complexity, rule features, classifier readings and the route decision
         for a chat body, without generating (deployments/openai/classify.py)."""
         asked = self._wishes(body, headers, caller)
+        self.side.take(asked.tenant)
         key_id = caller.key_id if caller else None
         answer, limits = await classify_request(self.serving, body, asked, key_id)
         return Response(
@@ -416,6 +426,7 @@ class Ingress:
         restarts (this replica's written first; others' up to `database.flush_interval_s`
         late). A tenant key sees its own tenant; a gateway key, or no auth, sees
         everything. Prometheus metrics are on Ray's metrics port."""
+        self.side.take(caller.tenant if caller is not None else None)
         tenant = caller.tenant if caller is not None and caller.role == "tenant" else None
         await asyncio.to_thread(self.ledger.flush)
         body = await asyncio.to_thread(ledger_summary, self.db, tenant)
@@ -425,35 +436,51 @@ class Ingress:
     async def budget(self, caller: Authenticated) -> JSONResponse:
         """The caller's own accounts (its tenant, its key): limits, use per window,
         remaining, reset times. Nobody can read another tenant's."""
+        self.side.take(caller.tenant if caller is not None else None)
         if caller is None or self.gate is None:
             return JSONResponse({"object": "budget", "tenant": None, "limited": False})
         tier = tier_of(self.config.routing, caller.tenant, None, caller.tier)
-        report = await self.gate.budget(caller.tenant, tier, caller.key_id)
-        return JSONResponse(report)
+        mine = self.gate.accounts(caller.tenant, tier, caller.key_id, None)
+        accounts = await self.gate.budget(mine)
+        return JSONResponse(
+            {"object": "budget", "tenant": caller.tenant, "limited": bool(accounts),
+             "accounts": accounts, "mode": self.gate.mode}
+        )  # fmt: skip
 
     @api.post("/v1/feedback", responses=responses(FeedbackResponse, FEEDBACK_ERRORS))
     async def feedback(self, body: FeedbackRequest, caller: Authenticated) -> Response:
-        """A verdict on one of the caller's own responses, kept with its ledger record."""
+        """A verdict on one of the caller's own responses, kept with its ledger record:
+        one per response (a later one replaces it), within `feedback.window_s` of it.
+
+        Only the first verdict on a response is evidence for the adaptive router: the
+        bandit's counts are sums without a record of who added what, so a changed mind
+        cannot be taken back out of them, and counting every change would let one
+        response weigh as much as its owner cares to post. The stored row (training data,
+        the export) always holds the latest.
+        """
+        self.side.take(caller.tenant if caller is not None else None)
         queued, _ = self.ledger.queued_tenant(body.id)
         if queued:  # answered here moments ago: write it now rather than wait
             await asyncio.to_thread(self.ledger.flush)
-        known, owner = await asyncio.to_thread(tenant_of, self.db, body.id)
-        if not known:  # maybe another replica's, not written yet: one flush period later
-            await asyncio.sleep(self.config.database.flush_interval_s * 1.5)
-            known, owner = await asyncio.to_thread(tenant_of, self.db, body.id)
-        if not known:
+        # NOTE: one look, no waiting: a response another replica has not written yet
+        # (up to `database.flush_interval_s` old) is a 404 the client retries (README).
+        target = await asyncio.to_thread(feedback_target, self.db, body.id)
+        if target is None:
             raise UnknownResponseError(body.id)
-        if caller is not None and caller.role == "tenant" and owner != caller.tenant:
+        if caller is not None and caller.role == "tenant" and target.tenant != caller.tenant:
             raise ForeignResponseError()
-        tenant = caller.tenant if caller is not None else owner
-        added = await asyncio.to_thread(
+        window_s = self.config.feedback.window_s
+        if target.closed(time.time(), window_s):
+            raise FeedbackWindowClosedError(window_s)
+        tenant = caller.tenant if caller is not None else target.tenant
+        verdict = await asyncio.to_thread(
             add_feedback, self.db, body.id, tenant, body.score, body.label, body.comment
         )
-        if self.serving.adaptive is not None:  # evidence for the pool that answered
-            arm = await asyncio.to_thread(arm_of, self.db, body.id)
-            if arm is not None:
-                self.serving.adaptive.feedback(Pick(*arm), body.score)
-        answer = FeedbackResponse(id=added, request_id=body.id)
+        adaptive, arm = self.serving.adaptive, target.arm
+        if adaptive is not None and arm is not None and not verdict.replaced:
+            # Evidence for the pool that answered, in the overlay of the request's tenant.
+            adaptive.feedback(Pick(*arm), body.score, tenant=target.tenant)
+        answer = FeedbackResponse(id=verdict.id, request_id=body.id, replaced=verdict.replaced)
         return Response(answer.model_dump_json(), media_type="application/json")
 
     async def __del__(self) -> None:
@@ -478,6 +505,8 @@ class Ingress:
         healthy = all(s["ok"] for s in status.values())
         body: dict[str, Any] = {"ok": healthy, "pools": status}
         body["counters"] = dict(self.metrics.counts)
+        if self.gate is not None:
+            body["quota"] = {"mode": self.gate.mode, "accounts": self.gate.tracked()}
         body["active_requests"] = self.guard.active
         if self.guard.refused:
             body["refused"] = {str(k): v for k, v in sorted(self.guard.refused.items())}

@@ -21,6 +21,7 @@ from execution.executor import Outcome
 LATENCY_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128]
 TTFT_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32]
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+QUOTA_MODES = {"keeper": 0, "local": 1, "closed": 2}
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class RequestMetrics:
         self.requests: Counter[str] = Counter()  # outcome -> count
         self.served: Counter[str] = Counter()  # model -> answers
         # strategy.<s>, served.<pool>, escalations, fallbacks, speculative.<winner>_won,
-        # discarded_tokens: shown by /health
+        # discarded_tokens, refused.<outcome>: shown by /health
         self.counts: Counter[str] = Counter()
         self.cost_usd = 0.0
         self.large_cost_usd = 0.0
@@ -81,6 +82,15 @@ class RequestMetrics:
             # dashboard subtracts the two counters.
             self._inc("cost", done.cost_usd, mine)
             self._inc("large_cost", done.large_cost_usd, tags)
+
+    def refused(self, outcome: str) -> None:
+        """A generation request refused before serving saw it (its body or a header):
+        counted here (`/health` shows `refused.<outcome>`) and in Prometheus as a
+        request of strategy `none`, never a ledger row: refusals cost the client nothing
+        to send, so each must cost the router no more than a counter. `outcome` is one of
+        `outcome_of`'s few labels; the tenant label stays empty (nothing is known yet)."""
+        self.counts[f"refused.{outcome}"] += 1
+        self.finished(Finished("none", outcome, 0.0))
 
     def answered(self, outcome: Outcome) -> None:
         """A strategy produced its answer: who served it, escalations, discarded work."""
@@ -122,6 +132,11 @@ class RequestMetrics:
         self._ray["queued"].set(queued, tags=tags)
         if replicas is not None:
             self._ray["replicas"].set(replicas, tags=tags)
+
+    def quota_mode(self, mode: str) -> None:
+        """Which way limits are enforced now (`tenancy.gate.QuotaGate.mode`)."""
+        if self._ray:
+            self._ray["quota_mode"].set(QUOTA_MODES.get(mode, 0))
 
     def _inc(self, name: str, value: float, tags: dict[str, str]) -> None:
         # NOTE: Ray rejects a counter increment of 0 or less.
@@ -224,5 +239,10 @@ def _ray_metrics() -> dict[str, Any]:
         ),
         "replicas": m.Gauge(
             "switchyard_pool_replicas", description="Running replicas", tag_keys=("pool",)
+        ),
+        "quota_mode": m.Gauge(
+            "switchyard_quota_mode",
+            description="How limits are enforced: 0 through the shared quota keeper, "
+            "1 locally (keeper unreachable, fail_mode local), 2 refusing (fail_mode closed)",
         ),
     }

@@ -24,6 +24,11 @@ and every answer Serve itself produces becomes an OpenAI-shaped error; a stream 
 breaks ends with an error event and `data: [DONE]`. The limits are `ApiConfig`'s
 defaults, overridable with `SWITCHYARD_MAX_BODY_BYTES`, `SWITCHYARD_MAX_HEADER_BYTES`
 and `SWITCHYARD_BODY_TIMEOUT_S`; the ingress enforces its app's own limits again.
+
+The edge holds no API keys (they live in each ingress replica's key ring), so it cannot
+refuse a request for its key: a body without a valid key is still read here, within the
+limits above, and then refused by the ingress's guard from its headers (401) without the
+ingress reading it. Uploads in flight are bounded here only by the size cap and deadline.
 """
 
 from __future__ import annotations

@@ -22,7 +22,10 @@ from core.errors import (
     AllPoolsFailedError,
     CircuitOpenError,
     ColdStartError,
+    EngineError,
+    EngineUnavailableError,
     PoolOverloadedError,
+    PoolTimeoutError,
     SwitchyardError,
 )
 from execution.monitor import PoolMonitor
@@ -85,12 +88,39 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Call:
+    """One call of a request to a pool, as the tenant's bill needs it: what it did, or,
+    when that is unknown (a timeout, an engine failure mid-answer, a client that left a
+    whole-answer call), that the engine may have worked up to `max_tokens`."""
+
+    pool: str
+    max_tokens: int
+    prompt_tokens: int = 0
+    completion_tokens: int | None = None  # None: unknown
+    ran: bool = True  # False: refused before any engine work (no charge)
+
+    def ended(self, exc: BaseException) -> None:
+        """A call that raised: did the engine possibly work on it?"""
+        if isinstance(exc, EngineUnavailableError | PoolOverloadedError):
+            self.ran = False
+        elif not isinstance(exc, asyncio.CancelledError | PoolTimeoutError | EngineError):
+            self.ran = False  # a client error: refused before generating
+
+
 @dataclass(frozen=True)
 class Job:
-    """One request and what each pool may spend on it (`max_tokens` differs by model)."""
+    """One request and what each pool may spend on it (`max_tokens` differs by model);
+    `calls` is the caller's list, so what ran is known even when the request fails."""
 
     request: GenerationRequest
     max_tokens: Mapping[str, int] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+
+    def call(self, pool: str) -> Call:
+        made = Call(pool, self.max_tokens.get(pool, self.request.sampling.max_tokens))
+        self.calls.append(made)
+        return made
 
     def for_pool(self, pool: str) -> GenerationRequest:
         sampling = self.request.sampling
@@ -160,9 +190,15 @@ class Executor:
     ) -> GenerationResult:
         await self._enter(pool, can_fall_back)
         tried.append(pool)
-        async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
-            result = await self.pools.generate(pool, job.for_pool(pool))
-            acc.completion_tokens = result.completion_tokens
+        call = job.call(pool)
+        try:
+            async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
+                result = await self.pools.generate(pool, job.for_pool(pool))
+                acc.completion_tokens = result.completion_tokens
+        except BaseException as exc:
+            call.ended(exc)
+            raise
+        call.prompt_tokens, call.completion_tokens = result.prompt_tokens, result.completion_tokens
         return result
 
     @contextlib.asynccontextmanager
@@ -198,22 +234,29 @@ class Executor:
             self.events.fell_back(pool, following[0], exc.reason)
 
     async def open_stream(
-        self, plan: Plan, request: GenerationRequest
+        self, plan: Plan, request: GenerationRequest, calls: list[Call] | None = None
     ) -> tuple[str, GenerationChunk | None, AsyncIterator[GenerationChunk], list[str]]:
         """Start streaming from the plan's pool, falling back until a first chunk arrives.
 
         After the first chunk the client has seen output, so a later failure ends the
-        stream with an error event instead of switching models mid-answer.
+        stream with an error event instead of switching models mid-answer. The last of
+        `calls` is the stream's: its tokens are counted by whoever reads the stream.
         """
-        job, chain, tried = Job(request, plan.max_tokens), [plan.pool, *plan.fallbacks], []
+        job = Job(request, plan.max_tokens, calls if calls is not None else [])
+        chain: list[str] = [plan.pool, *plan.fallbacks]
+        tried: list[str] = []
         last: BaseException | None = None
         for i, pool in enumerate(chain):
+            call: Call | None = None
             try:
                 await self._enter(pool, i + 1 < len(chain))
                 tried.append(pool)
+                call = job.call(pool)
                 chunks = self.pools.stream(pool, job.for_pool(pool))
                 first = await anext(chunks, None)
             except BaseException as exc:
+                if call is not None:
+                    call.ended(exc)
                 if not moves_on(exc):
                     raise
                 if counts_against_circuit(exc):
@@ -227,8 +270,11 @@ class Executor:
 
     # --- strategies -----------------------------------------------------------------
 
-    async def execute(self, plan: Plan, request: GenerationRequest) -> Outcome:
-        job = Job(request, plan.max_tokens)
+    async def execute(
+        self, plan: Plan, request: GenerationRequest, calls: list[Call] | None = None
+    ) -> Outcome:
+        """Run the plan; every pool call it makes is appended to `calls` (the bill)."""
+        job = Job(request, plan.max_tokens, calls if calls is not None else [])
         if plan.strategy == "cascade":
             return await self._cascade(plan, job)
         if plan.strategy == "speculative":
@@ -345,9 +391,19 @@ class Executor:
         """Stream one pool's answer, keeping what arrived so far for loser accounting."""
         await self._enter(pool, can_fall_back=True)  # the other racer answers meanwhile
         acc = partial[pool] = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
-        async with self._guard(pool, acc):
-            async for chunk in self.pools.stream(pool, job.for_pool(pool)):
-                acc.add(chunk)
+        call = job.call(pool)
+        try:
+            async with self._guard(pool, acc):
+                async for chunk in self.pools.stream(pool, job.for_pool(pool)):
+                    acc.add(chunk)
+        except BaseException as exc:
+            call.ended(exc)
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+            # NOTE: the loser of a race, stopped: what it streamed so far is known.
+            call.prompt_tokens, call.completion_tokens = acc.prompt_tokens, acc.completion_tokens
+            raise
+        call.prompt_tokens, call.completion_tokens = acc.prompt_tokens, acc.completion_tokens
         return acc
 
 

@@ -40,13 +40,26 @@ engine error or timeout is a 0. A pool that was unavailable (circuit open, cold 
 gives no evidence: availability is the eligible set's business, and punishing it would
 keep a pool avoided long after it is back.
 
+**Whose evidence counts for whom.** What the system observes itself (errors, timeouts,
+cascade verdicts: `outcome_reward`) goes into the shared context: every tenant's routing
+learns from it, and nobody can forge it. A feedback score is a tenant's opinion, and a
+tenant can send as much of it as it has responses, so it goes into that tenant's
+*overlay* (`overlay_key(context, tenant)`: the context plus a hash of the tenant), a
+context of its own. Choosing for a request of tenant T, a pool's posterior is the prior
++ the shared context's evidence + T's overlay's (`overlay=`), so a tenant's feedback
+steers its own requests at full weight and nobody else's at all. Requests without a
+tenant (authentication off: one trust domain) use the shared context only, and their
+feedback goes there. Each response takes one verdict as evidence (the first; a later
+one only replaces the stored row, see `tenancy.ledger.add_feedback`).
+
 **How the request path calls it** (to be wired into the ingress; the planner is
 untouched). Each ingress replica holds one `tenancy.bandit.SharedBandit` (this router,
 its pending increments, a sync thread started with the replica and closed on shutdown):
 
 1. The planner plans as today. When `routing.adaptive.covers(tier)`, the plan's strategy
    is `route`, the model is `auto` and the plan has more than one candidate, the ingress
-   calls ``shared.choose(context, eligible, costs=..., frugal=wishes.frugal is not None)``
+   calls ``shared.choose(context, eligible, costs=..., frugal=wishes.frugal is not None,
+   overlay=overlay_key(context, wishes.tenant))`` (no overlay without a tenant)
    with ``context = context_key(route_class, tier if adaptive.per_tier else None)``,
    `eligible` = the plan's candidates (tier pools that can serve the request, available,
    meeting its constraints) in the planner's order of preference (ties go to the first),
@@ -54,8 +67,9 @@ its pending increments, a sync thread started with the replica and closed on shu
    `plan.pool` (fallbacks recomputed for it); `explored` goes into the notes.
 2. It keeps (context, pool) with the request (in memory, and in its ledger record so
    that late feedback finds the arm): at the end of the request
-   ``outcome_reward(outcome, escalated)``, on `POST /v1/feedback`
-   ``feedback_reward(score)``, each (when not None) passed to ``shared.observe``.
+   ``outcome_reward(outcome, escalated)`` into the context, on the first
+   `POST /v1/feedback` on the response ``feedback_reward(score)`` into the overlay of
+   the request's tenant, each (when not None) passed to ``shared.observe``.
 3. `choose` and `observe` are in memory only (tens of microseconds); the sync thread
    writes the replica's increments and reloads everyone's every `refresh_s`. No database
    call is on the request path.
@@ -63,6 +77,7 @@ its pending increments, a sync thread started with the replica and closed on shu
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -74,7 +89,9 @@ from routing.config import AdaptiveConfig
 
 Arm = tuple[str, str]  # (context, pool)
 
-CONTEXT_CHARS = 128  # a route class, or a class and a tier
+CONTEXT_CHARS = 128  # a route class, or a class and a tier; or a tenant's overlay of one
+OVERLAY_DIGEST_CHARS = 12  # hex digits of the tenant's SHA-256 in its overlay's key
+SHARED_CONTEXT_CHARS = CONTEXT_CHARS - 1 - OVERLAY_DIGEST_CHARS  # room for "#<digest>"
 PRIOR = (1.0, 1.0)  # Beta(1, 1): uniform, nothing known yet
 EXPLORE_BURST = 3.0  # exploration credit a context may save up while it exploits
 IMPLICIT_WEIGHT = 0.5  # a cascade verdict weighs half an explicit feedback score
@@ -84,9 +101,22 @@ FAILED_OUTCOMES = frozenset({"error", "timeout"})  # the pool answered badly or 
 def context_key(route_class: str, tier: str | None = None) -> str:
     """The bandit's context: the route class, or the class on one tier (`class@tier`)."""
     key = route_class if tier is None else f"{route_class}@{tier}"
-    if not route_class or len(key) > CONTEXT_CHARS:
-        raise ValueError(f"a bandit context is 1..{CONTEXT_CHARS} characters, got {len(key)}")
+    if not route_class or len(key) > SHARED_CONTEXT_CHARS:
+        raise ValueError(
+            f"a bandit context is 1..{SHARED_CONTEXT_CHARS} characters, got {len(key)}"
+        )
     return key
+
+
+def overlay_key(context: str, tenant: str) -> str:
+    """The tenant's private context on top of `context` (`context#<digest>`): where its
+    feedback goes. A stable hash (SHA-256, not Python's per-process `hash`), so every
+    replica and every restart names the same overlay; the tenant's name stays out of the
+    shared table."""
+    if not context or len(context) > SHARED_CONTEXT_CHARS:
+        raise ValueError(f"a bandit context is 1..{SHARED_CONTEXT_CHARS} characters")
+    digest = hashlib.sha256(tenant.encode("utf-8")).hexdigest()[:OVERLAY_DIGEST_CHARS]
+    return f"{context}#{digest}"
 
 
 @dataclass(frozen=True)
@@ -179,13 +209,25 @@ class ThompsonRouter:
 
     # --- evidence -----------------------------------------------------------------
 
-    def posterior(self, context: str, pool: str, now: float | None = None) -> tuple[float, float]:
-        """Beta(alpha, beta) of the arm as of `now`: the prior plus the decayed counts."""
-        stats = self._stats.get((context, pool), ArmStats()).decayed(_now(now), self.half_life_s)
-        return self.prior[0] + stats.successes, self.prior[1] + stats.failures
+    def posterior(
+        self, context: str, pool: str, now: float | None = None, overlay: str | None = None
+    ) -> tuple[float, float]:
+        """Beta(alpha, beta) of the arm as of `now`: the prior plus the decayed counts of
+        the shared `context` and, when given, of the tenant's `overlay` of it."""
+        when = _now(now)
+        successes = failures = 0.0
+        for key in (context,) if overlay is None else (context, overlay):
+            stats = self._stats.get((key, pool))
+            if stats is not None:
+                decayed = stats.decayed(when, self.half_life_s)
+                successes += decayed.successes
+                failures += decayed.failures
+        return self.prior[0] + successes, self.prior[1] + failures
 
-    def mean(self, context: str, pool: str, now: float | None = None) -> float:
-        alpha, beta = self.posterior(context, pool, now)
+    def mean(
+        self, context: str, pool: str, now: float | None = None, overlay: str | None = None
+    ) -> float:
+        alpha, beta = self.posterior(context, pool, now, overlay)
         return alpha / (alpha + beta)
 
     def update(
@@ -228,20 +270,23 @@ class ThompsonRouter:
         costs: Mapping[str, float] | None = None,
         frugal: bool = False,
         now: float | None = None,
+        overlay: str | None = None,
     ) -> Choice:
-        """One of `eligible` for a request of `context`.
+        """One of `eligible` for a request of `context` (of the tenant whose `overlay`
+        is given: its own evidence counts on top of the shared).
 
         `costs`: this request's estimated cost on each pool (any unit; pools beyond the
         eligible ones may be given), divided by the largest so that `cost_weight` is
         unitless and a pool's penalty does not depend on which others are eligible.
-        Ties go to the earlier pool of `eligible`.
+        Ties go to the earlier pool of `eligible`. Exploration credit is the shared
+        context's: the bound on exploring holds over all of a context's requests.
         """
         pools = list(dict.fromkeys(eligible))
         if not pools:
             raise ValueError("choose needs at least one eligible pool")
         when = _now(now)
         penalty = self._penalties(pools, costs)
-        means = {p: self.mean(context, p, when) - penalty[p] for p in pools}
+        means = {p: self.mean(context, p, when, overlay) - penalty[p] for p in pools}
         greedy = max(pools, key=lambda p: means[p])
         if frugal or len(pools) == 1:
             return Choice(greedy, False, _rounded(means))
@@ -250,7 +295,8 @@ class ThompsonRouter:
         if credit < 1.0:  # no exploration allowed now: no need to sample
             return Choice(greedy, False, _rounded(means))
         samples = {
-            p: rng.betavariate(*self.posterior(context, p, when)) - penalty[p] for p in pools
+            p: rng.betavariate(*self.posterior(context, p, when, overlay)) - penalty[p]
+            for p in pools
         }
         sampled = max(pools, key=lambda p: samples[p])
         if sampled == greedy:

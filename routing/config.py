@@ -18,6 +18,11 @@ from routing.rules import RulesConfig
 Strategy = Literal["route", "cascade", "speculative"]
 STRATEGIES: tuple[Strategy, ...] = ("route", "cascade", "speculative")
 
+# Reserved tenant name: requests a trusted gateway sends for a tenant nobody configured or
+# gave a key are this tenant's, so that made-up names cannot multiply quota accounts and
+# metric labels (deployments/openai/wishes.py). It gets the default tier.
+OTHER_TENANT = "other"
+
 
 class ConfidenceRule(StrictConfig):
     """When the `source` pool's answer is good enough to skip `target`."""
@@ -205,7 +210,7 @@ class RoutingConfig(StrictConfig):
     tenants: dict[str, str] = Field(
         default_factory=dict,
         description="Tenant id (`x-switchyard-tenant`) -> tier; a mapped tenant cannot "
-        "choose another tier.",
+        f"choose another tier. `{OTHER_TENANT}` is reserved (unknown tenants; default tier).",
     )
     default_tier: str | None = Field(
         default=None, description="Tier of requests that name neither a tenant nor a tier."
@@ -223,6 +228,11 @@ class RoutingConfig(StrictConfig):
         for rule in self.cascade.rules:
             if rule.source == rule.target:
                 raise ValueError(f"cascade rule escalates {rule.source!r} to itself")
+        if OTHER_TENANT in self.tenants:
+            raise ValueError(
+                f"tenants: {OTHER_TENANT!r} is reserved for tenant names nobody configured; "
+                "it gets default_tier"
+            )
         named = {*self.tenants.values(), *([self.default_tier] if self.default_tier else [])}
         unknown = sorted(named - set(self.tiers))
         if unknown:

@@ -58,6 +58,7 @@ class Wishes:
     max_cost_usd: float | None = None
     latency_budget_s: float | None = None
     tier: str | None = None
+    assigned_tier: str | None = None  # the operator's tier for the caller (quotas read it)
     pools: frozenset[str] | None = None  # the tier's pools; None = all
     tenant: str | None = None  # who asks (an API key's tenant, or a trusted gateway's)
     frugal: str | None = None  # why routing must save (a budget near its limit), if it must
@@ -316,8 +317,11 @@ def _escalating(
         return direct(target, f"{strategy} skipped: pool {source!r} is unavailable")
     if wishes.min_quality is not None and views[source].quality < wishes.min_quality:
         return direct(target, f"{strategy} skipped: {source!r} is below min_quality")
-    if wishes.max_cost_usd is not None and views[target].cost_per_request > wishes.max_cost_usd:
-        return direct(source, f"{strategy} skipped: {target!r} exceeds max_cost_usd")
+    # NOTE: a cascade may pay for both pools, a speculation always does: the cap holds
+    # for their sum, the request's worst case.
+    both = views[source].cost_per_request + views[target].cost_per_request
+    if wishes.max_cost_usd is not None and both > wishes.max_cost_usd:
+        return direct(source, f"{strategy} skipped: {source!r} + {target!r} exceed max_cost_usd")
     notes: tuple[str, ...] = ()
     downgrade = None
     if strategy == "speculative" and (views[target].saturated or not views[target].available):

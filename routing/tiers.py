@@ -51,6 +51,8 @@ def apply_tier(
 ) -> Wishes:
     """The request's wishes, completed by its tier's defaults and bounded by its limits."""
     name = tier_of(config, tenant, asked, assigned)
+    # NOTE: quotas follow the tier the operator gave the caller, not the one it chose.
+    wishes = replace(wishes, assigned_tier=tier_of(config, tenant, None, assigned))
     if name is None:
         return wishes
     tier = config.tiers[name]

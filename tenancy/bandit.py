@@ -20,6 +20,9 @@ own evidence. While the database is unreachable the increments wait in memory, m
 per arm (memory grows with the number of arms, not of requests), and are written when it
 is back. Why not one row per observation: the snapshot would need an aggregate with
 exponentials per row on every refresh, and compaction; counts per arm stay tiny.
+A tenant's feedback overlays (`routing.bandit.overlay_key`) are arms like any other, so
+the table and each replica's copy grow with tenants x contexts x pools of tenants that
+give feedback.
 """
 
 from __future__ import annotations
@@ -157,10 +160,12 @@ class SharedBandit:
         costs: Mapping[str, float] | None = None,
         frugal: bool = False,
         now: float | None = None,
+        overlay: str | None = None,
     ) -> Choice:
+        """A pool for a request of `context`; of a tenant whose `overlay` counts too."""
         with self._lock:
             return self.router.choose(
-                context, eligible, self._rng, costs=costs, frugal=frugal, now=now
+                context, eligible, self._rng, costs=costs, frugal=frugal, now=now, overlay=overlay
             )
 
     def observe(self, context: str, pool: str, reward: Reward, now: float | None = None) -> None:
@@ -171,10 +176,11 @@ class SharedBandit:
             )
             _merge_into(self._pending, {(context, pool): increment}, self.router.half_life_s)
 
-    def evidence(self, context: str, pool: str) -> float:
-        """How many observations (decayed, weighted) the arm has, beyond the prior."""
+    def evidence(self, context: str, pool: str, overlay: str | None = None) -> float:
+        """How many observations (decayed, weighted) the arm has, beyond the prior: the
+        shared context's, and the `overlay`'s when given."""
         with self._lock:
-            alpha, beta = self.router.posterior(context, pool)
+            alpha, beta = self.router.posterior(context, pool, overlay=overlay)
         return max(0.0, alpha + beta - sum(self.router.prior))
 
     def pending(self) -> int:

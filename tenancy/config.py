@@ -48,6 +48,46 @@ class DatabaseConfig(StrictConfig):
     )
 
 
+class FeedbackConfig(StrictConfig):
+    """What `POST /v1/feedback` accepts: one verdict per response (a later one replaces
+    it; only the first is evidence for the adaptive router), for a while after it."""
+
+    window_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="Feedback on a response is accepted until this long after the request "
+        "arrived; later it is a 409 `feedback_window_closed`. A verdict on an old answer "
+        "says little about the pool as it is now.",
+    )
+
+
+class AccountingConfig(StrictConfig):
+    """How limits are enforced when the shared quota keeper cannot be asked, and the
+    cheap limit on the endpoints that generate nothing."""
+
+    fail_mode: Literal["local", "closed"] = Field(
+        default="local",
+        description="When the quota keeper (or its database) cannot answer: `local` keeps "
+        "enforcing every limit from each ingress replica's own book at `local_share` of "
+        "it, spend reconciled once the keeper is back; `closed` refuses requests with "
+        "limits (503 accounting_unavailable). Never unlimited.",
+    )
+    local_share: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Each replica's share of every limit in `local` mode; default: one "
+        "over the ingress's (maximum) number of replicas.",
+    )
+    side_requests_per_minute: int = Field(
+        default=600,
+        ge=1,
+        description="Calls per minute per caller (tenant, or one bucket for all anonymous "
+        "callers) to /v1/route, /v1/classify, /v1/metrics, /v1/budget and /v1/feedback, "
+        "per ingress replica; more is a 429. These generate nothing and spend no budget.",
+    )
+
+
 class QuotaConfig(StrictConfig):
     """Rate limits and a budget for one account: a tenant, or one API key."""
 
@@ -63,7 +103,12 @@ class QuotaConfig(StrictConfig):
 
     def governs(self) -> bool:
         limits = self.limits
-        return bool(limits.requests_per_minute or limits.tokens_per_minute or self.budget.limits())
+        return bool(
+            limits.requests_per_minute
+            or limits.tokens_per_minute
+            or limits.max_in_flight
+            or self.budget.limits()
+        )
 
 
 class TenantConfig(QuotaConfig):
@@ -78,7 +123,13 @@ class TenantConfig(QuotaConfig):
 
 class Quotas:
     """Which limits apply to a request: its tenant's (or, when the tenant has none, its
-    tier's, counted per tenant) and its API key's, each an account the keeper counts."""
+    *assigned* tier's, counted per tenant) and its API key's, each an account the keeper
+    counts.
+
+    The tier comes from the operator (the key's tier, the tenant's mapping, the default
+    tier), never from the request: a tier a request may choose (`selectable`) can only
+    narrow the assigned tier's quota, never widen it.
+    """
 
     def __init__(
         self,
@@ -89,14 +140,38 @@ class Quotas:
         self.tenants, self.tiers, self.keys = dict(tenants), dict(tiers), dict(keys)
 
     def accounts(
-        self, tenant: str | None, tier: str | None, key_id: str | None
+        self,
+        tenant: str | None,
+        assigned: str | None,
+        key_id: str | None,
+        chosen: str | None = None,
     ) -> list[tuple[str, QuotaConfig]]:
         found: list[tuple[str, QuotaConfig]] = []
         if tenant is not None:
             own = self.tenants.get(tenant)
-            policy = own if own is not None and own.governs() else self.tiers.get(tier or "")
+            policy = own if own is not None and own.governs() else self.tiers.get(assigned or "")
+            narrower = self.tiers.get(chosen or "") if chosen != assigned else None
+            if narrower is not None and narrower.governs():
+                policy = narrower if policy is None else narrowest(policy, narrower)
             if policy is not None and policy.governs():
                 found.append((f"tenant:{tenant}", policy))
         if key_id is not None and key_id in self.keys and self.keys[key_id].governs():
             found.append((f"key:{key_id}", self.keys[key_id]))
         return found
+
+
+def narrowest(a: QuotaConfig, b: QuotaConfig) -> QuotaConfig:
+    """Each limit the tighter of the two (unset = no limit)."""
+
+    def tighter(x: float | None, y: float | None) -> float | None:
+        return y if x is None else x if y is None else min(x, y)
+
+    limits = {
+        name: tighter(getattr(a.limits, name), getattr(b.limits, name))
+        for name in type(a.limits).model_fields
+    }
+    budget = {
+        name: tighter(getattr(a.budget, name), getattr(b.budget, name))
+        for name in type(a.budget).model_fields
+    }
+    return QuotaConfig.model_validate({"limits": limits, "budget": budget})

@@ -1,67 +1,121 @@
-"""Each ingress replica's side of budgets and rate limits: admit, refuse, or go frugal.
+"""Each ingress replica's side of budgets and rate limits: reserve, settle, go frugal.
 
 A request is checked against every account that governs it (`tenancy.config.Quotas`):
-its tenant (the tenant's own limits, else its tier's, counted per tenant) and its API
-key (when that key has limits of its own).
+its tenant (the tenant's own limits, else its assigned tier's, counted per tenant) and
+its API key (when that key has limits of its own).
 
-The shared counts live in one `QuotaKeeper` (tenancy/keeper.py behind a Serve
-deployment); this gate keeps what it needs to decide most requests without asking it:
+**Reserve before work, settle after.** Before any engine work the request reserves its
+worst case (`tenancy.keeper.needed`: one request, one in-flight slot, its plan's
+worst-case tokens and USD) out of an *allowance* this replica holds for the account;
+only when the allowance is short does it ask the keeper for more (one request per
+account at a time; the others wait for that answer). The check and the deduction have no
+`await` between them, so concurrent requests cannot both pass on the same room. When
+the request ends — answer, error, timeout, fallback, or a client that left — `settle`
+charges what it really used and gives the rest back to the allowance. Refusals are
+cached until their retry time, so a client hammering a spent limit costs no keeper
+calls. Allowances this replica no longer uses go back to the keeper at the next `flush`.
 
-    requests per minute  a local lease of requests granted by the keeper (one call per
-                         lease, not per request); none left and none granted -> 429
-                         `rate_limit_exceeded`
-    tokens per minute,   the keeper's snapshot of the tenant's usage, at most
-    budgets              `snapshot_ttl_s` old, plus what this replica spent since and has
-                         not reported; a spent budget -> 429 `insufficient_quota` before any
-                         engine work, `frugal_at` of it -> cheaper routing
+**When the keeper cannot answer** (the keeper or its database is down, or overloaded),
+`fail_mode` decides: `local` (the default) keeps enforcing limits from a book of this
+replica's own, with each limit scaled to `local_share` (this replica's share of the
+cluster), the spend kept and reported once the keeper is back; `closed` refuses with
+503. Never unlimited. `mode` says which applies now; the log names the cause.
 
-Spend is reported to the keeper in batches (`flush`, every `report_interval_s`). If the
-keeper cannot be reached, requests are admitted (and the failure logged): a broken
-accounting service must not take the API down.
-
-Bound on overshoot: requests per minute, none (leases are counted when granted). Tokens
-and USD: what is in flight when a limit is reached, plus what other replicas spent in
-the last `report_interval_s + snapshot_ttl_s`.
+Bound on overshoot: what requests spend beyond their own worst case (an estimate of the
+prompt's tokens that was low). While the keeper is unreachable, each replica admits at
+most its local share of each limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
-from core.errors import QuotaExceededError, RateLimitedError
+from core.errors import (
+    AccountingUnavailableError,
+    ConcurrencyLimitError,
+    QuotaExceededError,
+    RateLimitedError,
+    RequestExceedsLimitError,
+    SwitchyardError,
+)
 from tenancy.config import QuotaConfig, Quotas
-from tenancy.keeper import Snapshot, Spend, lease_size
+from tenancy.keeper import (
+    NOTHING,
+    Amounts,
+    Grant,
+    QuotaBook,
+    Refusal,
+    Settlement,
+    allowance,
+    needed,
+)
 from tenancy.quota import PERIODS, Period, budget_state, rate_limit_headers, window
 
 logger = logging.getLogger(__name__)
+
+FailMode = Literal["local", "closed"]
+Mode = Literal["keeper", "local", "closed"]
+
+IDLE_RELEASE_S = 1.0  # an allowance unused this long goes back to the keeper
+IDLE_EVICT_S = 300.0  # an account unused this long, holding nothing, leaves memory
+KEEPER_RETRY_S = 5.0  # while the keeper is down, ask it again at most this often
+USAGE_TTL_S = 1.0  # /v1/budget reads the keeper's numbers at most this old
+MAX_TRIES = 16  # allowance fetches one request may wait through before giving up
 
 
 class Keeper(Protocol):
     """The shared book, as the gate reaches it (a Serve handle in the ingress)."""
 
-    async def lease(self, account: str, want: int, limit: int, now: float) -> tuple[int, float]: ...
+    async def acquire(
+        self, account: str, holder: str, need: Amounts, want: Amounts, policy: QuotaConfig
+    ) -> Grant: ...
 
-    async def report(self, spent: list[Spend], now: float) -> None: ...
+    async def settle(self, holder: str, items: list[Settlement]) -> dict[str, Grant]: ...
 
-    async def snapshot(self, account: str, now: float) -> Snapshot: ...
+    async def snapshot(self, account: str) -> Grant: ...
 
 
 @dataclass(frozen=True)
-class Admission:
-    accounts: tuple[str, ...] = ()  # what the request's spend is booked to
-    frugal: str | None = None  # why routing must save, when a budget is near its end
-    headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-*
+class Part:
+    """One account's share of a reservation, and who granted it."""
+
+    account: str
+    need: Amounts
+    local: bool  # granted by this replica's own book (keeper unreachable)
 
 
 @dataclass
-class _Lease:
-    left: int = 0
-    until: float = 0.0
+class Reservation:
+    """What one request reserved; `QuotaGate.settle` ends it (once)."""
+
+    created_at: float
+    parts: tuple[Part, ...] = ()
+    settled: bool = False
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return tuple(p.account for p in self.parts)
+
+
+@dataclass
+class _Account:
+    policy: QuotaConfig
+    have: Amounts = NOTHING  # allowance held and not reserved
+    local: bool = False  # `have` came from the local book
+    requests_until: float = 0.0  # requests in `have` are for the minute ending then
+    in_flight: int = 0
+    waiting: int = 0  # requests waiting for the allowance being fetched
+    active_at: float = 0.0
+    refused: tuple[float, Refusal] | None = None
+    fetching: asyncio.Future[None] | None = None
+    usage: Grant | None = None
+    usage_at: float = -math.inf
 
 
 class QuotaGate:
@@ -70,154 +124,382 @@ class QuotaGate:
         quotas: Quotas,
         keeper: Keeper,
         *,
-        snapshot_ttl_s: float = 1.0,
+        holder: str = "ingress",
+        fail_mode: FailMode = "local",
+        local_share: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.quotas = quotas
         self.keeper = keeper
-        self.snapshot_ttl_s = snapshot_ttl_s
+        self.holder = holder
+        self.fail_mode = fail_mode
+        self.local_share = local_share
         self.clock = clock
-        self._leases: dict[str, _Lease] = {}
-        self._snapshots: dict[str, tuple[float, Snapshot]] = {}
-        self._unreported: list[Spend] = []
-        self._last_error_log = 0.0
+        self._accounts: dict[str, _Account] = {}
+        self._unreported: list[Settlement] = []
+        self._local = QuotaBook()  # limits at local_share while the keeper is unreachable
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._last_error_log = -math.inf
 
-    async def admit(
-        self, tenant: str | None, tier: str | None = None, key_id: str | None = None
-    ) -> Admission:
-        """Admit one request, or raise a 429 domain error (no engine work done)."""
-        accounts = self.quotas.accounts(tenant, tier, key_id)
-        if not accounts:
-            return Admission()
+    # --- what the rest of the ingress reads -------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        if self._down_since is None:
+            return "keeper"
+        return "local" if self.fail_mode == "local" else "closed"
+
+    def tracked(self) -> int:
+        """Accounts held in memory (bounded: idle ones are evicted at `flush`)."""
+        return len(self._accounts)
+
+    def accounts(
+        self, tenant: str | None, assigned: str | None, key_id: str | None, chosen: str | None
+    ) -> list[tuple[str, QuotaConfig]]:
+        return self.quotas.accounts(tenant, assigned, key_id, chosen)
+
+    def frugal(self, accounts: Iterable[tuple[str, QuotaConfig]]) -> str | None:
+        """Why routing must save (a budget past `frugal_at`), from the last usage seen."""
         now = self.clock()
-        frugal: str | None = None
-        headers: dict[str, str] = {}
         for account, policy in accounts:
-            note, account_headers = await self._admit(account, policy, now)
-            frugal = frugal or note
-            headers = headers or account_headers  # the tenant's, when both have limits
-        return Admission(tuple(a for a, _ in accounts), frugal, headers)
+            state = self._accounts.get(account)
+            if state is None or state.usage is None:
+                continue
+            level = budget_state(policy.budget, self._used(account, state.usage), now)
+            if level.level != "ok":
+                return level.note()
+        return None
 
-    async def _admit(
-        self, account: str, policy: QuotaConfig, now: float
-    ) -> tuple[str | None, dict[str, str]]:
-        snap = await self._snapshot(account, now)
-        if snap is None:
-            return None, {}
-        used = self._with_unreported(account, snap)
-        state = budget_state(policy.budget, used, now)
-        if state.level == "exhausted" and state.worst is not None and state.resets_at:
-            what, period = state.worst
-            raise QuotaExceededError(
-                f"the {what} per {period} limit of {account}", _seconds(state.resets_at - now)
-            )
-        limits = policy.limits
-        tokens_now = int(used.get(("tokens", "minute"), 0.0))
-        if limits.tokens_per_minute is not None and tokens_now >= limits.tokens_per_minute:
-            raise self._limited("tokens", limits.tokens_per_minute, snap.minute_ends - now)
-        requests_used = snap.requests
-        if limits.requests_per_minute is not None:
-            limit = limits.requests_per_minute
-            try:
-                await self._take(account, limit, now)
-            except RateLimitedError as refused:
-                refused.headers = rate_limit_headers(limits, limit, tokens_now, now)
-                raise
-            requests_used = limit - self._remaining(account, limit, snap, now)
-        headers = rate_limit_headers(limits, requests_used, tokens_now, now)
-        return (state.note() if state.level == "frugal" else None), headers
+    def headers(self, accounts: list[tuple[str, QuotaConfig]]) -> dict[str, str]:
+        """`x-ratelimit-*` of the first account with rate limits."""
+        now = self.clock()
+        for account, policy in accounts:
+            state = self._accounts.get(account)
+            limits = policy.limits
+            if not (limits.requests_per_minute or limits.tokens_per_minute):
+                continue
+            if state is None or state.usage is None:  # nothing used here yet
+                return rate_limit_headers(limits, 0, 0, now)
+            grant = state.usage
+            requests = grant.requests - state.have.requests if grant else 0
+            tokens = int(self._used(account, grant).get(("tokens", "minute"), 0.0)) if grant else 0
+            return rate_limit_headers(limits, max(0, requests), tokens, now)
+        return {}
 
-    def _with_unreported(self, account: str, snap: Snapshot) -> dict[tuple[str, Period], float]:
-        """The keeper's numbers plus what this replica spent and has not reported yet."""
-        used = dict(snap.used)
-        for item in self._unreported:
-            if item.account == account:
-                for period in PERIODS:
-                    used["tokens", period] = used.get(("tokens", period), 0.0) + item.tokens
-                    used["usd", period] = used.get(("usd", period), 0.0) + item.usd
-        return used
+    # --- reserve and settle -------------------------------------------------------------
 
-    def _remaining(self, account: str, limit: int, snap: Snapshot, now: float) -> int:
-        lease = self._leases.get(account)
-        mine = lease.left if lease is not None and lease.until > now else 0
-        return max(0, limit - snap.requests + mine)
-
-    async def _take(self, account: str, limit: int, now: float) -> None:
-        lease = self._leases.setdefault(account, _Lease())
-        if lease.until <= now:
-            lease.left = 0
-        if lease.left <= 0:
-            try:
-                granted, until = await self.keeper.lease(account, lease_size(limit), limit, now)
-            except Exception as exc:  # noqa: BLE001 - accounting down: admit, say so
-                self._log(exc)
-                return
-            lease.left, lease.until = granted, until
-            if granted <= 0:
-                raise self._limited("requests", limit, until - now)
-        lease.left -= 1
-
-    def _limited(self, what: str, limit: int, wait_s: float) -> RateLimitedError:
-        return RateLimitedError(what, limit, _seconds(wait_s))
-
-    async def _snapshot(self, account: str, now: float) -> Snapshot | None:
-        cached = self._snapshots.get(account)
-        if cached is not None and now - cached[0] < self.snapshot_ttl_s:
-            return cached[1]
+    async def reserve(
+        self, accounts: list[tuple[str, QuotaConfig]], tokens: float, usd: float
+    ) -> Reservation:
+        """Reserve one request's worst case on every account, or raise (429, 400 when no
+        window could ever admit it, 503 when fail_mode is closed and the keeper is down).
+        Nothing stays reserved when it raises."""
+        reservation = Reservation(self.clock())
+        parts: list[Part] = []
         try:
-            snap = await self.keeper.snapshot(account, now)
-        except Exception as exc:  # noqa: BLE001 - accounting down: admit, say so
-            self._log(exc)
-            return cached[1] if cached else None
-        self._snapshots[account] = (now, snap)
-        return snap
+            for account, policy in accounts:
+                need = needed(policy, tokens, usd)
+                local = await self._take(account, policy, need)
+                parts.append(Part(account, need, local))
+        except BaseException:
+            for part in parts:  # NOTE: a later account refused: nothing was used
+                self._give_back(part, part.need)
+            raise
+        reservation.parts = tuple(parts)
+        return reservation
 
-    def spent(self, accounts: Iterable[str], created_at: float, tokens: int, usd: float) -> None:
-        """What a finished request used, booked to its accounts at the next `flush`."""
-        if tokens or usd:
-            for account in accounts:
-                self._unreported.append(Spend(account, created_at, float(tokens), usd))
+    def settle(self, reservation: Reservation, tokens: float, usd: float) -> None:
+        """Charge what the request really used; the rest of its reservation is free
+        again. Idempotent; never raises, never waits."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        for part in reservation.parts:
+            need = part.need
+            used = Amounts(tokens=min(tokens, need.tokens), usd=min(usd, need.usd))
+            unused = Amounts(
+                slots=need.slots, tokens=need.tokens - used.tokens, usd=need.usd - used.usd
+            )
+            self._give_back(part, unused)
+            released = NOTHING if part.local else used
+            self._unreported.append(
+                Settlement(part.account, reservation.created_at, tokens, usd, released)
+            )
+            if part.local:
+                spent = Settlement(part.account, reservation.created_at, tokens, usd, used)
+                self._local.settle("local", [spent], self.clock())
+
+    def _give_back(self, part: Part, amounts: Amounts) -> None:
+        state = self._accounts.get(part.account)
+        if state is None:
+            return
+        state.in_flight = max(0, state.in_flight - 1)
+        if state.local == part.local:
+            state.have = state.have + amounts
+        elif not part.local:  # granted by the keeper, whose allowance we no longer track
+            self._unreported.append(Settlement(part.account, self.clock(), released=amounts))
+
+    async def _take(self, account: str, policy: QuotaConfig, need: Amounts) -> bool:
+        """Take `need` out of this replica's allowance, fetching more when short."""
+        state = self._accounts.get(account)
+        if state is None or state.policy != policy:
+            state = self._accounts[account] = _Account(policy)
+        for _ in range(MAX_TRIES):
+            now = self.clock()
+            if state.refused is not None:
+                until, refusal = state.refused
+                if now >= until:
+                    state.refused = None
+                elif getattr(need, refusal.amount) > refusal.room:
+                    raise self._error(refusal, until - now, policy)
+            if state.have.requests and now >= state.requests_until:
+                state.have = replace(state.have, requests=0)
+            if state.have.covers(need):
+                # NOTE: no await between the check above and this deduction.
+                state.have = state.have.minus(need)
+                state.in_flight += 1
+                state.active_at = now
+                return state.local
+            if state.fetching is not None:
+                state.waiting += 1
+                try:
+                    await asyncio.shield(state.fetching)
+                finally:
+                    state.waiting -= 1
+                continue
+            state.fetching = asyncio.get_running_loop().create_future()
+            try:
+                await self._fetch(account, state, need)
+            finally:
+                state.fetching.set_result(None)
+                state.fetching = None
+        raise self._error(Refusal("requests", "minute", 0, 1), 1, policy)
+
+    async def _fetch(self, account: str, state: _Account, need: Amounts) -> None:
+        """More allowance from the keeper (or the local book while it is unreachable)."""
+        # NOTE: requests waiting for this fetch are served by it too: ask for theirs.
+        want = allowance(state.policy, need) + _times(need, state.waiting)
+        grant: Grant | None = None
+        if not self._keeper_down():
+            try:
+                grant = await self.keeper.acquire(account, self.holder, need, want, state.policy)
+            except Exception as exc:  # noqa: BLE001 - keeper or its database unreachable
+                self._went_down(exc)
+            else:
+                self._came_back()
+        local = grant is None
+        if local:
+            if self.fail_mode == "closed":
+                raise AccountingUnavailableError(math.ceil(KEEPER_RETRY_S))
+            scaled = _scaled(state.policy, self.local_share)
+            if not self._local.restored(account):
+                self._seed(account, state)
+            grant = self._local.acquire(account, "local", need, want, scaled, self.clock())
+        assert grant is not None
+        now = self.clock()
+        if state.local != local:  # NOTE: allowances from the other book are not ours to use
+            if not state.local and not state.have.empty():
+                self._unreported.append(Settlement(account, now, released=state.have))
+            state.have, state.local = NOTHING, local
+        state.usage, state.usage_at = grant, now
+        if grant.refused is not None:
+            state.refused = (now + grant.refused.retry_after_s, grant.refused)
+            return
+        state.have = state.have + grant.granted
+        if grant.granted.requests:
+            state.requests_until = now + grant.minute_left_s
+
+    def _error(self, refusal: Refusal, wait_s: float, policy: QuotaConfig) -> SwitchyardError:
+        seconds = max(1, math.ceil(wait_s))
+        limit = refusal.limit
+        if refusal.too_large:
+            what = "tokens" if refusal.what == "tokens" else "USD"
+            period = refusal.period or "minute"
+            return RequestExceedsLimitError(
+                f"this request's worst case (its prompt plus max_tokens) is more {what} than "
+                f"the account's whole limit of {limit:g} per {period}: lower max_tokens"
+            )
+        if refusal.what == "in_flight":
+            return ConcurrencyLimitError(int(limit), seconds)
+        if refusal.period in ("minute",) and refusal.what in ("requests", "tokens"):
+            error = RateLimitedError(refusal.what, int(limit), seconds)
+            now = self.clock()
+            error.headers = rate_limit_headers(
+                policy.limits,
+                int(limit) if refusal.what == "requests" else 0,
+                int(limit) if refusal.what == "tokens" else 0,
+                now,
+            )
+            return error
+        return QuotaExceededError(f"the {refusal.what} per {refusal.period} limit", seconds)
+
+    # --- the keeper's health ------------------------------------------------------------
+
+    def _keeper_down(self) -> bool:
+        return self._down_since is not None and time.monotonic() < self._retry_at
+
+    def _went_down(self, exc: BaseException, *, asked: bool = True) -> None:
+        """The keeper failed to answer. `asked`: a request was waiting for it, so
+        requests go local (without asking again) for KEEPER_RETRY_S; a failed report
+        alone does not stop requests from asking."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        if asked:
+            self._retry_at = now + KEEPER_RETRY_S
+        if now - self._last_error_log >= 60:
+            action = (
+                f"limits enforced locally at {self.local_share:.0%} of each"
+                if self.fail_mode == "local"
+                else "requests with limits refused (fail_mode: closed)"
+            )
+            logger.warning("quota keeper unreachable (%s): %s", _cause(exc), action)
+            self._last_error_log = now
+
+    def _seed(self, account: str, state: _Account) -> None:
+        """Start the local book of an account from this replica's share of what the
+        keeper last said was used, so local mode does not start from zero."""
+        grant, now, share = state.usage, self.clock(), self.local_share
+        if grant is None:
+            self._local.restore(account, now, {}, 0)
+            return
+        same_minute = now < state.usage_at + grant.minute_left_s
+        totals = {
+            period: (grant.used.get(("tokens", period), 0.0) * share,
+                     grant.used.get(("usd", period), 0.0) * share)
+            for period in PERIODS
+            if period != "minute" or same_minute
+        }  # fmt: skip
+        requests = math.ceil(grant.requests * share) if same_minute else 0
+        self._local.restore(account, now, totals, requests)
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            self._local = QuotaBook()  # NOTE: the next outage starts from the keeper's view
+            logger.warning(
+                "quota keeper reachable again after %.0f s; limits shared across replicas",
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+
+    # --- background: report, release, evict ----------------------------------------------
 
     async def flush(self) -> None:
-        """Report unreported spend to the keeper (kept for the next try if it fails)."""
-        if not self._unreported:
+        """Report spend and idle allowances to the keeper (kept for the next try if it
+        fails); a heartbeat while this replica holds any allowance; evict idle accounts."""
+        now = self.clock()
+        holding = False
+        for name, state in list(self._accounts.items()):
+            idle = state.in_flight == 0 and now - state.active_at >= IDLE_RELEASE_S
+            if idle and not state.have.empty():
+                if not state.local:
+                    self._unreported.append(Settlement(name, now, released=state.have))
+                state.have = NOTHING
+            if idle and now - state.active_at >= IDLE_EVICT_S and state.fetching is None:
+                del self._accounts[name]
+                continue
+            mine = state.in_flight > 0 or not state.have.empty()
+            holding = holding or (not state.local and mine)
+        if not self._unreported and not holding:
             return
         batch, self._unreported = self._unreported, []
         try:
-            await self.keeper.report(batch, self.clock())
+            usage = await self.keeper.settle(self.holder, batch)
         except Exception as exc:  # noqa: BLE001 - retried at the next flush
             self._unreported = batch + self._unreported
-            self._log(exc)
+            self._went_down(exc, asked=False)
             return
-        self._snapshots.clear()  # the next decision sees this spend from the keeper
-
-    async def budget(
-        self, tenant: str, tier: str | None = None, key_id: str | None = None
-    ) -> dict[str, object]:
-        """`GET /v1/budget`: limits, use per window, what remains, reset times, for each
-        account of the caller (its tenant, and its key when the key has limits)."""
+        self._came_back()
         now = self.clock()
-        accounts = []
-        for account, policy in self.quotas.accounts(tenant, tier, key_id):
-            self._snapshots.pop(account, None)  # NOTE: a budget read wants fresh numbers
-            snap = await self._snapshot(account, now)
-            used = self._with_unreported(account, snap) if snap is not None else {}
+        for account, grant in usage.items():
+            seen = self._accounts.get(account)
+            if seen is not None and not seen.local:
+                seen.usage, seen.usage_at = grant, now
+
+    # --- GET /v1/budget -----------------------------------------------------------------
+
+    async def budget(self, accounts: list[tuple[str, QuotaConfig]]) -> list[dict[str, object]]:
+        """Limits, use per window, what remains, reset times, for each account."""
+        now = self.clock()
+        found = []
+        for account, policy in accounts:
+            grant = await self._usage(account, policy)
+            used = self._used(account, grant) if grant is not None else {}
             state = budget_state(policy.budget, used, now)
-            accounts.append(
+            found.append(
                 {
                     "account": account, "level": state.level,
                     "frugal_at": policy.budget.frugal_at,
-                    "windows": _windows(policy, used, snap.requests if snap else 0, now),
+                    "windows": _windows(policy, used, grant.requests if grant else 0, now),
                 }
             )  # fmt: skip
-        return {"object": "budget", "tenant": tenant, "limited": bool(accounts),
-                "accounts": accounts}  # fmt: skip
+        return found
 
-    def _log(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log >= 60:
-            logger.warning("quota keeper unreachable, requests admitted meanwhile: %r", exc)
-            self._last_error_log = now
+    async def _usage(self, account: str, policy: QuotaConfig) -> Grant | None:
+        state = self._accounts.get(account)
+        now = self.clock()
+        if state is not None and state.usage is not None and now - state.usage_at < USAGE_TTL_S:
+            return state.usage
+        grant: Grant | None = None
+        if not self._keeper_down():
+            try:
+                grant = await self.keeper.snapshot(account)
+            except Exception as exc:  # noqa: BLE001 - shown from the local book instead
+                self._went_down(exc)
+        if grant is None:
+            grant = self._local.snapshot(account, now)
+        if state is not None:
+            state.usage, state.usage_at = grant, now
+        return grant
+
+    def _used(self, account: str, grant: Grant) -> dict[tuple[str, Period], float]:
+        """Spent plus reserved, as the keeper last said. Spend this replica has not
+        reported yet is in it already: it is reserved there until reported."""
+        return dict(grant.used)
+
+
+def _times(need: Amounts, n: int) -> Amounts:
+    return Amounts(need.requests * n, need.slots * n, need.tokens * n, need.usd * n)
+
+
+def _scaled(policy: QuotaConfig, share: float) -> QuotaConfig:
+    """`policy` with every limit at `share` (counts at least 1)."""
+    if share >= 1:
+        return policy
+
+    def part(value: float | None, whole: bool) -> float | None:
+        if value is None:
+            return None
+        return max(1, math.floor(value * share)) if whole else value * share
+
+    limits = policy.limits
+    budget = policy.budget
+    return QuotaConfig.model_validate(
+        {
+            "limits": {
+                "requests_per_minute": part(limits.requests_per_minute, True),
+                "tokens_per_minute": part(limits.tokens_per_minute, True),
+                "max_in_flight": part(limits.max_in_flight, True),
+            },
+            "budget": {
+                "usd_per_hour": part(budget.usd_per_hour, False),
+                "usd_per_day": part(budget.usd_per_day, False),
+                "usd_per_month": part(budget.usd_per_month, False),
+                "tokens_per_day": part(budget.tokens_per_day, True),
+                "tokens_per_month": part(budget.tokens_per_month, True),
+                "frugal_at": budget.frugal_at,
+            },
+        }
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    """The real cause, through Ray's wrapping (a RayTaskError keeps it in `cause`)."""
+    inner = getattr(exc, "cause", None) or exc.__cause__ or exc
+    if isinstance(inner, TimeoutError) or isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return f"{type(inner).__name__}: {str(inner)[:200]}"
 
 
 def _windows(
@@ -247,7 +529,3 @@ def _windows(
                 }
             )  # fmt: skip
     return rows
-
-
-def _seconds(wait_s: float) -> int:
-    return max(1, math.ceil(wait_s))

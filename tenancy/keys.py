@@ -8,7 +8,8 @@ The whole key is printed once, by `switchyard keys create`, and never logged.
 
 Roles: a `tenant` key acts for its own tenant. A `gateway` key belongs to a trusted
 front end that authenticates end users itself; only such a key may name the tenant in
-`x-switchyard-tenant`, and the request is then that tenant's.
+`x-switchyard-tenant`, and the request is then that tenant's if the tenant is known (a
+key's or the config's), else the reserved tenant `other` (deployments/openai/wishes.py).
 
 The ingress checks keys against an in-memory `KeyRing` it reloads every few seconds
 (`KEY_REFRESH_S`), so a request never waits on the database and a revoked key stops
@@ -30,6 +31,7 @@ from typing import Literal
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
+from routing.config import OTHER_TENANT
 from tenancy.schema import NAME_CHARS, ApiKey
 
 PREFIX = "sy-"
@@ -76,6 +78,7 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[ApiKey] = ()) -> None:
         self._keys: dict[str, tuple[str, Caller]] = {}
+        self._tenants: frozenset[str] = frozenset()
         self.replace(keys)
 
     def replace(self, keys: Iterable[ApiKey]) -> None:
@@ -84,9 +87,14 @@ class KeyRing:
             for k in keys
             if k.revoked_at is None
         }
+        self._tenants = frozenset(caller.tenant for _, caller in self._keys.values())
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def has_tenant(self, tenant: str) -> bool:
+        """Whether some active key belongs to `tenant` (one set lookup, per request)."""
+        return tenant in self._tenants
 
     def check(self, key: str) -> Caller | None:
         """The caller a key belongs to, or None (malformed, unknown, revoked, wrong)."""
@@ -117,6 +125,11 @@ class KeyStore:
         for label, value in (("tenant", tenant), ("tier", tier or "x"), ("name", name or "x")):
             if not 0 < len(value) <= NAME_CHARS:
                 raise ValueError(f"{label} must be 1 to {NAME_CHARS} characters")
+        if tenant == OTHER_TENANT:
+            raise ValueError(
+                f"tenant {OTHER_TENANT!r} is reserved: it holds the requests of tenant names "
+                "a gateway sends that no key or config knows"
+            )
         key_id, secret = secrets.token_hex(ID_HEX // 2), secrets.token_urlsafe(32)
         record = ApiKey(
             id=key_id, secret_sha256=digest(secret), tenant=tenant, tier=tier, role=role,

@@ -19,9 +19,19 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Engine, func, insert, select, true
+from sqlalchemy import (
+    ColumnCollection,
+    Connection,
+    Engine,
+    Executable,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from tenancy.quota import PERIODS, Period, window
@@ -135,26 +145,44 @@ class LedgerWriter:
             return len(batch)
 
 
-def tenant_of(engine: Engine, request_id: str) -> tuple[bool, str | None]:
-    """(known?, tenant) of a written request record."""
-    with Session(engine) as session:
-        row = session.execute(
-            select(RequestRecord.tenant).where(RequestRecord.id == request_id)
-        ).first()
-    return (row is not None, row[0] if row is not None else None)
+@dataclass(frozen=True)
+class FeedbackTarget:
+    """What `POST /v1/feedback` needs of a written response: whose it is, when it was
+    asked, and the adaptive router's arm when it chose the pool."""
+
+    tenant: str | None
+    created_at: float  # unix time the request arrived
+    route_class: str | None = None
+    pool: str | None = None
+
+    @property
+    def arm(self) -> tuple[str, str] | None:
+        """(route class, pool) when the adaptive router routed the request."""
+        if self.route_class is None or self.pool is None:
+            return None
+        return self.route_class, self.pool
+
+    def closed(self, now: float, window_s: float) -> bool:
+        """Too late for feedback: more than `window_s` after the request arrived."""
+        return now - self.created_at > window_s
 
 
-def arm_of(engine: Engine, request_id: str) -> tuple[str, str] | None:
-    """(route class, pool) of a request the adaptive router chose for, if it did."""
+def feedback_target(engine: Engine, request_id: str) -> FeedbackTarget | None:
+    """The written request record `request_id` as feedback sees it; None when unknown
+    (also while another replica still holds it in its queue)."""
     with Session(engine) as session:
         row = session.execute(
-            select(RequestRecord.route_class, RequestRecord.pool).where(
-                RequestRecord.id == request_id
-            )
-        ).first()
-    if row is None or row[0] is None or row[1] is None:
-        return None
-    return str(row[0]), str(row[1])
+            select(RequestRecord.tenant, RequestRecord.created_at, RequestRecord.route_class,
+                   RequestRecord.pool).where(RequestRecord.id == request_id)
+        ).first()  # fmt: skip
+    return None if row is None else FeedbackTarget(*row)
+
+
+class Verdict(NamedTuple):
+    """The stored feedback row, and whether it replaced an earlier verdict."""
+
+    id: int
+    replaced: bool
 
 
 def add_feedback(
@@ -164,15 +192,62 @@ def add_feedback(
     score: float,
     label: str | None = None,
     comment: str | None = None,
-) -> int:
-    with Session(engine) as session, session.begin():
-        item = Feedback(
-            request_id=request_id, tenant=tenant, score=score, label=label, comment=comment,
-            created_at=time.time(),
-        )  # fmt: skip
-        session.add(item)
-        session.flush()
-        return int(item.id)
+) -> Verdict:
+    """Keep `score` as the verdict on the response: the first one, or in place of the one
+    before (the last one wins; `Verdict.replaced` says which).
+
+    One statement (an upsert that counts `revisions`), so of concurrent verdicts on one
+    response exactly one is told it is the first, on SQLite and PostgreSQL alike.
+    """
+    values = {
+        "request_id": request_id, "tenant": tenant, "score": score, "label": label,
+        "comment": comment, "created_at": time.time(), "revisions": 0,
+    }  # fmt: skip
+    with engine.begin() as connection:
+        statement = _upsert(connection.dialect.name, values)
+        if statement is None:
+            return _read_then_write(connection, values)
+        row = connection.execute(statement).one()
+    return Verdict(int(row[0]), int(row[1]) > 0)
+
+
+def _upsert(dialect: str, values: dict[str, Any]) -> Executable | None:
+    """INSERT ... ON CONFLICT (request_id) DO UPDATE, returning (id, revisions); None for a
+    database without it."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(Feedback).values(values)
+        return pg.on_conflict_do_update(
+            index_elements=[Feedback.request_id], set_=_replacing(pg.excluded, values)
+        ).returning(Feedback.id, Feedback.revisions)
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(Feedback).values(values)
+        return lite.on_conflict_do_update(
+            index_elements=[Feedback.request_id], set_=_replacing(lite.excluded, values)
+        ).returning(Feedback.id, Feedback.revisions)
+    return None
+
+
+def _replacing(excluded: ColumnCollection[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """What a new verdict overwrites: everything it carries; `revisions` counts up."""
+    replaced = {name: excluded[name] for name in values if name != "revisions"}
+    return {**replaced, "revisions": Feedback.revisions + 1}
+
+
+def _read_then_write(connection: Connection, values: dict[str, Any]) -> Verdict:
+    """Another database: a read, then an insert or update. Two verdicts racing on one
+    response may both be told they are the first (or the insert fails on the index)."""
+    mine = Feedback.request_id == values["request_id"]
+    old = connection.execute(select(Feedback.id, Feedback.revisions).where(mine)).first()
+    if old is None:
+        key = connection.execute(insert(Feedback).values(values)).inserted_primary_key
+        assert key is not None
+        return Verdict(int(key[0]), False)
+    connection.execute(update(Feedback).where(mine).values({**values, "revisions": old[1] + 1}))
+    return Verdict(int(old[0]), True)
 
 
 def summary(engine: Engine, tenant: str | None = None) -> dict[str, object]:

@@ -49,10 +49,21 @@ def window(now: float, period: Period) -> tuple[float, float]:
 
 
 class RateLimits(StrictConfig):
-    """Requests and tokens per minute (prompt + completion tokens)."""
+    """Requests and tokens per minute (prompt + completion tokens), requests at once."""
 
     requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Counted as OpenAI counts it: a request reserves its prompt plus "
+        "`max_tokens` when admitted, and is charged what it really used when it ends.",
+    )
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests of this account being served at once, across every ingress "
+        "replica; one more is a 429 until one ends.",
+    )
 
 
 class Budget(StrictConfig):

@@ -70,19 +70,23 @@ class RequestRecord(Base):
 
 
 class Feedback(Base):
-    """A caller's verdict on one of its own responses (router training data)."""
+    """A caller's verdict on one of its own responses (router training data): one row per
+    response, the latest verdict (`tenancy.ledger.add_feedback` upserts)."""
 
     __tablename__ = "feedback"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(
-        String(ID_CHARS), ForeignKey("requests.id", ondelete="CASCADE"), index=True
+        String(ID_CHARS), ForeignKey("requests.id", ondelete="CASCADE"), index=True, unique=True
     )
     tenant: Mapped[str | None] = mapped_column(String(NAME_CHARS))
     score: Mapped[float] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(NAME_CHARS))
     comment: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)  # unix time of the latest verdict
+    # Earlier verdicts this one replaced (0: the first). Counted by the upsert itself, so
+    # of concurrent verdicts on one response exactly one is the first.
+    revisions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class BanditArm(Base):

@@ -14,9 +14,16 @@ glue `OpenAIServing` calls, Ray-free:
   evidence at all its greedy choice would be merely the cheapest pool, overriding the
   rules (code markers -> `code`) on no grounds.
 - `finished`: the end of a request is evidence about the pool that was chosen (errors
-  and timeouts are 0; a cascade's verdict on its cheap pool counts at half weight).
-- `feedback`: a `POST /v1/feedback` score is evidence about the pool that served it,
-  in the context recorded with the request in the ledger (`route_class`).
+  and timeouts are 0; a cascade's verdict on its cheap pool counts at half weight), in
+  the shared context: the system saw it, every tenant's routing learns from it.
+- `feedback`: the first `POST /v1/feedback` score on a response is evidence about the
+  pool that served it, at full weight, in the context recorded with the request in the
+  ledger (`route_class`) - but only in the overlay of the request's tenant
+  (`routing.bandit.overlay_key`), never in the shared context. A score is the tenant's
+  own say and costs it nothing to send, so it may steer that tenant's requests and no
+  one else's: `choose` adds the requesting tenant's overlay to the shared evidence, and
+  the `MIN_EVIDENCE` check counts both. Requests without a tenant (authentication off)
+  use, and their feedback goes to, the shared context alone.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from routing.bandit import Choice, Reward, context_key, feedback_reward, outcome_reward
+from routing.bandit import (
+    Choice,
+    Reward,
+    context_key,
+    feedback_reward,
+    outcome_reward,
+    overlay_key,
+)
 from routing.config import AdaptiveConfig, RoutingConfig
 from routing.planner import AUTO_MODEL, Plan, PoolView, Wishes, adapt
 
@@ -44,11 +58,12 @@ class Bandit(Protocol):
         *,
         costs: Mapping[str, float] | None = None,
         frugal: bool = False,
+        overlay: str | None = None,
     ) -> Choice: ...
 
     def observe(self, context: str, pool: str, reward: Reward) -> None: ...
 
-    def evidence(self, context: str, pool: str) -> float: ...
+    def evidence(self, context: str, pool: str, overlay: str | None = None) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -86,10 +101,13 @@ class AdaptiveRouting:
             return decided, Pick(context, decided.pool)
         costs = {p: views[p].cost_per_request for p in decided.candidates}
         greedy = wishes.frugal is not None or not explore
-        choice = self.bandit.choose(context, decided.candidates, costs=costs, frugal=greedy)
+        overlay = overlay_key(context, wishes.tenant) if wishes.tenant is not None else None
+        choice = self.bandit.choose(
+            context, decided.candidates, costs=costs, frugal=greedy, overlay=overlay
+        )
         pool = choice.pool
         if pool != decided.pool and not choice.explored:
-            known = min(self.bandit.evidence(context, p) for p in (pool, decided.pool))
+            known = min(self.bandit.evidence(context, p, overlay) for p in (pool, decided.pool))
             if known < MIN_EVIDENCE:
                 pool = decided.pool
         if pool == decided.pool:
@@ -103,5 +121,8 @@ class AdaptiveRouting:
         if reward is not None:
             self.bandit.observe(arm.context, arm.pool, reward)
 
-    def feedback(self, arm: Pick, score: float) -> None:
-        self.bandit.observe(arm.context, arm.pool, feedback_reward(score))
+    def feedback(self, arm: Pick, score: float, *, tenant: str | None) -> None:
+        """The first verdict on a response of `tenant` (the request's): evidence in that
+        tenant's overlay only; in the shared context when the request had no tenant."""
+        context = arm.context if tenant is None else overlay_key(arm.context, tenant)
+        self.bandit.observe(context, arm.pool, feedback_reward(score))

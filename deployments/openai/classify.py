@@ -6,9 +6,10 @@ readings behind the decision laid out: the taxonomy (`routing.taxonomy`: task ty
 complexity level), the rule features and the rules' own choice, the semantic
 classifier's similarities and the learned router's scores, each with a confidence.
 
-Cheap but not free: with quotas, a classification is admitted like a request (it counts
-one against `requests_per_minute`, and a tenant whose budget is spent is refused) but
-spends no tokens and no money, and it leaves no ledger record: nothing was served.
+Cheap but not free: it passes the limit on endpoints that generate nothing
+(`accounting.side_requests_per_minute`, tenancy/side.py), spends no tokens, no money and
+none of the tenant's requests per minute, and leaves no ledger record: nothing was served.
+A tenant near the end of its budget sees the frugal decision a request would get.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ async def classify_request(
     """The classification, and the `x-ratelimit-*` headers of a rate-limited tenant."""
     headers: Mapping[str, str] = {}
     if serving.gate is not None:
-        admission = await serving.gate.admit(wishes.tenant, wishes.tier, key_id)
-        headers = admission.headers
-        if admission.frugal:
-            wishes = replace(wishes, frugal=admission.frugal)
+        accounts = serving.gate.accounts(wishes.tenant, wishes.assigned_tier, key_id, wishes.tier)
+        headers = serving.gate.headers(accounts)
+        frugal = serving.gate.frugal(accounts)
+        if frugal:
+            wishes = replace(wishes, frugal=frugal)
     text = "\n".join(m.text() for m in body.messages)
     routing = serving.config.routing
     reading = classify(text, routing.rules)

@@ -32,10 +32,12 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from core.errors import (
+    AccountingUnavailableError,
     AuthenticationError,
     CircuitOpenError,
     ClientError,
     ColdStartError,
+    ConflictError,
     EngineUnavailableError,
     NotAllowedError,
     NotFoundError,
@@ -134,12 +136,14 @@ _STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
     (RateLimitedError, 429),
     (QuotaExceededError, 429),
     (NotAllowedError, 403),
+    (ConflictError, 409),
     (ClientError, 400),
     (PoolOverloadedError, 429),
     (PoolTimeoutError, 504),
     (EngineUnavailableError, 503),
     (ColdStartError, 503),
     (CircuitOpenError, 503),
+    (AccountingUnavailableError, 503),
     (SwitchyardError, 500),
 )
 

@@ -6,6 +6,8 @@ until it is answered; so a client that trickles its body, sends a huge one, or s
 arrives when the replica is busy must be answered here, fast, never queued:
 
 - headers above `max_header_bytes`                         -> 431
+- with API keys, no key or a bad one (every path but `/health` and the docs), checked
+  from the headers before a byte of the body is read      -> 401
 - `Content-Length` above `max_body_bytes` (nothing read)   -> 413; a longer chunked body
   is cut off at the limit                                   -> 413
 - body not complete within `body_timeout_s`                -> 408
@@ -13,9 +15,13 @@ arrives when the replica is busy must be answered here, fast, never queued:
 - `/docs`, `/openapi.json`, `/v1/metrics` when the config hides them -> 404
 
 `/health` skips the admission count: it must answer while the replica is full. Every
-refusal is an OpenAI-shaped error (`errors.error_body`). The body is read whole (bounded)
-and replayed to the app, so routes never wait on the network. The proxy edge
-(`deployments/proxy.py`) applies the same body and header limits one hop earlier.
+refusal is an OpenAI-shaped error (`errors.error_body`), counted by status in
+`RequestGuard.refused` (shown by `/health`). The key is checked before the body is read
+so that a client without a key cannot make the replica hold `max_body_bytes` for it; the
+`Caller` it names goes to the route in the scope's state (deployments/openai/auth.py).
+The body is then read whole (bounded) and replayed to the app, so routes never wait on
+the network. The proxy edge (`deployments/proxy.py`) applies the same body and header
+limits one hop earlier (it holds no keys, so it cannot check them).
 
 The `RequestGuard` instance is live state owned by the ingress replica; the middleware
 finds it on the app's `state` (set when the replica starts).
@@ -29,8 +35,16 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import AuthenticationError
 from deployments.config import ApiConfig
-from deployments.openai.errors import CAPACITY_FULL, CAPACITY_HEADER, APIError, error_body
+from deployments.openai.auth import CALLER_STATE, Authenticator, authorization_header
+from deployments.openai.errors import (
+    CAPACITY_FULL,
+    CAPACITY_HEADER,
+    APIError,
+    error_body,
+    to_api_error,
+)
 
 __all__ = [
     "BodyReader",
@@ -44,6 +58,7 @@ __all__ = [
 
 HEALTH_PATHS = frozenset({"/health"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+OPEN_PATHS = HEALTH_PATHS | DOCS_PATHS  # no key needed (hidden docs are a 404 before)
 METRICS_PATHS = frozenset({"/v1/metrics"})
 BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
@@ -202,6 +217,16 @@ class GuardMiddleware:
         if path in HEALTH_PATHS:
             await self.app(scope, receive, send)
             return
+        auth = getattr(app_state, "auth", None)
+        if path not in OPEN_PATHS and isinstance(auth, Authenticator) and auth.required:
+            try:
+                caller = auth.caller(authorization_header(scope))
+            except AuthenticationError as exc:
+                guard.count(401)
+                # NOTE: a body may be on its way and is never read: close the connection.
+                await send_error(send, to_api_error(exc), close=scope.get("method") not in BODYLESS)
+                return
+            scope["state"] = {**scope.get("state", {}), CALLER_STATE: caller}
         guard.active += 1
         try:
             await guard.body.forward(self.app, scope, receive, send)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from deployments.metrics import Finished
 from deployments.openai.adaptive import Pick
-from execution.executor import Outcome
+from execution.executor import Call, Outcome
 from routing.planner import Plan
+from tenancy.config import QuotaConfig
+from tenancy.gate import Reservation
 from tenancy.ledger import LedgerEntry
 
 
@@ -36,7 +38,12 @@ class InFlight:
     outcome: Outcome | None = None
     prompt: str | None = None  # kept only for tenants that opted in
     headers: Mapping[str, str] = field(default_factory=dict)  # rate-limit headers
-    accounts: tuple[str, ...] = ()  # quota accounts its spend is booked to
+    policies: list[tuple[str, QuotaConfig]] = field(default_factory=list)  # quota accounts
+    reservation: Reservation | None = None  # its worst case, held until it ends
+    prompt_estimate: float = 0.0  # prompt tokens as routing estimated them
+    calls: list[Call] = field(default_factory=list)  # every pool call: the bill
+    charged_usd: float = 0.0  # what a request that failed was charged
+    ended: bool = False  # counted, recorded and settled (exactly once)
     pick: Pick | None = None  # the adaptive router's (context, pool), when it routed it
 
 
@@ -61,7 +68,7 @@ def ledger_entry(
         reason=plan.reason if plan else None,
         prompt_tokens=done.prompt_tokens if done else 0,
         completion_tokens=done.completion_tokens if done else 0,
-        cost_usd=done.cost_usd if done else 0.0,
+        cost_usd=done.cost_usd if done else flight.charged_usd,
         large_cost_usd=done.large_cost_usd if done else 0.0,
         discarded_tokens=outcome.discarded_tokens if outcome else 0,
         discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,

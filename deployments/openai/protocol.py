@@ -453,6 +453,9 @@ class FeedbackResponse(BaseModel):
     object: Literal["feedback"] = "feedback"
     id: int
     request_id: str
+    replaced: bool = Field(
+        default=False, description="This verdict replaced an earlier one on the response."
+    )
 
 
 class ErrorResponse(BaseModel):

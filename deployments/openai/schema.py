@@ -2,7 +2,7 @@
 
 FastAPI documents only the 200 and a 422 we never send. Clients and fuzzers that read
 the schema need the real answers: the error shape for each refusal (400, 401, 403, 404,
-408, 413, 429, 431, 5xx) and the event stream a `stream: true` request gets.
+408, 409, 413, 429, 431, 5xx) and the event stream a `stream: true` request gets.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _WHY = {
     "tenant's response).",
     404: "Unknown model or response id, or an endpoint that does not exist or is off.",
     408: "The request body did not arrive within the body timeout.",
+    409: "No longer possible: feedback after its window closed (`feedback_window_closed`).",
     413: "The request body is larger than the configured limit.",
     429: "The router or every pool tried is at capacity; see Retry-After.",
     431: "The request headers are larger than the configured limit.",
@@ -34,7 +35,7 @@ GENERATION_ERRORS = (400, 403, *_REFUSALS, 500, 503, 504)
 ROUTE_ERRORS = (400, 403, *_REFUSALS)
 CLASSIFY_ERRORS = ROUTE_ERRORS  # a dry run too: nothing reaches a pool
 READ_ERRORS = _REFUSALS
-FEEDBACK_ERRORS = (400, 403, *_REFUSALS)
+FEEDBACK_ERRORS = (400, 403, 409, *_REFUSALS)
 
 
 def responses(ok: type[BaseModel] | None, errors: tuple[int, ...], stream: bool = False) -> Any:

@@ -14,8 +14,10 @@ answer that gets rejected is never shown.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -23,6 +25,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from core.errors import QuotaExceededError
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting
@@ -41,6 +44,7 @@ from deployments.openai.protocol import (
 )
 from deployments.openai.responses import (
     ChunkShaper,
+    StreamDone,
     chat_body,
     chat_shaper,
     completion_body,
@@ -186,12 +190,12 @@ class OpenAIServing:
     ) -> Routed:
         flight = self._arrived("chat", "chatcmpl", body, wishes, key_id)
         with self._failures(flight, wishes):
-            wishes = await self._admit(flight, wishes)
+            wishes = self._frugal(flight, wishes)
             messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
             text = "\n".join(m.content for m in messages)
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.planning.plan(body, text, wishes, chat=True, flight=flight)
-            sampling = self._sampling(body, flight.plan)
+            decided = await self._plan_and_reserve(flight, body, text, wishes, chat=True)
+            sampling = self._sampling(body, decided)
             request = GenerationRequest(flight.id, sampling, messages=messages)
             return await self._serve(body, flight, request, chat_shaper, chat_body)
 
@@ -200,11 +204,11 @@ class OpenAIServing:
     ) -> Routed:
         flight = self._arrived("completions", "cmpl", body, wishes, key_id)
         with self._failures(flight, wishes):
-            wishes = await self._admit(flight, wishes)
+            wishes = self._frugal(flight, wishes)
             text = body.prompt_text
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            flight.plan, _ = await self.planning.plan(body, text, wishes, chat=False, flight=flight)
-            request = GenerationRequest(flight.id, self._sampling(body, flight.plan), prompt=text)
+            decided = await self._plan_and_reserve(flight, body, text, wishes, chat=False)
+            request = GenerationRequest(flight.id, self._sampling(body, decided), prompt=text)
             return await self._serve(body, flight, request, completion_shaper, completion_body)
 
     def _arrived(
@@ -212,13 +216,84 @@ class OpenAIServing:
     ) -> InFlight:
         return InFlight(new_id(prefix), endpoint, body.model, wishes.tenant, key_id)
 
-    async def _admit(self, flight: InFlight, wishes: Wishes) -> Wishes:
-        """Budgets and rate limits (tenancy/gate.py): a 429, or the wishes, maybe frugal."""
+    def _frugal(self, flight: InFlight, wishes: Wishes) -> Wishes:
+        """The request's quota accounts, and frugal routing when a budget nears its end
+        (from the usage this replica last saw: no waiting)."""
         if self.gate is None:
             return wishes
-        admission = await self.gate.admit(flight.tenant, wishes.tier, flight.key_id)
-        flight.headers, flight.accounts = admission.headers, admission.accounts
-        return replace(wishes, frugal=admission.frugal) if admission.frugal else wishes
+        flight.policies = self.gate.accounts(
+            flight.tenant, wishes.assigned_tier, flight.key_id, wishes.tier
+        )
+        frugal = self.gate.frugal(flight.policies)
+        return replace(wishes, frugal=frugal) if frugal else wishes
+
+    async def _plan_and_reserve(
+        self, flight: InFlight, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+    ) -> Plan:
+        """Plan, then reserve the plan's worst case. A budget too low for that worst case
+        but not spent gets a frugal plan (one cheap pool) before it gets a 429: this
+        replica's view of the budget may be a moment old, the keeper's answer is not."""
+        flight.plan, profile = await self.planning.plan(body, text, wishes, chat, flight=flight)
+        try:
+            await self._reserve(flight, profile.prompt_tokens)
+        except QuotaExceededError:
+            if wishes.frugal is not None:
+                raise
+            frugal = replace(wishes, frugal="budget: too little left for this plan's worst case")
+            flight.plan, profile = await self.planning.plan(body, text, frugal, chat, flight=flight)
+            await self._reserve(flight, profile.prompt_tokens)
+        return flight.plan
+
+    async def _reserve(self, flight: InFlight, prompt_tokens: float) -> None:
+        """Reserve the plan's worst case on every account (tenancy/gate.py): the prompt
+        plus `max_tokens` on each pool it may run — both, for cascade and speculative —
+        or raise a 429 before any engine work."""
+        if self.gate is None or not flight.policies:
+            return
+        assert flight.plan is not None
+        flight.prompt_estimate = prompt_tokens
+        tokens, usd = self._worst_case(flight.plan, prompt_tokens)
+        flight.reservation = await self.gate.reserve(flight.policies, tokens, usd)
+        flight.headers = self.gate.headers(flight.policies)
+
+    def _worst_case(self, plan: Plan, prompt_tokens: float) -> tuple[float, float]:
+        def most(chain: list[str]) -> tuple[float, float]:
+            costs = [self._price(pool, prompt_tokens, self._cap(plan, pool)) for pool in chain]
+            return max(t for t, _ in costs), max(u for _, u in costs)
+
+        tokens, usd = most([plan.pool, *plan.fallbacks])
+        if plan.strategy != "route" and plan.target is not None:
+            more_tokens, more_usd = most([plan.target, *plan.target_fallbacks])
+            tokens, usd = tokens + more_tokens, usd + more_usd
+        return tokens, usd
+
+    def _cap(self, plan: Plan, pool: str) -> int:
+        return plan.max_tokens.get(pool) or self._pool_specs[pool].max_tokens
+
+    def _price(self, pool: str, prompt: float, completion: float) -> tuple[float, float]:
+        return prompt + completion, self._pool_specs[pool].cost.of(prompt, completion)
+
+    def _bill(self, flight: InFlight) -> tuple[float, float]:
+        """(tokens, USD) of every pool call the request made: what each produced, or its
+        worst case when that is unknown (`execution.executor.Call`)."""
+        tokens = usd = 0.0
+        for call in flight.calls:
+            if call.completion_tokens is None:
+                if not call.ran:
+                    continue
+                prompt, completion = flight.prompt_estimate, float(call.max_tokens)
+            else:
+                prompt, completion = float(call.prompt_tokens), float(call.completion_tokens)
+            more_tokens, more_usd = self._price(call.pool, prompt, completion)
+            tokens, usd = tokens + more_tokens, usd + more_usd
+        return tokens, usd
+
+    def _settle(self, flight: InFlight) -> float:
+        """Charge the request's bill to its accounts (once); returns the USD charged."""
+        tokens, usd = self._bill(flight)
+        if self.gate is not None and flight.reservation is not None:
+            self.gate.settle(flight.reservation, tokens, usd)
+        return usd
 
     def _keeps_prompts(self, tenant: str | None) -> bool:
         policy = self.config.tenants.get(tenant) if tenant is not None else None
@@ -226,17 +301,27 @@ class OpenAIServing:
 
     @contextlib.contextmanager
     def _failures(self, flight: InFlight, wishes: Wishes) -> Iterator[None]:
-        """Count a request that fails before its answer starts (successes count at the end)."""
+        """Count a request that fails before its answer starts (successes count at the end),
+        and charge what its pools did, also when the client left (`CancelledError`).
+
+        A request refused before any pool was called (a 400, a 429) leaves no ledger
+        record: refusals are counted in metrics, so a flood of them writes nothing."""
         try:
             yield
-        except Exception as exc:
+        except BaseException as exc:
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if not cancelled and not isinstance(exc, Exception):
+                raise
             strategy = wishes.strategy or self.config.routing.default_strategy
             latency = time.monotonic() - flight.started
-            ended = outcome_of(exc)
+            ended = "cancelled" if cancelled else outcome_of(exc)
             self.metrics.finished(Finished(strategy, ended, latency, tenant=flight.tenant or ""))
-            self._record(flight, strategy, ended, latency)
+            flight.charged_usd = self._settle(flight)
+            if flight.calls or ended not in REFUSED:
+                self._record(flight, strategy, ended, latency)
             self._learn(flight, ended)
-            mark_counted(exc)
+            if not cancelled:
+                mark_counted(exc)
             raise
 
     async def _serve(
@@ -254,14 +339,18 @@ class OpenAIServing:
             self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream and decided.strategy == "route":
-            pool, first, chunks, tried = await self.executor.open_stream(decided, request)
+            pool, first, chunks, tried = await self.executor.open_stream(
+                decided, request, flight.calls
+            )
             flight.pool, flight.tried = pool, tried
             flight.ttft_s = time.monotonic() - flight.started
             route = self._route_info(decided, pool, tried)
-            done = partial(self._finished, flight)
+            done = partial(self._stream_ended, flight)
             lines = sse_lines(first, chunks, shaper(request, route), include_usage, done)
-            return Routed(route, stream=lines, extra_headers=flight.headers)
-        outcome = await self.executor.execute(decided, request)
+            return Routed(
+                route, stream=_settled_if_dropped(lines, done), extra_headers=flight.headers
+            )
+        outcome = await self.executor.execute(decided, request, flight.calls)
         self.metrics.answered(outcome)
         flight.pool, flight.tried, flight.outcome = outcome.pool, outcome.tried, outcome
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
@@ -272,21 +361,34 @@ class OpenAIServing:
             lines = sse_lines(
                 result.as_chunk(), no_more_chunks(), shaper(request, route), include_usage, done
             )
-            return Routed(route, stream=lines, extra_headers=flight.headers)
+            return Routed(
+                route, stream=_settled_if_dropped(lines, done), extra_headers=flight.headers
+            )
         self._finished(flight, "ok", result.prompt_tokens, result.completion_tokens)
         return Routed(route, body=whole(request, route, outcome), extra_headers=flight.headers)
+
+    def _stream_ended(
+        self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        """A `route` stream ended (or its client left): its call's tokens are what was
+        streamed. Once only: a stream dropped before it started ends here too."""
+        if flight.ended:
+            return
+        if flight.calls:
+            call = flight.calls[-1]
+            call.prompt_tokens, call.completion_tokens = prompt_tokens, completion_tokens
+        self._finished(flight, ended, prompt_tokens, completion_tokens)
 
     def _finished(
         self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
     ) -> None:
         """Count a request whose answer started: at its end, or when its stream ended."""
         assert flight.plan is not None and flight.pool is not None
+        if flight.ended:
+            return
+        flight.ended = True
         spec = self._pool_specs[flight.pool]
-        cost = spec.cost.of(prompt_tokens, completion_tokens)
-        outcome = flight.outcome
-        if outcome is not None and outcome.discarded_pool is not None:
-            lost = self._pool_specs[outcome.discarded_pool]
-            cost += lost.cost.of(0, outcome.discarded_tokens)
+        cost = self._settle(flight)
         large = self._large_model
         done = Finished(
             strategy=flight.plan.strategy,
@@ -304,9 +406,6 @@ class OpenAIServing:
         self.metrics.finished(done)
         self._record(flight, done.strategy, ended, done.latency_s, done)
         self._learn(flight, ended)
-        if self.gate is not None:
-            tokens = prompt_tokens + completion_tokens
-            self.gate.spent(flight.accounts, flight.created_at, tokens, cost)
 
     def _learn(self, flight: InFlight, ended: str) -> None:
         """The end of a request the adaptive router routed is evidence about its pick; a
@@ -352,6 +451,16 @@ class OpenAIServing:
             speculative_winner=outcome.winner if outcome else None,
             notes=[*decided.notes, *(outcome.notes if outcome else [])],
         )
+
+
+REFUSED = frozenset({"client_error", "rejected", "unauthorized"})
+
+
+def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIterator[str]:
+    """`lines`, ending its request when the generator is dropped without ever being
+    started (the client left before the response began): its `finally` would not run."""
+    weakref.finalize(lines, done, "cancelled", 0, 0)
+    return lines
 
 
 def _limits(pool: PoolConfig) -> PoolLimits:

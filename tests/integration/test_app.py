@@ -293,21 +293,27 @@ def test_vllm_parameters_and_logprobs_through_the_openai_client(api: openai.Open
     assert err.value.body["param"] == "best_of"  # type: ignore[index]
 
 
-def test_metrics_count_requests_refused_before_routing(http: httpx.Client) -> None:
-    before = http.get("/metrics").json()
-    refused = [
+def test_requests_refused_before_routing_are_counted_not_recorded(
+    serve_port: int, http: httpx.Client
+) -> None:
+    """A body or header refused before serving is a metric (`/health` counters,
+    Prometheus), never a ledger row: refusals cost the sender nothing (issue 20 #8)."""
+
+    def refused() -> int:
+        health = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health", timeout=30).json()
+        return int(health["counters"].get("refused.client_error", 0))
+
+    before, rows = refused(), http.get("/metrics").json()["requests"]  # flushes the ledger
+    bodies = [
         {"model": "small"},  # no messages
         {"model": "small", "messages": ask("hi"), "n": 3},
         {"model": "small", "messages": ask("hi"), "bogus": 1},
-        {"model": "no-such-model", "messages": ask("hi")},
     ]
-    for body in refused:
-        assert http.post("/chat/completions", json=body).status_code in (400, 404)
+    for body in bodies:
+        assert http.post("/chat/completions", json=body).status_code == 400
     bad_json = http.post(
         "/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert bad_json.status_code == 400
-    after = http.get("/metrics").json()
-    assert after["requests"] - before["requests"] == 5
-    grew = after["outcomes"]["client_error"] - before["outcomes"].get("client_error", 0)
-    assert grew == 5
+    assert refused() - before == 4
+    assert http.get("/metrics").json()["requests"] == rows  # flushed again: no new rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -113,3 +114,50 @@ def test_the_key_file_is_never_in_the_response_or_models(serve_port: int, keyed:
     )
     assert models.status_code == 200 and key not in models.text
     assert httpx.get(f"{base(serve_port)}/models", timeout=10).status_code == 401
+
+
+def accepted(serve_port: int, key: str) -> dict[str, str]:
+    """Wait until the ingress has reloaded `key` (every 0.5 s); its request headers."""
+    headers = {"authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base(serve_port)}/models", headers=headers, timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the ingress never loaded the new key"
+        time.sleep(0.1)
+    return headers
+
+
+async def test_requests_without_a_key_are_refused_unread_and_leave_no_ledger_rows(
+    serve_port: int, keyed: KeyStore
+) -> None:
+    """Issue 20 #8 and #13: a 401 is answered from the headers (the guard never reads the
+    body), and neither it nor a 400 before serving costs a ledger row; both are counted."""
+    headers = accepted(serve_port, keyed.create("acme", name="counter")[0])
+    url = f"{base(serve_port)}/chat/completions"
+
+    def rows() -> int:
+        # NOTE: /v1/metrics writes this replica's queued ledger records first.
+        assert httpx.get(f"{base(serve_port)}/metrics", headers=headers, timeout=30).is_success
+        with keyed.engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM requests").scalar_one())
+
+    def health() -> tuple[int, int]:
+        got = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health", timeout=30).json()
+        refused = got.get("refused", {}).get("401", 0)
+        return refused, got["counters"].get("refused.client_error", 0)
+
+    rows_before, (unauthorized, client_errors) = rows(), health()
+    text = "x" * (1024 * 1024)
+    body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+    no_key: dict[str, str] = {}
+    bad_key = {"authorization": "Bearer sy-000000000000-" + "x" * 43}
+    async with httpx.AsyncClient(timeout=60) as http:
+        answers = await asyncio.gather(
+            *(http.post(url, json=body, headers=(no_key, bad_key)[i % 2]) for i in range(32))
+        )
+    assert {(a.status_code, a.json()["error"]["code"]) for a in answers} == {
+        (401, "invalid_api_key")
+    }
+    bogus = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "bogus": 1}
+    assert httpx.post(url, json=bogus, headers=headers, timeout=30).status_code == 400
+    assert rows() == rows_before
+    assert health() == (unauthorized + 32, client_errors + 1)

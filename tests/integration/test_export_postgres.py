@@ -1,16 +1,24 @@
 """`switchyard export` on SQLite and on a real PostgreSQL server (a server-side cursor there):
-the same ledger gives the same CSV."""
+the same ledger gives the same CSV. And the feedback it reads, on both: one row per
+response (an upsert, the last verdict wins), exactly one first verdict however they race,
+and migration 0003 collapsing the duplicates an older schema allowed."""
 
 from __future__ import annotations
 
 import io
+import threading
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 
 from tenancy.db import connect, migrate
 from tenancy.export import export_csv
-from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback
+from tenancy.ledger import LedgerEntry, LedgerWriter, Verdict, add_feedback
+from tenancy.schema import Base
 from tests.integration.test_ledger import fresh_database
+from tests.unit.test_feedback import NOW, migrate_to, rated_before_0003, verdicts, written
+from tests.unit.test_feedback import entry as answered
 
 
 def entry(i: int, prompt: str, pool: str, **kw: object) -> LedgerEntry:
@@ -39,7 +47,10 @@ def test_the_export_is_the_same_on_both_databases(
     )  # fmt: skip
     assert writer.flush() == n + 2
     for i in range(0, n, 3):  # a third of the answers were rated, alternately good and bad
-        add_feedback(engine, f"chatcmpl-x{i}", "acme", float(i % 2))
+        first = add_feedback(engine, f"chatcmpl-x{i}", "acme", float(i % 2 == 0))
+        # ... after a change of mind: the upsert keeps one row, the latest verdict
+        assert add_feedback(engine, f"chatcmpl-x{i}", "acme", float(i % 2)) == (first.id, True)
+        assert not first.replaced
     out = io.StringIO()
     stats = export_csv(engine, out, pools=["small", "large"])
     lines = out.getvalue().splitlines()
@@ -55,4 +66,51 @@ def test_the_export_is_the_same_on_both_databases(
     assert got == expected
     assert all(line.endswith(",,3,ledger") for line in lines[2:])
     assert (stats.rows, stats.records) == (1001, n + 2)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_verdicts_racing_on_one_response_leave_one_row_and_one_first(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    engine = connect(fresh_database(kind, request))
+    migrate(engine)
+    written(engine, answered("chatcmpl-raced"))
+    n = 8
+    start = threading.Barrier(n)
+    got: list[Verdict] = []
+
+    def rate(score: float) -> None:
+        start.wait()
+        got.append(add_feedback(engine, "chatcmpl-raced", "acme", score))
+
+    threads = [threading.Thread(target=rate, args=(i / n,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(v.replaced for v in got) == [False] + [True] * (n - 1)
+    assert [(rid, revisions) for rid, _, _, revisions in verdicts(engine)] == [
+        ("chatcmpl-raced", n - 1)
+    ]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_migration_keeps_the_newest_verdict_of_each_response(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    engine = connect(fresh_database(kind, request))
+    migrate_to(engine, "0002")
+    written(engine, answered("chatcmpl-a"), answered("chatcmpl-b"))
+    rated_before_0003(
+        engine,
+        [("chatcmpl-a", 0.1, NOW + 1), ("chatcmpl-a", 0.9, NOW + 3), ("chatcmpl-a", 0.5, NOW + 2),
+         ("chatcmpl-b", 0.2, NOW), ("chatcmpl-b", 0.3, NOW)],
+    )  # fmt: skip
+    migrate(engine)
+    assert verdicts(engine) == [("chatcmpl-a", 0.9, None, 2), ("chatcmpl-b", 0.3, None, 1)]
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    assert add_feedback(engine, "chatcmpl-a", "acme", 0.0).replaced
     engine.dispose()

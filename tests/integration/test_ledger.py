@@ -75,7 +75,7 @@ def test_ledger_and_feedback_are_per_tenant_and_survive_a_restart(
         theirs = b.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "hi"}]
         )
-        with pytest.raises(openai.AuthenticationError):  # refused, and recorded
+        with pytest.raises(openai.AuthenticationError):  # refused: counted, not recorded
             openai.OpenAI(base_url=base, api_key="nope", max_retries=0).models.list()
 
         mine = metrics(hdr_a)

@@ -23,7 +23,8 @@ def quota_app(url: str) -> dict[str, Any]:
         model["cost"] = {"output_per_million": 100_000.0}
     args["tenants"] = {
         "limited": {"limits": {"requests_per_minute": 10}},
-        "spender": {"budget": {"usd_per_day": 1.0, "frugal_at": 0.5}},
+        # A request reserves its worst case (4 tokens, $0.40 a pool; a cascade $0.80).
+        "spender": {"budget": {"usd_per_day": 1.5, "frugal_at": 0.5}},
     }
     return args
 
@@ -61,21 +62,24 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
         assert codes == {200: 10, 429: 10}
 
         notes: list[list[str]] = []
-        for _ in range(3):  # $0.40 each: ok, ok, frugal (0.8 >= 0.5)
-            body = ask(spender, extra_body={"switchyard": {"strategy": "cascade"}}).parse()
+        for _ in range(3):  # $0.40 each: ok, ok, frugal (0.8 of 1.5 >= 0.5)
+            body = ask(
+                spender, max_tokens=4, extra_body={"switchyard": {"strategy": "cascade"}}
+            ).parse()
             notes.append(body.model_extra["switchyard"]["notes"])
             time.sleep(2)  # spend reaches the keeper (0.5 s) and every replica's view (1 s)
         assert not any("frugal" in n for n in notes[0])
         assert any("frugal routing" in n for n in notes[2])
         with pytest.raises(openai.RateLimitError) as exc:
-            ask(spender)
+            ask(spender, max_tokens=4)  # 1.2 spent + 0.4 reserved > 1.5
         assert exc.value.code == "insufficient_quota"
         budget = httpx.get(
             f"{base}/budget", headers={"authorization": f"Bearer {spender_key}"}, timeout=10
         ).json()
         (account,) = budget["accounts"]
         (day,) = [w for w in account["windows"] if w["period"] == "day"]
-        assert (account["account"], account["level"]) == ("tenant:spender", "exhausted")
+        # 1.2 of 1.5 spent: not all of it, but less than one more request's worst case
+        assert (account["account"], account["level"]) == ("tenant:spender", "frugal")
         assert day["used"] == pytest.approx(1.2)
         other = httpx.get(
             f"{base}/budget", headers={"authorization": f"Bearer {limited_key}"}, timeout=10
@@ -87,7 +91,7 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
     run_app(args, name)  # the keeper restores today's spend from the ledger
     try:
         with pytest.raises(openai.RateLimitError) as exc:
-            ask(spender)
+            ask(spender, max_tokens=4)
         assert exc.value.code == "insufficient_quota"
     finally:
         delete_app(name)
@@ -131,7 +135,10 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
                 admitted += 1
             except openai.RateLimitError:
                 pass
-        assert admitted == 4  # 6 before the kill + 4 = the limit of 10
+        # 6 before the kill + 4 = the limit of 10. NOTE: a replica whose first call to the
+        # new keeper timed out enforces its local share meanwhile, seeded from what it
+        # last saw used (tenancy/gate.py): fewer, never more.
+        assert 1 <= admitted <= 4
 
         # An ingress replica killed outright keeps what it flushed: records older than
         # database.flush_interval_s (0.2 s here) are in the database.

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from deployments.openai.adaptive import MIN_EVIDENCE, AdaptiveRouting, Pick
-from routing.bandit import Choice, Reward, ThompsonRouter
+from routing.bandit import Choice, Reward, ThompsonRouter, overlay_key
 from routing.config import AdaptiveConfig, RoutingConfig
 from routing.planner import Wishes, plan
 from routing.profile import RequestProfile
@@ -31,14 +31,17 @@ class Local:
         *,
         costs: Mapping[str, float] | None = None,
         frugal: bool = False,
+        overlay: str | None = None,
     ) -> Choice:
-        return self.router.choose(context, eligible, self.rng, costs=costs, frugal=frugal)
+        return self.router.choose(
+            context, eligible, self.rng, costs=costs, frugal=frugal, overlay=overlay
+        )
 
     def observe(self, context: str, pool: str, reward: Reward) -> None:
         self.router.update(context, pool, reward.value, weight=reward.weight)
 
-    def evidence(self, context: str, pool: str) -> float:
-        alpha, beta = self.router.posterior(context, pool)
+    def evidence(self, context: str, pool: str, overlay: str | None = None) -> float:
+        alpha, beta = self.router.posterior(context, pool, overlay=overlay)
         return alpha + beta - sum(self.router.prior)
 
 
@@ -68,8 +71,8 @@ def test_with_evidence_it_moves_the_class_to_the_pool_that_answers_well() -> Non
     adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True), bandit)
     decided, pools = planned("Fix my python function")
     for _ in range(int(MIN_EVIDENCE) + 5):
-        adaptive.feedback(Pick("code", "code"), 0.1)
-        adaptive.feedback(Pick("code", "large"), 0.95)
+        adaptive.feedback(Pick("code", "code"), 0.1, tenant=None)
+        adaptive.feedback(Pick("code", "large"), 0.95, tenant=None)
     moved, pick = adaptive.choose(decided, "code", pools, CONFIG, Wishes())
     assert (moved.pool, moved.reason, pick.pool) == ("large", "adaptive", "large")
     assert "adaptive" in moved.notes[-1]
@@ -100,3 +103,28 @@ def test_a_dry_run_shows_the_best_known_pool_and_spends_no_exploration() -> None
     assert bandit.router._credit.get("code", 0.0) == 0.0  # and they saved no credit up
     served = [adaptive.choose(decided, "code", pools, CONFIG, Wishes())[0].pool for _ in range(40)]
     assert set(served) != {"code"}  # served requests do explore (no evidence yet: priors)
+
+
+def test_a_tenants_feedback_moves_its_own_requests_and_nobody_elses() -> None:
+    bandit = Local()
+    adaptive = AdaptiveRouting(AdaptiveConfig(untiered=True), bandit)
+    decided, pools = planned("Fix my python function")  # the policy's pick: `code`
+    for _ in range(int(MIN_EVIDENCE) + 5):  # what everyone's traffic showed: `large` is better
+        adaptive.finished(Pick("code", "code"), "error", None)
+        bandit.observe("code", "large", Reward(1.0))
+    shared = bandit.router.snapshot()
+    for _ in range(10_000):  # tenant `stuffer` insists that `large` is bad
+        adaptive.feedback(Pick("code", "large"), 0.0, tenant="stuffer")
+    assert {c for c, _ in bandit.router.snapshot()} == {"code", overlay_key("code", "stuffer")}
+    assert all(bandit.router.snapshot()[arm] == stats for arm, stats in shared.items())
+
+    def pool_for(tenant: str | None) -> str:
+        return adaptive.choose(decided, "code", pools, CONFIG, Wishes(tenant=tenant))[1].pool
+
+    assert pool_for("victim") == pool_for(None) == "large"  # shared evidence only
+    assert pool_for("stuffer") == "code"  # its own verdicts count for its own requests
+    assert bandit.evidence("code", "large", overlay_key("code", "stuffer")) == pytest.approx(
+        10_000 + MIN_EVIDENCE + 5
+    )
+    victim = bandit.evidence("code", "large", overlay_key("code", "victim"))
+    assert victim == pytest.approx(MIN_EVIDENCE + 5)

@@ -3,6 +3,7 @@ eligibility, the signals, and its config section."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -12,12 +13,14 @@ from routing.bandit import (
     CONTEXT_CHARS,
     EXPLORE_BURST,
     IMPLICIT_WEIGHT,
+    SHARED_CONTEXT_CHARS,
     ArmStats,
     Reward,
     ThompsonRouter,
     context_key,
     feedback_reward,
     outcome_reward,
+    overlay_key,
 )
 from routing.config import AdaptiveConfig, RoutingConfig, TierConfig
 from tenancy.schema import CONTEXT_CHARS as STORED_CONTEXT_CHARS
@@ -162,6 +165,58 @@ def test_snapshot_and_replace_carry_the_posterior() -> None:
     for context in ("reasoning", "chat"):
         for pool in POOLS:
             assert copy.posterior(context, pool, 5.0) == router.posterior(context, pool, 5.0)
+
+
+def test_a_tenants_overlay_is_a_stable_context_of_its_own_within_the_table() -> None:
+    digest = hashlib.sha256(b"acme").hexdigest()[:12]
+    assert overlay_key("code@pro", "acme") == f"code@pro#{digest}"  # same on every replica
+    assert overlay_key("code", "acme") != overlay_key("code", "other")
+    longest = context_key("x" * (SHARED_CONTEXT_CHARS - 5), "free")
+    assert len(overlay_key(longest, "t" * 64)) == CONTEXT_CHARS  # fits the table
+    with pytest.raises(ValueError):  # a context leaves room for an overlay of it
+        context_key("x" * (SHARED_CONTEXT_CHARS - 4), "free")
+
+
+def shares(choices: list[str]) -> dict[str, float]:
+    return {p: choices.count(p) / len(choices) for p in POOLS}
+
+
+def test_one_tenants_feedback_leaves_every_other_tenants_routing_exactly_as_it_was() -> None:
+    """10^4 observations in tenant A's overlay: B's posteriors, and B's choices over many
+    seeded Thompson draws, are those of a router that never heard of A."""
+
+    def shared_evidence() -> ThompsonRouter:
+        router = ThompsonRouter(half_life_s=1e9, explore_share=1.0, cost_weight=0.0)
+        for pool, good, bad in (("large", 6, 4), ("small", 5, 5), ("code", 4, 6)):
+            for _ in range(good):
+                router.update("code", pool, 1.0, now=0.0)
+            for _ in range(bad):
+                router.update("code", pool, 0.0, now=0.0)
+        return router
+
+    untouched, stuffed = shared_evidence(), shared_evidence()
+    a, b = overlay_key("code", "a"), overlay_key("code", "b")
+    for i in range(10_000):  # A: `large` is awful, `code` is perfect
+        stuffed.update(a, "large" if i % 2 else "code", float(i % 2 == 0), now=0.0)
+    for pool in POOLS:
+        assert stuffed.posterior("code", pool, 1.0, b) == untouched.posterior("code", pool, 1.0, b)
+        assert stuffed.mean("code", pool, 1.0, b) == untouched.mean("code", pool, 1.0, b)
+    assert (
+        stuffed.mean("code", "large", 1.0, a) < 0.01 < 0.99 < stuffed.mean("code", "code", 1.0, a)
+    )
+
+    def b_choices(router: ThompsonRouter) -> list[str]:
+        rng = random.Random(11)
+        return [router.choose("code", POOLS, rng, now=1.0, overlay=b).pool for _ in range(5000)]
+
+    before, after = b_choices(untouched), b_choices(stuffed)
+    was, now = shares(before), shares(after)
+    assert all(abs(now[p] - was[p]) <= 0.02 for p in POOLS)
+    assert after == before  # not merely within 2 points: the very same draws
+    assert min(was.values()) > 0.1  # B's own choices do spread over the pools
+    rng = random.Random(11)
+    a_choices = [stuffed.choose("code", POOLS, rng, now=1.0, overlay=a).pool for _ in range(500)]
+    assert shares(a_choices)["code"] > 0.95  # A's overlay does steer A
 
 
 def test_adaptive_config_is_opt_in_per_tier() -> None:

@@ -10,7 +10,7 @@ import pytest
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from core.errors import PoolNotAllowedError, QuotaExceededError, RateLimitedError
+from core.errors import PoolNotAllowedError
 from deployments.openai.classify import classify_request, learned_reading, semantic_reading
 from deployments.openai.errors import to_api_error
 from deployments.openai.protocol import ClassifyRequest
@@ -22,7 +22,7 @@ from routing.profile import Refusal, RequestProfile
 from routing.semantic import SemanticClassifier
 from tenancy.gate import QuotaGate
 from tests.conftest import fake_app, fake_app_args
-from tests.unit.test_gate import NOW, Clock, InProcessKeeper
+from tests.support.keeper import Clock, RemoteKeeper, spend
 from tests.unit.test_serving import InProcessPools, serving
 
 
@@ -95,38 +95,35 @@ def test_the_body_is_a_chat_body_with_model_optional() -> None:
         ClassifyRequest.model_validate({"input": "hi"})  # not this endpoint's shape
 
 
-async def test_a_classification_counts_against_the_request_limit() -> None:
+async def test_a_classification_spends_none_of_the_request_limit_nor_the_budget() -> None:
+    """Classifying is metered in the cheap bucket (tenancy/side.py), not as a request."""
     args = fake_app_args()
     args["tenants"] = {"acme": {"limits": {"requests_per_minute": 2}}}
     svc, pools = serving(args)
-    keeper = InProcessKeeper()
-    svc.gate = QuotaGate(svc.config.quotas(), keeper, clock=Clock())
+    clock = Clock()
+    keeper = RemoteKeeper(clock)
+    svc.gate = QuotaGate(svc.config.quotas(), keeper, clock=clock)
     wishes = Wishes(tenant="acme")
-    _, headers = await classify_request(svc, body("hi"), wishes, None)
-    assert headers["x-ratelimit-limit-requests"] == "2"
-    await classify_request(svc, body("hi"), wishes, None)
-    with pytest.raises(RateLimitedError):
+    for _ in range(5):
         await classify_request(svc, body("hi"), wishes, None)
-    assert pools.calls == []
-    await svc.gate.flush()
-    used = keeper.book.snapshot("tenant:acme", NOW)
-    assert used.requests == 2 and not any(used.used.values())  # no tokens, no dollars
+    assert pools.calls == [] and keeper.calls == 0
+    await spend(svc.gate, "acme", 0, 0)  # both requests of the minute are still there
+    await spend(svc.gate, "acme", 0, 0)
 
 
-async def test_a_spent_budget_refuses_and_a_nearly_spent_one_classifies_frugally() -> None:
+async def test_a_nearly_spent_budget_classifies_frugally() -> None:
     args = fake_app_args()
     args["tenants"] = {"acme": {"budget": {"usd_per_day": 1.0}}}
     svc, _ = serving(args)
-    svc.gate = QuotaGate(svc.config.quotas(), InProcessKeeper(), clock=Clock())
-    svc.gate.spent(["tenant:acme"], NOW, 10, 0.9)
+    clock = Clock()
+    svc.gate = QuotaGate(svc.config.quotas(), RemoteKeeper(clock), clock=clock)
+    await spend(svc.gate, "acme", 10, 0.9)
+    await svc.gate.flush()
     answer, _ = await classify_request(
         svc, body("hi"), Wishes(tenant="acme", strategy="cascade"), None
     )
     assert answer.route.strategy == "route"
     assert any("frugal routing" in note for note in answer.route.notes)
-    svc.gate.spent(["tenant:acme"], NOW, 10, 0.2)
-    with pytest.raises(QuotaExceededError):
-        await classify_request(svc, body("hi"), Wishes(tenant="acme"), None)
 
 
 class KeywordEmbedder:

@@ -8,11 +8,19 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request, Response
 
+from core.errors import AuthenticationError
 from deployments.config import ApiConfig
+from deployments.openai.auth import Authenticated, Authenticator
+from deployments.openai.errors import create_error_response
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.proxy import EdgeBody, EdgeErrors, EdgeHeaders, edge_config
+from tenancy.config import AuthConfig
+from tenancy.keys import Caller, KeyRing, digest
+from tenancy.schema import ApiKey
 
 Message = dict[str, Any]
 LIMITS = ApiConfig(max_body_bytes=2048, max_header_bytes=1024, body_timeout_s=0.2)
@@ -165,6 +173,120 @@ async def test_paths_are_judged_inside_the_route_prefix() -> None:
     s["root_path"] = "/app"
     await middleware(s, receiving(b""), sent)
     assert sent.status == 404
+
+
+# --- API keys, checked before the body is read ---------------------------------------------
+
+MIB = 1024 * 1024
+SECRET = "s" * 43
+KEY = f"sy-{'a' * 12}-{SECRET}"
+
+
+class CountingRing(KeyRing):
+    """A key ring that counts how often a key is checked."""
+
+    checks = 0
+
+    def check(self, key: str) -> Caller | None:
+        self.checks += 1
+        return super().check(key)
+
+
+def keyed_state(guard: RequestGuard) -> SimpleNamespace:
+    record = ApiKey(
+        id="a" * 12, secret_sha256=digest(SECRET), tenant="acme", tier=None, role="tenant",
+        name="", created_at=0.0, revoked_at=None,
+    )  # fmt: skip
+    ring = CountingRing([record])
+    return SimpleNamespace(guard=guard, auth=Authenticator(AuthConfig(mode="keys"), ring))
+
+
+class Client:
+    """A client sending 2 MiB: counts how often the server asked for body bytes."""
+
+    def __init__(self) -> None:
+        self.receives = 0
+
+    async def __call__(self) -> Message:
+        self.receives += 1
+        return {"type": "http.request", "body": b"x" * 2 * MIB, "more_body": False}
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, b"Bearer " + KEY[:-1].encode() + b"t", b"Basic abc", b"Bearer " + b"k" * 30_000],
+)
+async def test_without_a_good_key_the_401_comes_before_a_byte_of_the_body(
+    authorization: bytes | None,
+) -> None:
+    config = ApiConfig(max_header_bytes=64 * 1024)  # a 2 MiB body is within the limits
+    middleware, guard, echo = guarded(config)
+    headers = [(b"content-length", str(2 * MIB).encode())]
+    if authorization is not None:
+        headers.append((b"authorization", authorization))
+    client, sent = Client(), Sent()
+    app = SimpleNamespace(state=keyed_state(guard))
+    await middleware(scope(headers=headers, app=app), client, sent)
+    error = sent.error()
+    assert (sent.status, error["code"], sent.headers[b"www-authenticate"]) == (
+        401, "invalid_api_key", b"Bearer",
+    )  # fmt: skip
+    assert sent.headers[b"connection"] == b"close"  # the unread body is not waited for
+    assert (client.receives, echo.calls, guard.active, guard.refused) == (0, 0, 0, {401: 1})
+
+
+async def test_a_good_key_reaches_the_route_as_its_caller_checked_once() -> None:
+    guard = RequestGuard(LIMITS)
+    state = keyed_state(guard)
+    api = FastAPI()
+    api.add_middleware(GuardMiddleware)
+    api.state.guard, api.state.auth = state.guard, state.auth
+
+    @api.post("/v1/whoami")
+    async def whoami(caller: Authenticated) -> dict[str, str | None]:
+        return {"tenant": caller.tenant if caller else None}
+
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        ok = await http.post("/v1/whoami", json={}, headers={"authorization": f"Bearer {KEY}"})
+        assert (ok.status_code, ok.json()) == (200, {"tenant": "acme"})
+        assert state.auth.ring.checks == 1  # the guard's check; the route did not redo it
+        refused = await http.post("/v1/whoami", json={})
+        assert refused.status_code == 401 and guard.refused == {401: 1}
+        for open_path in ("/health", "/openapi.json"):  # no key needed (404 or 200 here)
+            assert (await http.get(open_path)).status_code != 401
+
+
+async def test_without_the_guard_the_route_checks_the_header_itself() -> None:
+    state = keyed_state(RequestGuard(LIMITS))
+    api = FastAPI()
+    api.state.auth = state.auth
+
+    async def mapped(request: Request, exc: Exception) -> Response:
+        return create_error_response(exc)
+
+    api.add_exception_handler(AuthenticationError, mapped)
+
+    @api.get("/v1/whoami")
+    async def whoami(caller: Authenticated) -> dict[str, str | None]:
+        return {"tenant": caller.tenant if caller else None}
+
+    transport = httpx.ASGITransport(app=api)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        good = await http.get("/v1/whoami", headers={"authorization": f"Bearer {KEY}"})
+        assert good.json() == {"tenant": "acme"}
+        assert (await http.get("/v1/whoami")).status_code == 401
+    assert state.auth.ring.checks == 1
+
+
+async def test_with_auth_off_the_guard_checks_no_key() -> None:
+    middleware, guard, echo = guarded()
+    app = SimpleNamespace(
+        state=SimpleNamespace(guard=guard, auth=Authenticator(AuthConfig(mode="off")))
+    )
+    sent = Sent()
+    await middleware(scope(app=app), receiving(b"{}"), sent)
+    assert (sent.status, echo.calls) == (200, 1)
 
 
 # --- the proxy edge ----------------------------------------------------------------------

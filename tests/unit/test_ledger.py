@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
 from tenancy.db import connect, migrate
-from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, summary, tenant_of
+from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, feedback_target, summary
 from tenancy.schema import RequestRecord
 from tests.unit.test_serving import chat, serving
 
@@ -72,10 +72,11 @@ def test_feedback_needs_a_known_response_and_says_whose(engine: Engine) -> None:
     writer = LedgerWriter(engine)
     writer.record(entry(1, tenant="acme"))
     assert writer.queued_tenant("chatcmpl-1") == (True, "acme")
-    assert tenant_of(engine, "chatcmpl-1") == (False, None)  # not written yet
+    assert feedback_target(engine, "chatcmpl-1") is None  # not written yet
     writer.flush()
-    assert tenant_of(engine, "chatcmpl-1") == (True, "acme")
-    assert add_feedback(engine, "chatcmpl-1", "acme", 0.9, "good") >= 1
+    target = feedback_target(engine, "chatcmpl-1")
+    assert target is not None and target.tenant == "acme"
+    assert add_feedback(engine, "chatcmpl-1", "acme", 0.9, "good").id >= 1
 
 
 def test_summary_counts_every_written_request_and_filters_by_tenant(engine: Engine) -> None:
@@ -104,17 +105,21 @@ class Sink:
         self.entries.append(entry)
 
 
-async def test_every_request_leaves_one_record_success_or_not() -> None:
-    svc, _ = serving()
+async def test_every_served_request_leaves_one_record_and_refusals_leave_none() -> None:
+    """A refusal (a 400, a 429) before any pool is called is counted in metrics only:
+    a flood of them must not write rows (issue 20, finding 8)."""
+    svc, _ = serving(large={"fail_requests": True})
     sink = svc.ledger = Sink()
     routed = await svc.chat(chat(), key_id="k1")
-    with pytest.raises(Exception):  # noqa: B017 - any refusal leaves a record too
+    with pytest.raises(Exception):  # noqa: B017 - a refusal
         await svc.chat(chat(model="small", max_tokens=1000))
-    ok, refused = sink.entries
+    await svc.chat(chat(model="large"))  # its pool failed: another one served it
+    ok, failed = sink.entries
     assert routed.body is not None
     assert (ok.id, ok.outcome, ok.pool, ok.key_id) == (routed.body.id, "ok", "small", "k1")  # type: ignore[attr-defined]
     assert (ok.completion_tokens, ok.pools_tried, ok.prompt) == (4, "small", None)
-    assert (refused.outcome, refused.pool, refused.model_asked) == ("client_error", None, "small")
+    assert (failed.model_asked, failed.pools_tried.split(",")[0]) == ("large", "large")
+    assert svc.metrics.summary()["outcomes"]["client_error"] == 1
 
 
 async def test_prompts_are_kept_only_for_tenants_that_opted_in() -> None:

@@ -272,3 +272,14 @@ def test_adapt_takes_only_a_candidate_and_recomputes_fallbacks() -> None:
         "What is the capital of France?", views=pools, wishes=Wishes(pools=frozenset({"small"}))
     )
     assert adapt(tiered, "large", pools, CONFIG, "x") == tiered  # outside the tier: refused
+
+
+def test_cascade_and_speculation_fit_max_cost_with_both_pools() -> None:
+    """Issue 20, finding 12: the cap checked only the target ($0.033 under a $0.03 cap);
+    a cascade may pay for both pools, a speculation always does."""
+    for strategy in ("cascade", "speculative"):
+        both = auto("hi", wishes=Wishes(strategy=strategy, max_cost_usd=0.0011))  # type: ignore[arg-type]
+        assert (both.strategy, both.pool) == (strategy, "small")
+        tight = auto("hi", wishes=Wishes(strategy=strategy, max_cost_usd=0.00105))  # type: ignore[arg-type]
+        assert (tight.strategy, tight.pool) == ("route", "small")
+        assert "exceed max_cost_usd" in tight.notes[0]

@@ -37,8 +37,9 @@ def config() -> RoutingConfig:
 def test_tier_defaults_fill_what_the_request_leaves_open() -> None:
     got = apply_tier(config(), Wishes(), tenant="acme", asked=None)
     assert got == Wishes(
-        strategy="speculative", min_quality=0.7, latency_budget_s=2.0, tier="pro", pools=None
-    )
+        strategy="speculative", min_quality=0.7, latency_budget_s=2.0, tier="pro", pools=None,
+        assigned_tier="pro",
+    )  # fmt: skip
     own = apply_tier(config(), Wishes(strategy="route", min_quality=0.2), "acme", None)
     assert (own.strategy, own.min_quality) == ("route", 0.2)  # the request's wishes win
 
@@ -102,7 +103,7 @@ def test_with_api_keys_the_key_says_who_the_tenant_is() -> None:
     )
     mapped = Caller(tenant="acme", key_id="k1")
     assert wishes(body, config(), RoutingHeaders(), mapped).tier == "pro"  # tenants: acme
-    assigned = Caller(tenant="other", key_id="k2", tier="batch")
+    assigned = Caller(tenant="initech", key_id="k2", tier="batch")
     assert wishes(body, config(), RoutingHeaders(), assigned).tier == "batch"  # the key's
     with pytest.raises(APIError) as err:  # a spoofed tenant is refused, never used
         wishes(body, config(), RoutingHeaders(tenant="acme"), assigned)
