@@ -21,11 +21,12 @@ import time
 from typing import Any, Literal
 
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from tenancy.config import QuotaConfig
 from tenancy.db import connect, database_url
-from tenancy.keeper import Amounts, Grant, QuotaBook, Settlement
+from tenancy.keeper import AccountUnavailable, Amounts, Grant, QuotaBook, Settlement
 from tenancy.ledger import window_totals
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 EVICT_PERIOD_S = 60.0
 
 
-class DatabaseUnavailable(RuntimeError):
+class DatabaseUnavailable(AccountUnavailable):
     """The ledger could not be read to restore an account: its usage is unknown."""
 
 
@@ -103,25 +104,32 @@ class QuotaKeeper:
 
 
 class KeeperClient:
-    """`tenancy.gate.Keeper` over the keeper's Serve handle, each call bounded."""
+    """`tenancy.gate.Keeper` over the keeper's Serve handle, each call bounded. An account
+    the keeper cannot count comes out as `AccountUnavailable`, not as Ray's wrapper."""
 
     def __init__(self, handle: DeploymentHandle[Any], timeout_s: float = 2.0) -> None:
         self.handle = handle
         self.timeout_s = timeout_s
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await getattr(self.handle, method).remote(*args)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, AccountUnavailable):
+                raise exc.cause from exc
+            raise
+
     async def acquire(
         self, account: str, holder: str, need: Amounts, want: Amounts, policy: QuotaConfig
     ) -> Grant:
-        async with asyncio.timeout(self.timeout_s):
-            grant: Grant = await self.handle.acquire.remote(account, holder, need, want, policy)
+        grant: Grant = await self._call("acquire", account, holder, need, want, policy)
         return grant
 
     async def settle(self, holder: str, items: list[Settlement]) -> dict[str, Grant]:
-        async with asyncio.timeout(self.timeout_s):
-            usage: dict[str, Grant] = await self.handle.settle.remote(holder, items)
+        usage: dict[str, Grant] = await self._call("settle", holder, items)
         return usage
 
     async def snapshot(self, account: str) -> Grant:
-        async with asyncio.timeout(self.timeout_s):
-            grant: Grant = await self.handle.snapshot.remote(account)
+        grant: Grant = await self._call("snapshot", account)
         return grant

@@ -47,6 +47,7 @@ from core.errors import (
 from tenancy.config import QuotaConfig, Quotas
 from tenancy.keeper import (
     NOTHING,
+    AccountUnavailable,
     Amounts,
     Grant,
     QuotaBook,
@@ -110,6 +111,7 @@ class _Account:
     local: bool = False  # `have` came from the local book
     requests_until: float = 0.0  # requests in `have` are for the minute ending then
     in_flight: int = 0
+    local_until: float = 0.0  # (monotonic) the keeper cannot count it until then
     waiting: int = 0  # requests waiting for the allowance being fetched
     active_at: float = 0.0
     refused: tuple[float, Refusal] | None = None
@@ -147,7 +149,9 @@ class QuotaGate:
     @property
     def mode(self) -> Mode:
         if self._down_since is None:
-            return "keeper"
+            now = time.monotonic()
+            if not any(state.local_until > now for state in self._accounts.values()):
+                return "keeper"
         return "local" if self.fail_mode == "local" else "closed"
 
     def tracked(self) -> int:
@@ -281,13 +285,17 @@ class QuotaGate:
         # NOTE: requests waiting for this fetch are served by it too: ask for theirs.
         want = allowance(state.policy, need) + _times(need, state.waiting)
         grant: Grant | None = None
-        if not self._keeper_down():
+        if not self._keeper_down() and time.monotonic() >= state.local_until:
             try:
                 grant = await self.keeper.acquire(account, self.holder, need, want, state.policy)
-            except Exception as exc:  # noqa: BLE001 - keeper or its database unreachable
+            except AccountUnavailable as exc:  # this account only: its database is down
+                state.local_until = time.monotonic() + KEEPER_RETRY_S
+                self._log(f"quota keeper cannot count {account} ({_cause(exc)})")
+            except Exception as exc:  # noqa: BLE001 - keeper unreachable: every account
                 self._went_down(exc)
             else:
                 self._came_back()
+                self._local.forget(account)  # NOTE: a next outage starts from the keeper's view
         local = grant is None
         if local:
             if self.fail_mode == "closed":
@@ -348,13 +356,17 @@ class QuotaGate:
             self._down_since = now
         if asked:
             self._retry_at = now + KEEPER_RETRY_S
+        self._log(f"quota keeper unreachable ({_cause(exc)})")
+
+    def _log(self, what: str) -> None:
+        now = time.monotonic()
         if now - self._last_error_log >= 60:
             action = (
                 f"limits enforced locally at {self.local_share:.0%} of each"
                 if self.fail_mode == "local"
                 else "requests with limits refused (fail_mode: closed)"
             )
-            logger.warning("quota keeper unreachable (%s): %s", _cause(exc), action)
+            logger.warning("%s: %s", what, action)
             self._last_error_log = now
 
     def _seed(self, account: str, state: _Account) -> None:
@@ -376,7 +388,6 @@ class QuotaGate:
 
     def _came_back(self) -> None:
         if self._down_since is not None:
-            self._local = QuotaBook()  # NOTE: the next outage starts from the keeper's view
             logger.warning(
                 "quota keeper reachable again after %.0f s; limits shared across replicas",
                 time.monotonic() - self._down_since,

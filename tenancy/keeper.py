@@ -45,6 +45,11 @@ BLOCKED_RETRY_S = 1  # retry-after when only other holders' allowances stand in 
 SHARE = 20  # an allowance is at most 1/SHARE of a limit (or one request's need)
 
 
+class AccountUnavailable(RuntimeError):
+    """The keeper cannot count this account now (its usage could not be restored: the
+    database is unreachable); other accounts are unaffected."""
+
+
 @dataclass(frozen=True)
 class Amounts:
     """Requests, in-flight slots, tokens and USD: what is needed, held or granted."""
@@ -249,6 +254,9 @@ class QuotaBook:
 
     def accounts(self) -> int:
         return len(self._accounts)
+
+    def forget(self, account: str) -> None:
+        self._accounts.pop(account, None)
 
     def restore(
         self, account: str, now: float, totals: Mapping[Period, tuple[float, float]], requests: int

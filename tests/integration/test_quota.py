@@ -3,6 +3,7 @@ real PostgreSQL server: limits hold whichever replica answers, and across a rest
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -150,3 +151,68 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
         assert recorded == {"ok": 10, "rejected": 6}
     finally:
         delete_app(name)
+
+
+def test_limits_hold_while_the_database_is_down(serve_port: int) -> None:
+    """Issue 20, finding 3: with the database unreachable every limit was off (a 2/min
+    tenant got 50 of 50). The keeper keeps counting an account it already knows; one it
+    cannot restore is held, by each of the two ingress replicas, to half of its limit;
+    what was answered meanwhile reaches the ledger once the database is back."""
+    from sqlalchemy import func, select
+
+    from tenancy.db import connect, migrate
+    from tenancy.keys import KeyStore
+    from tenancy.schema import RequestRecord
+    from tests.support.postgres import PostgresNotInstalled, PostgresServer, skip_or_fail
+
+    try:
+        server = PostgresServer()
+    except PostgresNotInstalled as missing:
+        skip_or_fail(missing)
+    with server as url:
+        engine = connect(url)
+        migrate(engine)
+        store = KeyStore(engine)
+        known_key, new_key = (store.create(t)[0] for t in ("known", "newcomer"))
+        args = quota_app(url)
+        args["tenants"] = {t: {"limits": {"requests_per_minute": 6}} for t in ("known", "newcomer")}
+        name = "quota-dbdown"
+        base = f"http://127.0.0.1:{serve_port}/{name}/v1"
+        known = openai.OpenAI(base_url=base, api_key=known_key, max_retries=0)
+        newcomer = openai.OpenAI(base_url=base, api_key=new_key, max_retries=0)
+        if time.time() % 60 > 30:  # everything below must fall in one minute window
+            time.sleep(61 - time.time() % 60)
+        run_app(args, name)
+        try:
+            ask(known)  # the keeper restores `known` from the ledger now
+            server.pause()
+            modes = set()
+            admitted = {"known": 1, "newcomer": 0}
+            for _ in range(12):
+                for tenant, api in (("known", known), ("newcomer", newcomer)):
+                    try:
+                        ask(api)
+                        admitted[tenant] += 1
+                    except openai.RateLimitError as exc:
+                        assert exc.code == "rate_limit_exceeded"
+                modes.add(httpx.get(f"{base}/../health", timeout=30).json()["quota"]["mode"])
+            assert admitted["known"] == 6  # exact: the keeper needs no database for it
+            assert 1 <= admitted["newcomer"] <= 6  # never more than the limit
+            assert "local" in modes
+            server.resume()
+            deadline = time.monotonic() + 30
+            while True:  # the ledger writers' retries land
+                with engine.connect() as conn:
+                    rows = conn.execute(
+                        select(func.count()).where(RequestRecord.tenant == "newcomer")
+                    ).scalar_one()
+                if rows == admitted["newcomer"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert rows == admitted["newcomer"]  # none lost
+        finally:
+            if server.root is not None:
+                with contextlib.suppress(Exception):
+                    server.resume()
+            delete_app(name)
+            engine.dispose()

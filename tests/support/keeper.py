@@ -8,7 +8,7 @@ from typing import Any
 
 from tenancy.config import QuotaConfig, Quotas, TenantConfig
 from tenancy.gate import QuotaGate
-from tenancy.keeper import Amounts, Grant, QuotaBook, Settlement
+from tenancy.keeper import AccountUnavailable, Amounts, Grant, QuotaBook, Settlement
 
 NOW = 1_800_000_020.0  # a fixed instant, 20 s into its minute
 
@@ -34,6 +34,7 @@ class RemoteKeeper:
         self.latency_s = latency_s
         self.down = False
         self.hang = False
+        self.unavailable: set[str] = set()  # accounts it cannot restore (database down)
         self.calls = 0
 
     async def _call(self) -> None:
@@ -48,6 +49,8 @@ class RemoteKeeper:
         self, account: str, holder: str, need: Amounts, want: Amounts, policy: QuotaConfig
     ) -> Grant:
         await self._call()
+        if account in self.unavailable and not self.book.restored(account):
+            raise AccountUnavailable("the state database could not be read")
         return self.book.acquire(account, holder, need, want, policy, self.clock())
 
     async def settle(self, holder: str, items: list[Settlement]) -> dict[str, Grant]:

@@ -302,6 +302,26 @@ class PostgresServer:
         except psycopg.Error as error:
             raise PostgresError(f"creating database {self.database!r} failed: {error}") from error
 
+    # --- an outage --------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data and port: the database is down until `resume`."""
+        if self.root is None:
+            raise PostgresError("the server is not running")
+        self._stop_server(self.root)
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port with the same data."""
+        if self.root is None or self.port is None:
+            raise PostgresError("the server was never started")
+        data, log = self.root / "data", self.root / "postgres.log"
+        self._run(
+            [self.binaries.pg_ctl, "start", "-w", "-t", str(START_TIMEOUT), "-D", data,
+             "-l", log, "-o", f"-p {self.port}"],
+            timeout=START_TIMEOUT + 30,
+            cwd=self.root,
+        )  # fmt: skip
+
     # --- stop -----------------------------------------------------------------------
 
     def stop(self) -> None:

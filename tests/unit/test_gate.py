@@ -343,3 +343,24 @@ async def test_local_mode_starts_from_the_share_of_what_was_already_used() -> No
     keeper.down = True
     admitted = sum([(await _request(gates[i % 2], "acme", 0, 0))[0] for i in range(10)])
     assert admitted == 4  # each replica: its 5 minus its share (3) of the 6 used
+
+
+async def test_an_account_the_keeper_cannot_restore_goes_local_alone() -> None:
+    """The database down: the keeper still counts the accounts it knows, exactly; only
+    the one it cannot restore is held to the replicas' local shares."""
+    clock = Clock()
+    keeper = RemoteKeeper(clock)
+    tenant = {"limits": {"requests_per_minute": 6}}
+    gates = [
+        QuotaGate(quotas(known=tenant, newcomer=tenant), keeper, holder=f"i{n}",
+                  local_share=0.5, clock=clock)
+        for n in range(2)
+    ]  # fmt: skip
+    await _request(gates[0], "known", 0, 0)
+    keeper.unavailable = {"tenant:newcomer"}
+    admitted = {"known": 1, "newcomer": 0}
+    for i in range(24):
+        tenant_name = ("known", "newcomer")[i % 2]
+        admitted[tenant_name] += (await _request(gates[(i // 2) % 2], tenant_name, 0, 0))[0]
+    assert admitted == {"known": 6, "newcomer": 6}  # 3 a replica
+    assert {g.mode for g in gates} == {"local"}
