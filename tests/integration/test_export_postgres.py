@@ -90,6 +90,7 @@ def test_verdicts_racing_on_one_response_leave_one_row_and_one_first(
     for thread in threads:
         thread.join()
     assert sorted(v.replaced for v in got) == [False] + [True] * (n - 1)
+    assert len({v.id for v in got}) == 1
     assert [(rid, revisions) for rid, _, _, revisions in verdicts(engine)] == [
         ("chatcmpl-raced", n - 1)
     ]

@@ -4,7 +4,6 @@ first is evidence; a window after the response; an unknown id is unknown at once
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,28 +87,6 @@ def test_a_later_verdict_replaces_the_first_and_says_so(engine: Engine) -> None:
     assert add_feedback(engine, "chatcmpl-1", "acme", 0.25) == Verdict(first.id, True)
     assert not add_feedback(engine, "chatcmpl-2", "acme", 1.0).replaced  # its own first
     assert verdicts(engine) == [("chatcmpl-1", 0.25, None, 2), ("chatcmpl-2", 1.0, None, 0)]
-
-
-def test_of_concurrent_verdicts_on_one_response_exactly_one_is_the_first(engine: Engine) -> None:
-    written(engine, entry("chatcmpl-1"))
-    n = 8
-    start = threading.Barrier(n)
-    got: list[Verdict] = []
-
-    def rate(score: float) -> None:
-        start.wait()
-        got.append(add_feedback(engine, "chatcmpl-1", "acme", score))
-
-    threads = [threading.Thread(target=rate, args=(i / n,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(v.replaced for v in got) == [False] + [True] * (n - 1)
-    assert len({v.id for v in got}) == 1
-    assert [(rid, revisions) for rid, _, _, revisions in verdicts(engine)] == [
-        ("chatcmpl-1", n - 1)
-    ]
 
 
 def test_feedback_sees_whose_response_when_it_was_asked_and_its_arm(engine: Engine) -> None:
