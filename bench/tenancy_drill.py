@@ -2,7 +2,8 @@
 an attacker would, through the running app (Ray Serve, two ingress replicas, the quota
 keeper, fake engines, API keys, a real PostgreSQL server the drill starts and stops).
 
-    .venv/bin/python bench/tenancy_drill.py [--outage-s 60] [--ratings 10000]
+    .venv/bin/python bench/tenancy_drill.py [--outage-s 60] [--ratings 10000] \
+        [--scenarios budget tpm stuffing outage]
 
 Prints, per scenario, what the issue's goals are checked against:
 
@@ -10,9 +11,10 @@ Prints, per scenario, what the issue's goals are checked against:
   budget; spend (from the answers' usage at the catalog price) against the budget and
   one request's worst case;
 - tpm: 200 concurrent requests against 100 tokens/min;
-- stuffing: one tenant sends `--ratings` requests and rates every answer (praising
-  `large`, panning the rest); another tenant's pool shares before and after, over 200
-  requests each (served) and the adaptive router's greedy pick (dry runs);
+- stuffing: one tenant sends `--ratings` requests and rates every answer three times
+  (panning `small`, the policy's pick, praising any other pool the adaptive router
+  explored); another tenant's pool shares before and after, over 200 requests each
+  (served) and the adaptive router's greedy pick (dry runs), and the stuffer's own;
 - outage: the database stopped for `--outage-s` under steady load from a tenant the
   keeper already counts and from one it has never seen; admitted per minute against
   each limit, the quota mode the replicas reported, and ledger rows after the database
@@ -44,6 +46,7 @@ from tests.support.postgres import PostgresServer  # noqa: E402
 APP = "drill"
 PRICE = 1000.0  # USD per million completion tokens: $0.001 a token
 MAX_TOKENS = 8
+SAMPLE = 500  # the victim's requests per sample of its pool shares
 
 
 def app_args(url: str) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def app_args(url: str) -> dict[str, Any]:
     )
     args["auth"] = {"mode": "keys"}
     args["database"] = {"url": url, "flush_interval_s": 0.5}
-    args["ingress"] = {"num_replicas": 2, "max_ongoing_requests": 2048}
+    args["ingress"] = {"num_replicas": 2, "max_ongoing_requests": 2100}
     args["api"] = {"max_active_requests": 2048}
     for model in args["models"]:
         model["cost"] = {"output_per_million": PRICE}
@@ -139,7 +142,8 @@ async def shares(http: httpx.AsyncClient, key: str, n: int) -> tuple[Counter[str
 
 async def stuffing_scenario(http: httpx.AsyncClient, keys: dict[str, str], ratings: int) -> None:
     print(f"\n## feedback stuffing: {ratings} ratings by one tenant")
-    before = await shares(http, keys["victim"], 200)
+    control = await shares(http, keys["victim"], SAMPLE)  # two samples, nothing changed:
+    before = await shares(http, keys["victim"], SAMPLE)  # the noise of exploration
     sem = asyncio.Semaphore(64)
     rated = Counter[str]()
 
@@ -150,8 +154,8 @@ async def stuffing_scenario(http: httpx.AsyncClient, keys: dict[str, str], ratin
             if r.status_code != 200:
                 rated["refused"] += 1
                 return
-            pool = r.headers["x-switchyard-pool"]
-            score = 1.0 if pool == "large" else 0.0
+            # Praise whatever is not the policy's pick: what would move routing.
+            score = 0.0 if r.headers["x-switchyard-pool"] == "small" else 1.0
             for _ in range(3):  # and again: only the first verdict counts
                 f = await post(http, keys["attacker"], "/feedback",
                                {"id": r.json()["id"], "score": score})  # fmt: skip
@@ -159,17 +163,22 @@ async def stuffing_scenario(http: httpx.AsyncClient, keys: dict[str, str], ratin
 
     await asyncio.gather(*(one() for _ in range(ratings)))
     await asyncio.sleep(3)  # every replica syncs the shared evidence (refresh_s 1)
-    after = await shares(http, keys["victim"], 200)
+    after = await shares(http, keys["victim"], SAMPLE)
     attacker = await shares(http, keys["attacker"], 100)
     print(f"feedback answers: {dict(rated)}")
-    for label, (s, g) in (("victim before", before), ("victim after", after),
-                          ("attacker after", attacker)):  # fmt: skip
-        total_s, total_g = sum(s.values()), sum(g.values())
-        print(f"{label:<15} served {_pct(s, total_s)}  greedy {_pct(g, total_g)}")
-    moved = max(
-        abs(before[0][p] / 200 - after[0][p] / 200) * 100 for p in set(before[0]) | set(after[0])
-    )
-    print(f"victim's served shares moved at most {moved:.1f} points")
+    rows = (("victim, control", control), ("victim before", before), ("victim after", after),
+            ("stuffer after", attacker))  # fmt: skip
+    for label, (s, g) in rows:
+        print(f"{label:<16} served {_pct(s, sum(s.values()))}  greedy {_pct(g, sum(g.values()))}")
+    print(f"victim's served shares moved {_moved(before[0], after[0]):.1f} points "
+          f"(between two samples with nothing changed: {_moved(control[0], before[0]):.1f}); "
+          f"greedy pick moved {_moved(before[1], after[1]):.1f} points")  # fmt: skip
+
+
+def _moved(a: Counter[str], b: Counter[str]) -> float:
+    """The largest change of any pool's share, in points."""
+    ta, tb = max(1, sum(a.values())), max(1, sum(b.values()))
+    return max(abs(a[p] / ta - b[p] / tb) * 100 for p in set(a) | set(b))
 
 
 def _pct(c: Counter[str], total: int) -> str:
@@ -248,16 +257,24 @@ async def run(args: argparse.Namespace, port: int, pg: PostgresServer, url: str)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}/{APP}/v1/", timeout=120, limits=limits
     ) as http:
-        await budget_scenario(http, keys)
-        await tpm_scenario(http, keys)
-        await stuffing_scenario(http, keys, args.ratings)
-        await outage_scenario(http, keys, pg, args.outage_s, url)
+        if "budget" in args.scenarios:
+            await budget_scenario(http, keys)
+        if "tpm" in args.scenarios:
+            await tpm_scenario(http, keys)
+        if "stuffing" in args.scenarios:
+            await stuffing_scenario(http, keys, args.ratings)
+        if "outage" in args.scenarios:
+            await outage_scenario(http, keys, pg, args.outage_s, url)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--ratings", type=int, default=10_000)
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["budget", "tpm", "stuffing", "outage"],
+        choices=["budget", "tpm", "stuffing", "outage"],
+    )  # fmt: skip
     args = parser.parse_args()
     os.environ["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] = "deployments.proxy:middlewares"
     import ray
