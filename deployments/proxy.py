@@ -25,10 +25,13 @@ breaks ends with an error event and `data: [DONE]`. The limits are `ApiConfig`'s
 defaults, overridable with `SWITCHYARD_MAX_BODY_BYTES`, `SWITCHYARD_MAX_HEADER_BYTES`
 and `SWITCHYARD_BODY_TIMEOUT_S`; the ingress enforces its app's own limits again.
 
-The edge holds no API keys (they live in each ingress replica's key ring), so it cannot
-refuse a request for its key: a body without a valid key is still read here, within the
-limits above, and then refused by the ingress's guard from its headers (401) without the
-ingress reading it. Uploads in flight are bounded here only by the size cap and deadline.
+The edge holds no API keys (they live in each ingress replica's key ring). With
+`SWITCHYARD_EDGE_REQUIRE_KEY=1` (set it where the app runs with `auth.mode: keys`, as the
+cluster manifests do) it refuses at once (401), before reading a byte of the body, any
+request to the API that carries no `Authorization: Bearer` value shaped like one of our
+keys (`tenancy.keys.split_key`: constant work for any input). A well-shaped but unknown
+key still has its body read here, within the limits above, and is then refused by the
+ingress's guard from its headers (401) without the ingress reading it.
 """
 
 from __future__ import annotations
@@ -42,16 +45,26 @@ import time
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import AuthenticationError
 from deployments.admission import AdaptiveLimit
 from deployments.config import ApiConfig
-from deployments.openai.errors import CAPACITY_FULL, CAPACITY_HEADER, APIError, error_body
+from deployments.openai.auth import authorization_header
+from deployments.openai.errors import (
+    CAPACITY_FULL,
+    CAPACITY_HEADER,
+    APIError,
+    error_body,
+    to_api_error,
+)
 from deployments.openai.guard import (
+    BODYLESS,
     BodyReader,
     header_bytes,
     headers_too_large,
     router_overloaded,
     send_error,
 )
+from tenancy.keys import bearer_token, split_key
 
 __all__ = [
     "EdgeAdmission",
@@ -60,6 +73,7 @@ __all__ = [
     "EdgeHeaders",
     "edge_config",
     "edge_limit",
+    "edge_requires_key",
     "middlewares",
 ]
 
@@ -154,17 +168,39 @@ class EdgeHeaders:
 
 
 class EdgeBody:
-    """The whole body in the proxy (bounded, with a deadline) before admission and routing."""
+    """The whole body in the proxy (bounded, with a deadline) before admission and routing;
+    with `require_key`, no body is read for a request without a key-shaped bearer."""
 
-    def __init__(self, app: ASGIApp, config: ApiConfig) -> None:
+    def __init__(self, app: ASGIApp, config: ApiConfig, require_key: bool = False) -> None:
         self.app = app
         self.reader = BodyReader(config)
+        self.require_key = require_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path", "").startswith("/-/"):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith("/-/"):
             await self.app(scope, receive, send)
             return
+        if self.require_key and "/v1/" in path and not _key_shaped(scope):
+            error = to_api_error(AuthenticationError("missing or malformed API key"))
+            await send_error(send, error, close=scope.get("method") not in BODYLESS)
+            return
         await self.reader.forward(self.app, scope, receive, send)
+
+
+def _key_shaped(scope: Scope) -> bool:
+    """Does the request carry `Authorization: Bearer <something shaped like our keys>`?"""
+    value = authorization_header(scope)
+    token = bearer_token(value) if value is not None else None
+    return token is not None and split_key(token) is not None
+
+
+def edge_requires_key(env: dict[str, str] | None = None) -> bool:
+    env = dict(os.environ) if env is None else env
+    raw = env.get("SWITCHYARD_EDGE_REQUIRE_KEY", "0")
+    if raw not in ("0", "1"):
+        raise ValueError("SWITCHYARD_EDGE_REQUIRE_KEY must be 0 or 1")
+    return raw == "1"
 
 
 class EdgeErrors:
@@ -248,6 +284,6 @@ def middlewares() -> list[Middleware]:
     return [
         Middleware(EdgeErrors),
         Middleware(EdgeAdmission, limit=edge_limit()),
-        Middleware(EdgeBody, config=config),
+        Middleware(EdgeBody, config=config, require_key=edge_requires_key()),
         Middleware(EdgeHeaders, config=config),
     ]

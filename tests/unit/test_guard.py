@@ -17,7 +17,7 @@ from deployments.config import ApiConfig
 from deployments.openai.auth import Authenticated, Authenticator
 from deployments.openai.errors import create_error_response
 from deployments.openai.guard import GuardMiddleware, RequestGuard
-from deployments.proxy import EdgeBody, EdgeErrors, EdgeHeaders, edge_config
+from deployments.proxy import EdgeBody, EdgeErrors, EdgeHeaders, edge_config, edge_requires_key
 from tenancy.config import AuthConfig
 from tenancy.keys import Caller, KeyRing, digest
 from tenancy.schema import ApiKey
@@ -314,6 +314,48 @@ async def test_edge_reads_the_body_before_routing() -> None:
     sent = Sent()
     await EdgeBody(echo, LIMITS)(scope(), receiving(b"{", stall=True), sent)
     assert (sent.status, echo.calls) == (408, 0)  # Serve never saw the request
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, b"Basic abc", b"Bearer nope", b"Bearer " + b"x" * 30_000],
+)
+async def test_edge_with_keys_required_refuses_unshaped_keys_before_the_body(
+    authorization: bytes | None,
+) -> None:
+    """Issue 20, finding 13: unauthenticated 2 MiB bodies were buffered at the edge too."""
+    echo = Echo()
+    sent = Sent()
+    reads = 0
+
+    async def never_read() -> Message:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b"x" * (2 << 20), "more_body": False}
+
+    headers = [(b"content-type", b"application/json")]
+    if authorization is not None:
+        headers.append((b"authorization", authorization))
+    edge = EdgeBody(echo, LIMITS, require_key=True)
+    await edge(scope("/app/v1/chat/completions", headers=headers), never_read, sent)
+    assert (sent.status, sent.error()["code"], reads, echo.calls) == (401, "invalid_api_key", 0, 0)
+
+
+async def test_edge_passes_key_shaped_bearers_health_and_everything_when_not_required() -> None:
+    shaped = b"Bearer sy-0123456789ab-" + b"A" * 43
+    for path, headers, required in (
+        ("/app/v1/chat/completions", [(b"authorization", shaped)], True),
+        ("/app/health", [], True),
+        ("/app/v1/chat/completions", [], False),
+    ):
+        echo = Echo()
+        await EdgeBody(echo, LIMITS, require_key=required)(
+            scope(path, headers=headers), receiving(b"{}"), Sent()
+        )
+        assert echo.calls == 1, path
+    with pytest.raises(ValueError):
+        edge_requires_key({"SWITCHYARD_EDGE_REQUIRE_KEY": "yes"})
+    assert edge_requires_key({}) is False
 
 
 @pytest.mark.parametrize(
