@@ -247,8 +247,10 @@ class QuotaGate:
     async def _take(self, account: str, policy: QuotaConfig, need: Amounts) -> bool:
         """Take `need` out of this replica's allowance, fetching more when short."""
         state = self._accounts.get(account)
-        if state is None or state.policy != policy:
+        if state is None:
             state = self._accounts[account] = _Account(policy)
+        elif state.policy != policy:  # e.g. a chosen tier narrowed it: same allowance
+            state.policy, state.refused = policy, None
         for _ in range(MAX_TRIES):
             now = self.clock()
             if state.refused is not None:

@@ -364,3 +364,21 @@ async def test_an_account_the_keeper_cannot_restore_goes_local_alone() -> None:
         admitted[tenant_name] += (await _request(gates[(i // 2) % 2], tenant_name, 0, 0))[0]
     assert admitted == {"known": 6, "newcomer": 6}  # 3 a replica
     assert {g.mode for g in gates} == {"local"}
+
+
+async def test_an_account_under_two_policies_keeps_one_allowance() -> None:
+    """A tenant whose requests sometimes choose a narrower tier: its allowance is not
+    dropped (and so never stranded at the keeper) when the policy changes."""
+    clock = Clock()
+    keeper = RemoteKeeper(clock)
+    wide = QuotaConfig.model_validate({"limits": {"requests_per_minute": 100}})
+    narrow = QuotaConfig.model_validate({"limits": {"requests_per_minute": 40}})
+    gate = QuotaGate(quotas(), keeper, clock=clock)
+    for i in range(20):
+        reservation = await gate.reserve([("tenant:acme", (wide, narrow)[i % 2])], 0, 0)
+        gate.settle(reservation, 0, 0)
+    clock.now += 2
+    await gate.flush()  # idle: whatever it held goes back
+    grant = keeper.book.snapshot("tenant:acme", clock())
+    assert grant.requests == 20  # exactly what was used; nothing stranded
+    assert not keeper.book._accounts["tenant:acme"].held
