@@ -98,10 +98,6 @@ class QuotaKeeper:
         await self._ready(account)
         return self.book.snapshot(account, time.time())
 
-    def accounts(self) -> int:
-        """Accounts in memory (tests check it stays bounded)."""
-        return self.book.accounts()
-
 
 class KeeperClient:
     """`tenancy.gate.Keeper` over the keeper's Serve handle, each call bounded. An account

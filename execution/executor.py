@@ -101,11 +101,10 @@ class Call:
     ran: bool = True  # False: refused before any engine work (no charge)
 
     def ended(self, exc: BaseException) -> None:
-        """A call that raised: did the engine possibly work on it?"""
-        if isinstance(exc, EngineUnavailableError | PoolOverloadedError):
-            self.ran = False
-        elif not isinstance(exc, asyncio.CancelledError | PoolTimeoutError | EngineError):
-            self.ran = False  # a client error: refused before generating
+        """A call that raised: did the engine possibly work on it? Not when the pool was
+        unavailable or full, nor for a client error refused before generating."""
+        worked = isinstance(exc, asyncio.CancelledError | PoolTimeoutError | EngineError)
+        self.ran = worked and not isinstance(exc, EngineUnavailableError)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -163,15 +163,25 @@ class Quotas:
 def narrowest(a: QuotaConfig, b: QuotaConfig) -> QuotaConfig:
     """Each limit the tighter of the two (unset = no limit)."""
 
-    def tighter(x: float | None, y: float | None) -> float | None:
+    def tighter(_: str, x: Any, y: Any) -> Any:
         return y if x is None else x if y is None else min(x, y)
 
-    limits = {
-        name: tighter(getattr(a.limits, name), getattr(b.limits, name))
-        for name in type(a.limits).model_fields
+    return field_by_field(a, tighter, b)
+
+
+def field_by_field(
+    a: QuotaConfig, value: Callable[[str, Any, Any], Any], b: QuotaConfig | None = None
+) -> QuotaConfig:
+    """A policy of `limits` and `budget` built from `a`'s (and `b`'s) fields:
+    `value(name, a's value, b's value)` for each."""
+    other = b if b is not None else a
+    sections = {
+        section: {
+            name: value(
+                name, getattr(getattr(a, section), name), getattr(getattr(other, section), name)
+            )
+            for name in type(getattr(a, section)).model_fields
+        }
+        for section in ("limits", "budget")
     }
-    budget = {
-        name: tighter(getattr(a.budget, name), getattr(b.budget, name))
-        for name in type(a.budget).model_fields
-    }
-    return QuotaConfig.model_validate({"limits": limits, "budget": budget})
+    return QuotaConfig.model_validate(sections)

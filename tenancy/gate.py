@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from core.errors import (
     AccountingUnavailableError,
@@ -44,7 +44,7 @@ from core.errors import (
     RequestExceedsLimitError,
     SwitchyardError,
 )
-from tenancy.config import QuotaConfig, Quotas
+from tenancy.config import QuotaConfig, Quotas, field_by_field
 from tenancy.keeper import (
     NOTHING,
     AccountUnavailable,
@@ -98,10 +98,6 @@ class Reservation:
     created_at: float
     parts: tuple[Part, ...] = ()
     settled: bool = False
-
-    @property
-    def accounts(self) -> tuple[str, ...]:
-        return tuple(p.account for p in self.parts)
 
 
 @dataclass
@@ -170,7 +166,7 @@ class QuotaGate:
             state = self._accounts.get(account)
             if state is None or state.usage is None:
                 continue
-            level = budget_state(policy.budget, self._used(account, state.usage), now)
+            level = budget_state(policy.budget, state.usage.used, now)
             if level.level != "ok":
                 return level.note()
         return None
@@ -186,9 +182,9 @@ class QuotaGate:
             if state is None or state.usage is None:  # nothing used here yet
                 return rate_limit_headers(limits, 0, 0, now)
             grant = state.usage
-            requests = grant.requests - state.have.requests if grant else 0
-            tokens = int(self._used(account, grant).get(("tokens", "minute"), 0.0)) if grant else 0
-            return rate_limit_headers(limits, max(0, requests), tokens, now)
+            requests = max(0, grant.requests - state.have.requests)
+            tokens = int(grant.used.get(("tokens", "minute"), 0.0))
+            return rate_limit_headers(limits, requests, tokens, now)
         return {}
 
     # --- reserve and settle -------------------------------------------------------------
@@ -332,7 +328,7 @@ class QuotaGate:
             )
         if refusal.what == "in_flight":
             return ConcurrencyLimitError(int(limit), seconds)
-        if refusal.period in ("minute",) and refusal.what in ("requests", "tokens"):
+        if refusal.period == "minute" and refusal.what in ("requests", "tokens"):
             error = RateLimitedError(refusal.what, int(limit), seconds)
             now = self.clock()
             error.headers = rate_limit_headers(
@@ -437,19 +433,21 @@ class QuotaGate:
         now = self.clock()
         found = []
         for account, policy in accounts:
-            grant = await self._usage(account, policy)
-            used = self._used(account, grant) if grant is not None else {}
+            # NOTE: spent plus reserved: spend this replica has not reported yet is still
+            # reserved at the keeper, so it is in these numbers already.
+            grant = await self._usage(account)
+            used = grant.used
             state = budget_state(policy.budget, used, now)
             found.append(
                 {
                     "account": account, "level": state.level,
                     "frugal_at": policy.budget.frugal_at,
-                    "windows": _windows(policy, used, grant.requests if grant else 0, now),
+                    "windows": _windows(policy, used, grant.requests, now),
                 }
             )  # fmt: skip
         return found
 
-    async def _usage(self, account: str, policy: QuotaConfig) -> Grant | None:
+    async def _usage(self, account: str) -> Grant:
         state = self._accounts.get(account)
         now = self.clock()
         if state is not None and state.usage is not None and now - state.usage_at < USAGE_TTL_S:
@@ -466,11 +464,6 @@ class QuotaGate:
             state.usage, state.usage_at = grant, now
         return grant
 
-    def _used(self, account: str, grant: Grant) -> dict[tuple[str, Period], float]:
-        """Spent plus reserved, as the keeper last said. Spend this replica has not
-        reported yet is in it already: it is reserved there until reported."""
-        return dict(grant.used)
-
 
 def _times(need: Amounts, n: int) -> Amounts:
     return Amounts(need.requests * n, need.slots * n, need.tokens * n, need.usd * n)
@@ -481,30 +474,12 @@ def _scaled(policy: QuotaConfig, share: float) -> QuotaConfig:
     if share >= 1:
         return policy
 
-    def part(value: float | None, whole: bool) -> float | None:
-        if value is None:
-            return None
-        return max(1, math.floor(value * share)) if whole else value * share
+    def part(name: str, value: Any, _: Any) -> Any:
+        if value is None or name == "frugal_at":
+            return value
+        return max(1, math.floor(value * share)) if isinstance(value, int) else value * share
 
-    limits = policy.limits
-    budget = policy.budget
-    return QuotaConfig.model_validate(
-        {
-            "limits": {
-                "requests_per_minute": part(limits.requests_per_minute, True),
-                "tokens_per_minute": part(limits.tokens_per_minute, True),
-                "max_in_flight": part(limits.max_in_flight, True),
-            },
-            "budget": {
-                "usd_per_hour": part(budget.usd_per_hour, False),
-                "usd_per_day": part(budget.usd_per_day, False),
-                "usd_per_month": part(budget.usd_per_month, False),
-                "tokens_per_day": part(budget.tokens_per_day, True),
-                "tokens_per_month": part(budget.tokens_per_month, True),
-                "frugal_at": budget.frugal_at,
-            },
-        }
-    )
+    return field_by_field(policy, part)
 
 
 def _cause(exc: BaseException) -> str:

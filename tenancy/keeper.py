@@ -283,7 +283,7 @@ class QuotaBook:
         now = self._clock(now)
         self._heard(holder, now)
         acc = self._of(account, now)
-        self._roll_minute(acc, now)
+        self._roll_minute(acc)
         usage, held = acc.usage, acc.total_held()
         granted, refused = NOTHING, None
         free = self._free(acc, held, policy)
@@ -366,7 +366,7 @@ class QuotaBook:
         left = window(now, "minute")[1] - now
         return Grant(granted, refused, acc.usage.amounts(held), acc.usage.requests, left)
 
-    def _roll_minute(self, acc: _Account, now: float) -> None:
+    def _roll_minute(self, acc: _Account) -> None:
         """A holder's unused requests of a past minute are not returned into this one."""
         start = acc.usage.windows["minute"]
         for holder, minute in list(acc.minute.items()):
