@@ -13,7 +13,9 @@ know about it, so nobody re-derives it from a status code:
     SwitchyardError                          message is safe to show to clients
     ├── ClientError                          the request itself is wrong; no pool helps
     │   ├── PromptError                      cannot be served as asked (400)
-    │   │   └── ContextLengthError           prompt + max_tokens exceed the context
+    │   │   ├── ContextLengthError           prompt + max_tokens exceed the context
+    │   │   ├── CapabilityError              the pool's model cannot do what is asked
+    │   │   └── EngineRefusedError           vLLM's serving layer refused it (its 4xx)
     │   ├── UnknownTierError                 no such tier (400)
     │   ├── NotFoundError                    no such thing (404)
     │   │   ├── UnknownModelError            no such model or pool
@@ -108,6 +110,32 @@ class PromptError(ClientError):
 class ContextLengthError(PromptError):
     default_code = "context_length_exceeded"
     default_param = "messages"
+
+
+class CapabilityError(PromptError):
+    """The request needs what the pinned pool's model cannot do (tools, chat, ...)."""
+
+    default_code = "capability_not_supported"
+
+    def __init__(self, pool: str, capability: str, param: str | None) -> None:
+        super().__init__(
+            f"pool {pool!r} cannot serve this request: its model does not support "
+            f"{capability}; use another pool or model `auto`",
+            param=param,
+        )
+
+
+class EngineRefusedError(PromptError):
+    """vLLM's own validation refused the request: its status, message and param.
+
+    Raised at the Serve boundary from the `ErrorResponse` a pool's server returns, so a
+    client gets what vLLM's server would have answered (bounded in length)."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message[:1000], code=type, param=param)
+        self.status = status if 400 <= status < 500 else 400
 
 
 class UnknownTierError(ClientError):

@@ -3,7 +3,9 @@
 
 Both validate the typed config first, so a bad config fails before any replica starts,
 bring the state database's schema up to date (once, here, so replicas never race to
-migrate), then bind one `PoolServer` per pool and the ingress in front of them.
+migrate), then bind one Ray Serve LLM server (`PoolServer`) per pool, with the
+`LLMConfig` the catalog and pool config make (`deployments/llm_config.py`), and the
+ingress in front of them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
-from deployments.config import AppConfig, load_app_config, load_fake_app_config
+from deployments.config import AppConfig, PoolConfig, load_app_config, load_fake_app_config
 from deployments.ingress import Ingress
-from deployments.pool import PoolServer
+from deployments.llm_config import pool_llm_config
 from deployments.quota import QuotaKeeper
+from models.engines import model_location
 from models.engines.fake import FakeEngineOptions
 from tenancy.db import connect, database_url, migrate
 
@@ -44,14 +47,36 @@ def _bind(config: AppConfig, fakes: Mapping[str, FakeEngineOptions]) -> Applicat
     finally:
         engine.dispose()
     # NOTE: `@serve.deployment` turns the classes into Deployments, which mypy cannot see.
-    pool_server, ingress = cast(Deployment, PoolServer), cast(Deployment, Ingress)
+    ingress = cast(Deployment, Ingress)
     pools = {
-        name: pool_server.options(name=f"pool-{name}", **pool.serve_options()).bind(
-            name, config.model(pool.model), config.engine, pool.stream_interval_ms, fakes.get(name)
-        )
-        for name, pool in config.pools.items()
+        name: _pool(name, pool, config, fakes.get(name)) for name, pool in config.pools.items()
     }
     # NOTE: the keeper resolves the database URL itself, from its own environment: a URL
     # with a password never travels as a constructor argument.
     quota = cast(Deployment, QuotaKeeper).bind(config.database.url)
     return ingress.options(**config.ingress.serve_options()).bind(config, pools, quota)
+
+
+def _pool(
+    name: str, pool: PoolConfig, config: AppConfig, fake: FakeEngineOptions | None
+) -> Application:
+    """Pool `name` as a Ray Serve LLM deployment named `pool-<name>`."""
+    from ray.serve.llm import build_llm_deployment
+
+    from deployments.pool import PoolServer
+
+    spec = config.model(pool.model)
+    fake_engine = config.engine == "fake"
+    source = spec.source_name if fake_engine else model_location(spec)
+    options = pool.serve_options()
+    # NOTE: placement and the replica's resources are the LLMConfig's (llm_config.py).
+    for key in ("ray_actor_options", "placement_group_bundles", "placement_group_strategy"):
+        options.pop(key, None)
+    options["name"] = f"pool-{name}"
+    return build_llm_deployment(
+        pool_llm_config(name, pool, spec, source, fake=fake_engine),
+        name_prefix="",
+        override_serve_options=options,
+        deployment_cls=PoolServer,
+        bind_kwargs={"pool": name, "fake": (fake or FakeEngineOptions()) if fake_engine else None},
+    )

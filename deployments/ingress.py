@@ -20,12 +20,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.llm.openai_api_models import ChatCompletionResponse as EngineChatResponse
+from ray.serve.llm.openai_api_models import CompletionResponse as EngineCompletionResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
     FeedbackWindowClosedError,
     ForeignResponseError,
     SwitchyardError,
+    UnknownModelError,
     UnknownResponseError,
 )
 from deployments.config import AppConfig
@@ -36,18 +39,17 @@ from deployments.openai.classify import classify_request
 from deployments.openai.errors import APIError, create_error_response, outcome_of, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
+    ChatRequest,
     ClassifyRequest,
     ClassifyResponse,
     CompletionRequest,
-    CompletionResponse,
     FeedbackRequest,
     FeedbackResponse,
+    ModelCard,
     ModelList,
     RoutePlanResponse,
     RouteRequest,
-    SamplingFields,
+    RoutingFields,
 )
 from deployments.openai.schema import (
     CLASSIFY_ERRORS,
@@ -63,7 +65,7 @@ from deployments.openai.wishes import Headers, KnownTenants, RoutingHeaders, wis
 from deployments.pool_client import HandlePoolClient
 from deployments.quota import KeeperClient
 from deployments.router_reload import WatchedRouterFile
-from models.engines.base import EngineStats
+from execution.monitor import EngineStats
 from routing.bandit import ThompsonRouter
 from routing.learned import LearnedRouter, PoolRouter, load_serving_router
 from routing.planner import Wishes
@@ -136,9 +138,7 @@ def _respond(routed: Routed) -> Response:
             routed.stream, media_type="text/event-stream", headers=routed.headers()
         )
     assert routed.body is not None
-    return Response(
-        routed.body.model_dump_json(), media_type="application/json", headers=routed.headers()
-    )
+    return Response(routed.body, media_type="application/json", headers=routed.headers())
 
 
 STATS_PERIOD_S = 1.0
@@ -355,7 +355,7 @@ class Ingress:
             self.metrics.quota_mode(self.gate.mode)
 
     def _wishes(
-        self, body: SamplingFields, headers: RoutingHeaders, caller: Caller | None
+        self, body: RoutingFields, headers: RoutingHeaders, caller: Caller | None
     ) -> Wishes:
         return wishes(body, self.config.routing, headers, caller, self.tenants)
 
@@ -363,13 +363,21 @@ class Ingress:
     async def models(self, _caller: Authenticated) -> Response:
         return Response(self.serving.models().model_dump_json(), media_type="application/json")
 
+    @api.get("/v1/models/{model_id:path}", responses=responses(ModelCard, READ_ERRORS))
+    async def model(self, model_id: str, _caller: Authenticated) -> Response:
+        """One entry of `/v1/models`: `auto`, a pool or a model id (404 when unknown)."""
+        card = next((c for c in self.serving.models().data if c.id == model_id), None)
+        if card is None:
+            raise UnknownModelError(model_id[:256], [c.id for c in self.serving.models().data])
+        return Response(card.model_dump_json(), media_type="application/json")
+
     @api.post(
         "/v1/chat/completions",
-        responses=responses(ChatCompletionResponse, GENERATION_ERRORS, stream=True),
+        responses=responses(EngineChatResponse, GENERATION_ERRORS, stream=True),
     )
     async def chat_completions(
         self,
-        body: ChatCompletionRequest,
+        body: ChatRequest,
         headers: Headers,
         caller: Authenticated,
     ) -> Response:
@@ -378,7 +386,8 @@ class Ingress:
         return _respond(await self.serving.chat(body, asked, key_id))
 
     @api.post(
-        "/v1/completions", responses=responses(CompletionResponse, GENERATION_ERRORS, stream=True)
+        "/v1/completions",
+        responses=responses(EngineCompletionResponse, GENERATION_ERRORS, stream=True),
     )
     async def completions(
         self,
@@ -400,7 +409,7 @@ class Ingress:
     ) -> Response:
         asked = self._wishes(body, headers, caller)
         self.side.take(asked.tenant)
-        decided = await self.serving.dry_run(body, body.text, asked, chat=bool(body.messages))
+        decided = await self.serving.dry_run(body, body.text, asked, body.needs)
         return Response(decided.model_dump_json(), media_type="application/json")
 
     @api.post("/v1/classify", responses=responses(ClassifyResponse, CLASSIFY_ERRORS))

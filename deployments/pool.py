@@ -1,29 +1,33 @@
-"""The pool deployment: one class for every pool, configured per pool.
+"""The pool deployment: Ray Serve LLM's `LLMServer`, plus what Switchyard's routing reads.
 
-A replica owns one engine. It adds what a replica needs around it: start-up, the two
-call shapes the ingress uses (whole answer, token stream), abort, load stats and the
-health check Serve calls to replace a dead replica.
+A pool replica is an `LLMServer`: it hosts vLLM's own OpenAI serving layer, so a
+request is validated, templated, sampled, parsed (tool calls, structured output) and
+shaped exactly as vLLM's server would. This subclass adds only what routing, admission
+and autoscaling need from a replica:
+
+- load stats (`stats`): requests in flight, split into running and waiting by the
+  engine's batch size (`max_num_seqs`), and requests abandoned before they finished;
+- the escalation forecast an ingress broadcasts (`anticipate`), reported with the
+  engine queue as custom autoscaling metrics (`deployments/autoscaling.py`);
+- stream batching whose first event never waits (`deployments/coalesce.py`).
+
+A request whose consumer goes away (client disconnect, lost race, timeout) is cancelled
+by Serve; vLLM aborts it in the engine, freeing its slot and KV cache at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from functools import partial
+from typing import Any
 
-from ray import serve
+from ray.serve.llm import LLMConfig, LLMServer
 
 from deployments.autoscaling import ANTICIPATED, ENGINE_WAITING
-from models.catalog import ModelSpec
-from models.engines import create_engine
-from models.engines.base import (
-    EngineStats,
-    GenerationChunk,
-    GenerationRequest,
-    GenerationResult,
-    collect,
-)
-from models.engines.coalesce import coalesce
+from deployments.coalesce import coalesce
+from execution.monitor import EngineStats
 from models.engines.fake import FakeEngineOptions
 
 logger = logging.getLogger(__name__)
@@ -32,38 +36,56 @@ logger = logging.getLogger(__name__)
 HINT_TTL_S = 15.0
 
 
-@serve.deployment(health_check_period_s=10, health_check_timeout_s=30)
-class PoolServer:
+class PoolServer(LLMServer):
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self,
+        llm_config: LLMConfig,
+        *,
         pool: str,
-        spec: ModelSpec,
-        engine: str,
-        stream_interval_ms: float = 0.0,
         fake: FakeEngineOptions | None = None,
     ) -> None:
-        """`fake`: the fake engine's behaviour (`engine == "fake"`, tests only)."""
+        """`fake`: run the fake engine with this behaviour (tests only)."""
         self.pool = pool
-        self.spec = spec
-        self.stream_interval_s = stream_interval_ms / 1000
-        self.engine = create_engine(engine, spec, pool=pool, fake=fake)
+        self._in_flight = 0
+        self._aborted = 0
+        self._batch = int(llm_config.engine_kwargs.get("max_num_seqs") or 256)
+        self._interval_s = float(
+            llm_config.experimental_configs.get("stream_batching_interval_ms", 50.0) / 1000
+        )
         self._hints: dict[str, tuple[float, float]] = {}  # ingress id -> (requests, when)
-        await self.engine.start()
-        logger.info("pool %s serving %s with the %s engine", pool, spec.id, engine)
+        engine: Callable[[LLMConfig], Any] | None = None
+        if fake is not None:
+            from models.engines.fake import FakeLLMEngine
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return await collect(self.engine.generate(request))
+            engine = partial(FakeLLMEngine, options=fake, pool=pool)
+        await super().__init__(llm_config, engine_cls=engine)  # type: ignore[arg-type]
+        logger.info("pool %s serving %s", pool, llm_config.model_id)
 
-    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Token chunks, coalesced (models/engines/coalesce.py): fewer items cross Ray."""
-        async for chunk in coalesce(self.engine.generate(request), self.stream_interval_s):
-            yield chunk
+    def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> Any:
+        return coalesce(generator, self._interval_s)
 
-    async def abort(self, request_id: str) -> None:
-        await self.engine.abort(request_id)
+    async def _run_request(self, request: Any, **kwargs: Any) -> Any:
+        """Every request the engine runs, counted while it is in flight."""
+        stream = await super()._run_request(request, **kwargs)
+        return self._counted(stream)
+
+    async def _counted(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        self._in_flight += 1
+        finished = False
+        try:
+            async for item in stream:
+                yield item
+            finished = True
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                self._aborted += 1
 
     def stats(self) -> EngineStats:
-        return self.engine.stats()
+        """Load as routing reads it. vLLM runs up to `max_num_seqs` requests at once;
+        the rest wait in its scheduler (a full KV cache makes more wait: not seen here)."""
+        running = min(self._in_flight, self._batch)
+        return EngineStats(running, self._in_flight - running, self._aborted)
 
     def anticipate(self, sender: str, requests: float) -> None:
         """An ingress expects `requests` to arrive soon (escalations of running cascades).
@@ -77,12 +99,6 @@ class PoolServer:
         now = time.monotonic()
         self._hints = {k: v for k, v in self._hints.items() if now - v[1] <= HINT_TTL_S}
         return {
-            ENGINE_WAITING: float(self.engine.stats().waiting),
+            ENGINE_WAITING: float(self.stats().waiting),
             ANTICIPATED: float(sum(requests for requests, _ in self._hints.values())),
         }
-
-    async def check_health(self) -> None:
-        await self.engine.check_health()
-
-    async def __del__(self) -> None:
-        await self.engine.shutdown()

@@ -1,8 +1,13 @@
 """`PoolClient` over Serve deployment handles: the ingress's only way to reach a pool.
 
-This is the Ray boundary: Ray's and Serve's exceptions are translated here into the
-domain errors of `core.errors` (`raise ... from exc`), so nothing past it knows Ray and
-no Ray message reaches a response.
+A pool is a Ray Serve LLM server: every call is `handle.options(stream=True).<method>
+.remote(request)` with vLLM's request model, and yields either one whole response
+(`chat.completion`, `text_completion`, embeddings), batches of ready-made SSE events,
+or one `ErrorResponse` when vLLM's serving layer refused the request.
+
+This is the Ray boundary: Ray's and Serve's exceptions, and vLLM's error responses, are
+translated here into the domain errors of `core.errors` (`raise ... from exc`), so
+nothing past it knows Ray and no Ray message reaches a response.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from core.errors import (
     EngineError,
+    EngineRefusedError,
     EngineUnavailableError,
     PoolOverloadedError,
     PoolTimeoutError,
     SwitchyardError,
 )
-from models.engines.base import GenerationChunk, GenerationRequest, GenerationResult
+from execution.executor import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,38 @@ def translate(pool: str, exc: BaseException) -> BaseException:
     if isinstance(exc, RayActorError | DeploymentUnavailableError):
         return EngineUnavailableError(f"pool {pool!r} is unavailable; retry shortly")
     return exc
+
+
+def refusal(pool: str, item: Any) -> SwitchyardError | None:
+    """The domain error of a pool's `ErrorResponse` item (None: not an error)."""
+    error = getattr(item, "error", None)
+    if error is None or not hasattr(error, "code"):
+        return None
+    status = int(error.code or 500)
+    if 400 <= status < 500:
+        return EngineRefusedError(status, str(error.message), type=error.type, param=error.param)
+    logger.warning("pool %s failed a request: %s", pool, str(error.message)[:300])
+    return EngineError(f"pool {pool!r} failed to serve the request")
+
+
+def answer_of(response: Any) -> Answer:
+    """What strategies and accounting read of a whole OpenAI response."""
+    usage = response.usage
+    logprobs: list[float] = []
+    if response.choices:
+        shown = response.choices[0].logprobs
+        if shown is not None:
+            content = getattr(shown, "content", None)
+            if content is not None:  # chat: one entry per token
+                logprobs = [entry.logprob for entry in content]
+            else:  # completions: OpenAI's legacy shape
+                logprobs = [lp for lp in shown.token_logprobs or [] if lp is not None]
+    return Answer(
+        body=response,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        logprobs=logprobs,
+    )
 
 
 class HandlePoolClient:
@@ -64,45 +102,58 @@ class HandlePoolClient:
         except Exception as exc:  # noqa: BLE001 - the request that woke it reports errors
             logger.warning("waking pool %s failed: %r", pool, exc)
 
-    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult:
-        response = None
+    async def generate(self, pool: str, method: str, request: Any) -> Answer:
+        """A whole answer (`request.stream` is false)."""
+        items: DeploymentResponseGenerator[Any] | None = None
         try:
             # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
-            response = self.handles[pool].generate.remote(request)
+            items = getattr(self.streams[pool], method).remote(request)
+            assert items is not None
             async with asyncio.timeout(self.timeout_s):
-                result: GenerationResult = await response
-        except TimeoutError as exc:
-            # NOTE: cancelling the call makes the replica's engine abort the request.
-            if response is not None:
-                with contextlib.suppress(Exception):
-                    response.cancel()  # type: ignore[no-untyped-call]
-            raise PoolTimeoutError(pool, self.timeout_s) from exc
-        except Exception as exc:
-            raise translate(pool, exc) from exc
-        return result
-
-    async def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        chunks: DeploymentResponseGenerator[GenerationChunk] | None = None
-        try:
-            # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
-            chunks = self.streams[pool].generate_stream.remote(request)  # type: ignore[assignment]
-            assert chunks is not None
-            while True:
-                # NOTE: never `yield` inside the timeout: it would cancel the consumer.
-                # For streams the limit is on the wait for each next chunk.
-                async with asyncio.timeout(self.timeout_s):
-                    chunk = await anext(chunks, None)
-                if chunk is None:
-                    return
-                yield chunk
+                item = await anext(items)
         except TimeoutError as exc:
             raise PoolTimeoutError(pool, self.timeout_s) from exc
         except Exception as exc:
             raise translate(pool, exc) from exc
         finally:
-            # Client gone, timeout or error: the replica's engine aborts the request.
+            # NOTE: cancelling the call makes vLLM abort the request (timeout, client gone).
+            if items is not None:
+                with contextlib.suppress(Exception):
+                    items.cancel()  # type: ignore[no-untyped-call]
+        refused = refusal(pool, item)
+        if refused is not None:
+            raise refused
+        return answer_of(item)
+
+    async def stream(self, pool: str, method: str, request: Any) -> AsyncIterator[list[str]]:
+        """Batches of SSE events (`request.stream` is true); a refusal raises before any."""
+        items: DeploymentResponseGenerator[Any] | None = None
+        try:
+            items = getattr(self.streams[pool], method).remote(request)
+            assert items is not None
+            while True:
+                # NOTE: never `yield` inside the timeout: it would cancel the consumer.
+                # For streams the limit is on the wait for each next batch.
+                async with asyncio.timeout(self.timeout_s):
+                    batch = await anext(items, None)
+                if batch is None:
+                    return
+                # NOTE: a refusal arrives as one ErrorResponse, in a batch of its own.
+                first = batch[0] if isinstance(batch, list) and batch else batch
+                if not isinstance(first, str):
+                    refused = refusal(pool, first)
+                    raise refused or EngineError(f"pool {pool!r} answered a stream with one object")
+                yield batch
+        except TimeoutError as exc:
+            raise PoolTimeoutError(pool, self.timeout_s) from exc
+        except SwitchyardError:
+            raise
+        except Exception as exc:
+            raise translate(pool, exc) from exc
+        finally:
+            # Client gone, timeout or error: vLLM aborts the request in the engine.
             # NOTE: cancel() re-raises a failed assignment (back-pressure); that error was
             # already handled above.
-            if chunks is not None:
+            if items is not None:
                 with contextlib.suppress(Exception):
-                    chunks.cancel()  # type: ignore[no-untyped-call]
+                    items.cancel()  # type: ignore[no-untyped-call]

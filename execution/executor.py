@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from core.errors import (
     AllPoolsFailedError,
@@ -29,18 +29,36 @@ from core.errors import (
     SwitchyardError,
 )
 from execution.monitor import PoolMonitor
-from models.engines.base import GenerationChunk, GenerationRequest, GenerationResult
 from routing.confidence import confidence
 from routing.config import ConfidenceRule
 from routing.planner import Plan
 
 
+@dataclass
+class Answer:
+    """A pool's whole answer: the engine's OpenAI response (`body`), and what strategies
+    and the bill read of it."""
+
+    body: Any
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[float] = field(default_factory=list)  # chosen tokens', first choice
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+
 class PoolClient(Protocol):
-    """How execution reaches a pool; the ingress backs it with Serve handles."""
+    """How execution reaches a pool; the ingress backs it with Serve handles.
 
-    async def generate(self, pool: str, request: GenerationRequest) -> GenerationResult: ...
+    `method` is the pool server's (`chat`, `completions`); `request` is vLLM's request
+    model for it, opaque here."""
 
-    def stream(self, pool: str, request: GenerationRequest) -> AsyncIterator[GenerationChunk]: ...
+    async def generate(self, pool: str, method: str, request: Any) -> Answer: ...
+
+    def stream(self, pool: str, method: str, request: Any) -> AsyncIterator[list[str]]:
+        """Batches of SSE events; raises before the first when the pool refuses."""
 
     def wake(self, pool: str) -> None:
         """Make a pool that is scaled to zero start a replica; returns at once."""
@@ -75,7 +93,7 @@ def counts_against_circuit(exc: BaseException) -> bool:
 class Outcome:
     """What happened to one request, for the response and the counters."""
 
-    result: GenerationResult
+    result: Answer
     pool: str
     strategy: str
     tried: list[str] = field(default_factory=list)
@@ -109,26 +127,19 @@ class Call:
 
 @dataclass(frozen=True)
 class Job:
-    """One request and what each pool may spend on it (`max_tokens` differs by model);
-    `calls` is the caller's list, so what ran is known even when the request fails."""
+    """One request: the pool server's `method`, and `for_pool`, which makes the request
+    a pool is sent (its model, its `max_tokens`); `calls` is the caller's list, so what
+    ran is known even when the request fails."""
 
-    request: GenerationRequest
-    max_tokens: Mapping[str, int] = field(default_factory=dict)
+    method: str
+    for_pool: Callable[[str], Any]
+    max_tokens: Mapping[str, int]
     calls: list[Call] = field(default_factory=list)
 
     def call(self, pool: str) -> Call:
-        made = Call(pool, self.max_tokens.get(pool, self.request.sampling.max_tokens))
+        made = Call(pool, self.max_tokens[pool])
         self.calls.append(made)
         return made
-
-    def for_pool(self, pool: str) -> GenerationRequest:
-        sampling = self.request.sampling
-        tokens = self.max_tokens.get(pool, sampling.max_tokens)
-        return replace(
-            self.request,
-            request_id=f"{self.request.request_id}-{pool}",
-            sampling=replace(sampling, max_tokens=tokens),
-        )
 
 
 @dataclass
@@ -139,8 +150,7 @@ class _Race:
     target: str
     rule: ConfidenceRule
     started: float = field(default_factory=time.monotonic)
-    tasks: dict[str, asyncio.Task[GenerationResult]] = field(default_factory=dict)
-    partial: dict[str, GenerationResult] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
 
     @property
     def tried(self) -> list[str]:
@@ -186,37 +196,25 @@ class Executor:
 
     async def _call(
         self, pool: str, job: Job, tried: list[str], can_fall_back: bool = False
-    ) -> GenerationResult:
+    ) -> Answer:
         await self._enter(pool, can_fall_back)
         tried.append(pool)
         call = job.call(pool)
-        try:
-            async with self._guard(pool, GenerationResult("", 0, 0)) as acc:
-                result = await self.pools.generate(pool, job.for_pool(pool))
-                acc.completion_tokens = result.completion_tokens
-        except BaseException as exc:
-            call.ended(exc)
-            raise
-        call.prompt_tokens, call.completion_tokens = result.prompt_tokens, result.completion_tokens
-        return result
-
-    @contextlib.asynccontextmanager
-    async def _guard(self, pool: str, acc: GenerationResult) -> AsyncIterator[GenerationResult]:
-        """Report a pool call's outcome to the monitor (circuit and latency estimate)."""
         started = time.monotonic()
         try:
-            yield acc
-        except asyncio.CancelledError:
-            raise
+            result = await self.pools.generate(pool, job.method, job.for_pool(pool))
         except BaseException as exc:
-            if counts_against_circuit(exc):
+            call.ended(exc)
+            if not isinstance(exc, asyncio.CancelledError) and counts_against_circuit(exc):
                 self.monitor.record_failure(pool)
             raise
-        self.monitor.record_success(pool, time.monotonic() - started, acc.completion_tokens)
+        call.prompt_tokens, call.completion_tokens = result.prompt_tokens, result.completion_tokens
+        self.monitor.record_success(pool, time.monotonic() - started, result.completion_tokens)
+        return result
 
     async def _with_fallback(
         self, chain: list[str], job: Job, tried: list[str]
-    ) -> tuple[str, GenerationResult]:
+    ) -> tuple[str, Answer]:
         last: BaseException | None = None
         for i, pool in enumerate(chain):
             try:
@@ -233,15 +231,14 @@ class Executor:
             self.events.fell_back(pool, following[0], exc.reason)
 
     async def open_stream(
-        self, plan: Plan, request: GenerationRequest, calls: list[Call] | None = None
-    ) -> tuple[str, GenerationChunk | None, AsyncIterator[GenerationChunk], list[str]]:
-        """Start streaming from the plan's pool, falling back until a first chunk arrives.
+        self, plan: Plan, job: Job
+    ) -> tuple[str, list[str] | None, AsyncIterator[list[str]], list[str]]:
+        """Start streaming from the plan's pool, falling back until a first batch arrives.
 
-        After the first chunk the client has seen output, so a later failure ends the
+        After the first batch the client has seen output, so a later failure ends the
         stream with an error event instead of switching models mid-answer. The last of
-        `calls` is the stream's: its tokens are counted by whoever reads the stream.
+        `job.calls` is the stream's: its tokens are counted by whoever reads the stream.
         """
-        job = Job(request, plan.max_tokens, calls if calls is not None else [])
         chain: list[str] = [plan.pool, *plan.fallbacks]
         tried: list[str] = []
         last: BaseException | None = None
@@ -251,7 +248,7 @@ class Executor:
                 await self._enter(pool, i + 1 < len(chain))
                 tried.append(pool)
                 call = job.call(pool)
-                chunks = self.pools.stream(pool, job.for_pool(pool))
+                chunks = self.pools.stream(pool, job.method, job.for_pool(pool))
                 first = await anext(chunks, None)
             except BaseException as exc:
                 if call is not None:
@@ -269,11 +266,8 @@ class Executor:
 
     # --- strategies -----------------------------------------------------------------
 
-    async def execute(
-        self, plan: Plan, request: GenerationRequest, calls: list[Call] | None = None
-    ) -> Outcome:
-        """Run the plan; every pool call it makes is appended to `calls` (the bill)."""
-        job = Job(request, plan.max_tokens, calls if calls is not None else [])
+    async def execute(self, plan: Plan, job: Job) -> Outcome:
+        """Run the plan; every pool call it makes is appended to `job.calls` (the bill)."""
         if plan.strategy == "cascade":
             return await self._cascade(plan, job)
         if plan.strategy == "speculative":
@@ -322,7 +316,8 @@ class Executor:
         assert plan.target is not None and plan.rule is not None
         race = _Race(plan.pool, plan.target, plan.rule)
         for pool in race.tried:
-            race.tasks[pool] = asyncio.create_task(self._collect(pool, job, race.partial))
+            # NOTE: the other racer answers meanwhile: neither waits for a cold start.
+            race.tasks[pool] = asyncio.create_task(self._call(pool, job, [], can_fall_back=True))
         try:
             return await self._decide(race)
         finally:
@@ -367,46 +362,24 @@ class Executor:
             discarded_pool=first if discarded else None, winner=race.which(other),
         )  # fmt: skip
 
-    async def _won(
-        self, race: _Race, winner: str, result: GenerationResult, score: float | None
-    ) -> Outcome:
-        """Abort the loser now (its engine frees the slot) and account for its work."""
+    async def _won(self, race: _Race, winner: str, result: Answer, score: float | None) -> Outcome:
+        """Abort the loser now: Serve cancels its call and vLLM frees the engine slot.
+
+        What the loser generated before it was stopped is not known (a whole-answer call
+        reports nothing until it ends): its bill is its worst case (`Call`)."""
         loser = race.target if winner == race.source else race.source
         race.tasks[loser].cancel()
         with contextlib.suppress(BaseException):
             await race.tasks[loser]
-        lost = race.partial.get(loser)
         return Outcome(
             result, winner, "speculative", race.tried,
             escalated=winner == race.target, confidence=score,
-            discarded_tokens=lost.completion_tokens if lost else 0,
             discarded_engine_s=round(time.monotonic() - race.started, 4),
             discarded_pool=loser, winner=race.which(winner),
         )  # fmt: skip
 
-    async def _collect(
-        self, pool: str, job: Job, partial: dict[str, GenerationResult]
-    ) -> GenerationResult:
-        """Stream one pool's answer, keeping what arrived so far for loser accounting."""
-        await self._enter(pool, can_fall_back=True)  # the other racer answers meanwhile
-        acc = partial[pool] = GenerationResult(text="", prompt_tokens=0, completion_tokens=0)
-        call = job.call(pool)
-        try:
-            async with self._guard(pool, acc):
-                async for chunk in self.pools.stream(pool, job.for_pool(pool)):
-                    acc.add(chunk)
-        except BaseException as exc:
-            call.ended(exc)
-            if not isinstance(exc, asyncio.CancelledError):
-                raise
-            # NOTE: the loser of a race, stopped: what it streamed so far is known.
-            call.prompt_tokens, call.completion_tokens = acc.prompt_tokens, acc.completion_tokens
-            raise
-        call.prompt_tokens, call.completion_tokens = acc.prompt_tokens, acc.completion_tokens
-        return acc
 
-
-def _confidence(rule: ConfidenceRule, result: GenerationResult) -> float:
+def _confidence(rule: ConfidenceRule, result: Answer) -> float:
     return confidence(result.logprobs, rule.method, rule.quantile)
 
 
@@ -421,7 +394,7 @@ def _exhausted(chain: list[str], tried: list[str], last: BaseException | None) -
     return AllPoolsFailedError(tried)
 
 
-def _result_or_none(task: asyncio.Task[GenerationResult]) -> GenerationResult | None:
+def _result_or_none(task: asyncio.Task[Answer]) -> Answer | None:
     if task.cancelled() or task.exception() is not None:
         return None
     return task.result()

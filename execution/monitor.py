@@ -15,9 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from execution.breaker import BreakerState, CircuitBreaker
-from models.engines.base import EngineStats
 
 PollState = Literal["pending", "ok", "busy", "failed"]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Load of one pool replica's engine: what routing and autoscaling read."""
+
+    running: int
+    waiting: int
+    aborted: int = 0  # requests stopped before they finished, since start
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,18 @@ class ModelSpec(StrictConfig):
         description="Jinja chat template overriding the tokenizer's own; None uses the "
         "tokenizer's template.",
     )
+    tool_call_parser: str | None = Field(
+        default=None,
+        max_length=64,
+        description="vLLM's tool-call parser for this model's output (e.g. `hermes` for "
+        "Qwen2.5); None: the model is not offered tool calling, and a request with `tools` "
+        "pinned to it is a 400.",
+    )
+    structured_output: bool = Field(
+        default=True,
+        description="Whether requests may constrain this model's output (`response_format`, "
+        "vLLM's `structured_outputs`): vLLM's guided decoding works with any text model.",
+    )
     max_tokens: int = Field(
         default=512, gt=0, description="Largest `max_tokens` a request may ask of this model."
     )
@@ -142,6 +154,17 @@ class ModelSpec(StrictConfig):
         if self.max_tokens >= self.engine.max_model_len:
             raise ValueError("max_tokens must be smaller than engine.max_model_len")
         return self
+
+    def capabilities(self) -> frozenset[str]:
+        """What the model can serve: `chat`, `completion`, `tools`, `structured_output`."""
+        can = {"completion"}
+        if self.chat:
+            can.add("chat")
+            if self.tool_call_parser is not None:
+                can.add("tools")
+        if self.structured_output:
+            can.add("structured_output")
+        return frozenset(can)
 
     @property
     def source_scheme(self) -> str:

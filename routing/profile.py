@@ -1,9 +1,10 @@
 """What routing knows about one request, computed once before planning.
 
-The ingress builds a `RequestProfile` from the request (its text, whether it needs a
-chat model, the tokens it asks for) and the models the pools serve: the effective
-`max_tokens` on each pool (the client's, or that model's default), the pools that
-cannot serve it and why, and the classifier's readings of its one embedding. The planner
+The ingress builds a `RequestProfile` from the request (its text, what it needs of a
+model: chat, tools, structured output; the tokens it asks for) and the models the pools
+serve: the effective `max_tokens` on each pool (the client's, or that model's default),
+the pools that cannot serve it and why, and the classifier's readings of its one
+embedding. The planner
 reads only this, so the cost and latency it weighs are those of the request that will
 run, and it never picks a pool (or a fallback) that would then have to refuse it.
 """
@@ -23,8 +24,7 @@ class ModelLimits(Protocol):
     @property
     def id(self) -> str: ...
 
-    @property
-    def chat(self) -> bool: ...
+    def capabilities(self) -> frozenset[str]: ...
 
     @property
     def max_tokens(self) -> int: ...
@@ -58,7 +58,7 @@ def profile_request(
     model: str,
     text: str,
     *,
-    chat: bool,
+    needs: frozenset[str],
     requested_max_tokens: int | None,
     min_tokens: int,
     pool_models: Mapping[str, ModelLimits],
@@ -72,9 +72,9 @@ def profile_request(
     for pool, spec in pool_models.items():
         tokens = requested_max_tokens or spec.default_max_tokens
         max_tokens[pool] = tokens
-        if chat and not spec.chat:
-            message = f"model {spec.id!r} (pool {pool!r}) is completion-only; use /v1/completions"
-            unservable[pool] = Refusal("model", message)
+        missing = needs - spec.capabilities()
+        if missing:
+            unservable[pool] = _incapable(pool, spec.id, min(missing))
         elif tokens > spec.max_tokens:
             message = f"max_tokens={tokens} exceeds the limit of {spec.max_tokens} for model "
             unservable[pool] = Refusal("max_tokens", message + repr(spec.id))
@@ -90,3 +90,21 @@ def profile_request(
         similarities=dict(similarities or {}),
         learned=learned,
     )
+
+
+# What a request that needs a capability sent to need it: the field a refusal names.
+CAPABILITY_FIELDS = {
+    "chat": "model",
+    "completion": "model",
+    "tools": "tools",
+    "structured_output": "response_format",
+}
+
+
+def _incapable(pool: str, model: str, capability: str) -> Refusal:
+    if capability == "chat":
+        message = f"model {model!r} (pool {pool!r}) is completion-only; use /v1/completions"
+    else:
+        what = capability.replace("_", " ")
+        message = f"model {model!r} (pool {pool!r}) does not support {what}"
+    return Refusal(CAPABILITY_FIELDS.get(capability, "model"), message)

@@ -56,10 +56,12 @@ async def classify_request(
         frugal = serving.gate.frugal(accounts)
         if frugal:
             wishes = replace(wishes, frugal=frugal)
-    text = "\n".join(m.text() for m in body.messages)
+    text = body.text
     routing = serving.config.routing
     reading = classify(text, routing.rules)
-    decided, profile = await serving.planning.plan(body, text, wishes, chat=True, task=reading.task)
+    decided, profile = await serving.planning.plan(
+        body, text, wishes, body.needs, task=reading.task
+    )
     features = extract_features(text, routing.rules)
     rules = decide(features, routing.rules)
     answer = ClassifyResponse(

@@ -149,7 +149,9 @@ _STATUS: tuple[tuple[type[SwitchyardError], int], ...] = (
 
 
 def _domain_api_error(exc: SwitchyardError) -> APIError:
-    status = next(code for cls, code in _STATUS if isinstance(exc, cls))
+    status = getattr(exc, "status", None) or next(
+        code for cls, code in _STATUS if isinstance(exc, cls)
+    )
     if status == 500:
         logger.error("engine error: %r", exc.__cause__ or exc)
     headers = dict(exc.headers)

@@ -42,6 +42,7 @@ class InFlight:
     reservation: Reservation | None = None  # its worst case, held until it ends
     prompt_estimate: float = 0.0  # prompt tokens as routing estimated them
     calls: list[Call] = field(default_factory=list)  # every pool call: the bill
+    choices: int = 1  # answers each call generates (`n`, batched prompts)
     charged_usd: float = 0.0  # what a request that failed was charged
     ended: bool = False  # counted, recorded and settled (exactly once)
     pick: Pick | None = None  # the adaptive router's (context, pool), when it routed it

@@ -15,7 +15,7 @@ import asyncio
 from deployments.config import AppConfig
 from deployments.openai.adaptive import AdaptiveRouting
 from deployments.openai.inflight import InFlight
-from deployments.openai.protocol import RoutePlanResponse, SamplingFields
+from deployments.openai.protocol import RoutePlanResponse, RoutingFields
 from execution.monitor import PoolMonitor
 from routing.choice import LearnedScores
 from routing.learned import LearnedRouter, PoolRouter
@@ -71,7 +71,9 @@ class Planning:
         held = self._learned
         return held[1] if held and isinstance(held[0], LearnedRouter) else None
 
-    async def profile(self, body: SamplingFields, text: str, chat: bool) -> RequestProfile:
+    async def profile(
+        self, body: RoutingFields, text: str, needs: frozenset[str]
+    ) -> RequestProfile:
         """The request's facts, once: tokens per pool, what cannot serve it, its embedding."""
         similarities: dict[str, float] = {}
         learned = None
@@ -79,9 +81,9 @@ class Planning:
             # NOTE: embedding costs a few ms of CPU: off the event loop, and only once.
             similarities, learned = await asyncio.to_thread(self._classify, text)
         return profile_request(
-            body.model,
+            body.model or AUTO_MODEL,
             text,
-            chat=chat,
+            needs=needs,
             requested_max_tokens=body.requested_max_tokens,
             min_tokens=body.min_tokens,
             pool_models=self._pool_specs,
@@ -127,10 +129,10 @@ class Planning:
 
     async def plan(
         self,
-        body: SamplingFields,
+        body: RoutingFields,
         text: str,
         wishes: Wishes,
-        chat: bool,
+        needs: frozenset[str],
         flight: InFlight | None = None,
         task: str | None = None,
     ) -> tuple[Plan, RequestProfile]:
@@ -142,7 +144,7 @@ class Planning:
         exploration credit that served requests get. `task`: the taxonomy's task type,
         when the caller has already read it.
         """
-        profile = await self.profile(body, text, chat)
+        profile = await self.profile(body, text, needs)
         views = self.views(profile)
         routing = self.config.routing
         decided = plan(profile, views, self._pool_models, routing, wishes)

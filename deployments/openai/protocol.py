@@ -1,30 +1,43 @@
 """OpenAI wire models: what clients send and what Switchyard answers.
 
-Every field a client sends is honoured or refused with a 400 naming it, never dropped:
-an unknown field is refused too (`unsupported_parameter`), since a parameter that is
-silently ignored (say `ignore_eos` in a benchmark) gives the client a wrong answer
-without telling it. Fields we know but cannot honour (tools, n > 1, echo) are refused
-the same way. Limits that depend on the model (like
-`max_tokens` against its context) are checked later, once the pool is known.
+Generation requests are vLLM's own request models (through Ray Serve LLM), so what
+vLLM's server accepts is accepted here with the same meaning, and the pool's server
+validates it again with the same code. Every field a client sends is honoured or
+refused with a 400 naming it, never dropped: an unknown field is refused
+(`unsupported_parameter`) where vLLM's server would log and ignore it, since a
+parameter silently ignored gives the client a wrong answer without telling it.
+Responses are vLLM's too; only the `switchyard` extension (`RouteInfo`) and the
+endpoints Switchyard adds (route, classify, feedback, models) are defined here.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+from ray.serve.llm.openai_api_models import ChatCompletionRequest as EngineChatRequest
+from ray.serve.llm.openai_api_models import CompletionRequest as EngineCompletionRequest
+
+from routing.planner import AUTO_MODEL
 
 # Sanity bounds on what a client sends: limits that depend on the model (max_tokens
 # against its context) are checked once the pool is known; these only keep absurd values
 # (10**30 tokens, a megabyte-long model name) from reaching routing, logs or an engine.
 MAX_TOKENS_BOUND = 1_048_576
 NAME_CHARS = 256
-MAX_STOP = 4
-STOP_CHARS = 256
-MAX_STOP_TOKEN_IDS = 64
-MAX_TOP_LOGPROBS = 20  # OpenAI's chat limit; vLLM's default limit too
+MAX_CHOICES = 16  # `n`: each choice is a whole generation
+# vLLM request fields that are the operator's to set: the id (Switchyard sets it), the
+# scheduling priority (a client may not pick its own), disaggregated-serving transfers.
+RESERVED_FIELDS = ("request_id", "priority", "kv_transfer_params", "ec_transfer_params")
 
 
 def new_id(prefix: str) -> str:
@@ -33,27 +46,6 @@ def new_id(prefix: str) -> str:
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(WireModel):
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessageIn(WireModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
-
-
-class StreamOptions(WireModel):
-    include_usage: bool = False
 
 
 class SwitchyardOptions(BaseModel):
@@ -71,99 +63,182 @@ class SwitchyardOptions(BaseModel):
     tier: str | None = Field(default=None, min_length=1, max_length=64)
 
 
-class SamplingFields(WireModel):
-    """Fields shared by chat and text completions."""
+class RoutingFields(Protocol):
+    """What planning reads of a request body (generation, dry run or classify)."""
 
-    model: str = Field(min_length=1, max_length=NAME_CHARS)
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), lt=2**64)
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    user: str | None = Field(default=None, max_length=NAME_CHARS)
-    switchyard: SwitchyardOptions | None = None
-    # vLLM's sampling extensions (what `vllm bench serve` and vLLM users send).
-    top_k: int | None = Field(default=None, ge=-1, le=MAX_TOKENS_BOUND)
-    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_BOUND)
-    repetition_penalty: float = Field(default=1.0, gt=0, le=2)
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    @property
+    def model(self) -> str | None: ...
+
+    @property
+    def requested_max_tokens(self) -> int | None: ...
+
+    @property
+    def min_tokens(self) -> int: ...
+
+    @property
+    def switchyard(self) -> SwitchyardOptions | None: ...
+
+
+def _refuse_reserved(data: Any) -> Any:
+    """Fields of vLLM's request models that are the operator's, not a client's."""
+    if isinstance(data, dict):
+        for name in RESERVED_FIELDS:
+            if name in data:
+                raise ValueError(f"{name}: set by Switchyard, not by clients")
+        model = data.get("model")
+        if model is None or model == "":
+            data = {**data, "model": AUTO_MODEL}
+    return data
+
+
+class _Routed:
+    """What routing reads of a generation request, computed from vLLM's fields (a mixin
+    of plain properties: pydantic's fields stay vLLM's)."""
 
     @property
     def requested_max_tokens(self) -> int | None:
-        return self.max_tokens
+        max_tokens: int | None = getattr(self, "max_tokens", None)
+        return max_tokens
 
     @property
-    def requested_logprobs(self) -> int | None:
-        """Top alternatives per token the client wants back (None: no logprobs)."""
-        return None
+    def include_usage(self) -> bool:
+        options = getattr(self, "stream_options", None)
+        return bool(options and options.include_usage)
 
-    @field_validator("stop_token_ids")
+    @property
+    def choices(self) -> int:
+        """Answers the request asks for (`n`, times the prompts of a batched completion)."""
+        n: int | None = getattr(self, "n", None)
+        return n or 1
+
+
+class ChatRequest(_Routed, EngineChatRequest):
+    """`POST /v1/chat/completions`: vLLM's own request model, so everything vLLM's server
+    accepts is accepted with its meaning and validation, plus the `switchyard` extension.
+
+    Unknown fields are refused (400 `unsupported_parameter`), not ignored as vLLM's
+    server does: a client that misspells a field learns it. Fields only an operator may
+    set (`RESERVED_FIELDS`) are refused too. `model` defaults to `auto`.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    switchyard: SwitchyardOptions | None = None
+
+    @model_validator(mode="before")
     @classmethod
-    def _token_ids(cls, ids: list[int] | None) -> list[int] | None:
-        if ids and any(not 0 <= i < 2**31 for i in ids):
-            raise ValueError("token ids must be between 0 and 2**31 - 1")
-        return ids
+    def _reserved(cls, data: Any) -> Any:
+        return _refuse_reserved(data)
 
     @field_validator("n")
     @classmethod
-    def _only_one_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
+    def _few_choices(cls, n: int | None) -> int | None:
+        if n is not None and not 1 <= n <= MAX_CHOICES:
+            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
         return n
 
-    @field_validator("stop")
-    @classmethod
-    def _few_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        stops = [stop] if isinstance(stop, str) else stop or []
-        if len(stops) > MAX_STOP:
-            raise ValueError(f"stop accepts at most {MAX_STOP} sequences")
-        if any(len(s) > STOP_CHARS for s in stops):
-            raise ValueError(f"a stop sequence may have at most {STOP_CHARS} characters")
-        return stop
-
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
-
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
-    tools: list[Any] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, tools: list[Any] | None) -> list[Any] | None:
-        if tools:
-            raise ValueError("tools are not supported")
-        return tools
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _top_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
-        if top is not None and not info.data.get("logprobs"):
-            raise ValueError("top_logprobs requires logprobs: true")
-        return top
+    @model_validator(mode="after")
+    def _picklable(self) -> ChatRequest:
+        # NOTE: pydantic keeps `Iterable[...]` message parts as a one-shot iterator that
+        # cannot be pickled for the pool call (pydantic #9467); Ray Serve LLM's own
+        # ingress materializes them the same way.
+        _sanitize_chat_completion_request(self)
+        return self
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
     @property
-    def requested_logprobs(self) -> int | None:
-        return (self.top_logprobs or 0) if self.logprobs else None
+    def text(self) -> str:
+        """The conversation's text, for routing (image and audio parts are not text)."""
+        return "\n".join(_content_text(m.get("content")) for m in self.messages)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Model capabilities the request needs (`models.catalog.ModelSpec.capabilities`)."""
+        needs = {"chat"}
+        if self.tools and self.tool_choice != "none":
+            needs.add("tools")
+        if _constrained(self.response_format, self.structured_outputs):
+            needs.add("structured_output")
+        return frozenset(needs)
+
+    @property
+    def asked_logprobs(self) -> bool:
+        return bool(self.logprobs)
 
 
-class RouteRequest(SamplingFields):
+class CompletionRequest(_Routed, EngineCompletionRequest):
+    """`POST /v1/completions`: vLLM's own request model, strict about unknown fields
+    (see `ChatRequest`)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    switchyard: SwitchyardOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reserved(cls, data: Any) -> Any:
+        return _refuse_reserved(data)
+
+    @field_validator("n")
+    @classmethod
+    def _few_choices(cls, n: int | None) -> int | None:
+        if n is not None and not 1 <= n <= MAX_CHOICES:
+            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
+        return n
+
+    @property
+    def prompts(self) -> int:
+        prompt = self.prompt
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            return len(prompt)
+        return 1
+
+    @property
+    def choices(self) -> int:
+        return (self.n or 1) * self.prompts
+
+    @property
+    def text(self) -> str:
+        """The prompt's text, for routing (a prompt of token ids has none)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            return "\n".join(p for p in prompt if isinstance(p, str))
+        return ""
+
+    @property
+    def needs(self) -> frozenset[str]:
+        needs = {"completion"}
+        if _constrained(self.response_format, self.structured_outputs):
+            needs.add("structured_output")
+        return frozenset(needs)
+
+    @property
+    def asked_logprobs(self) -> bool:
+        return self.logprobs is not None
+
+
+GenerationRequest = ChatRequest | CompletionRequest
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+def _constrained(response_format: Any, structured_outputs: Any) -> bool:
+    kind = getattr(response_format, "type", None)
+    return kind in ("json_schema", "json_object", "structural_tag") or bool(structured_outputs)
+
+
+class RouteRequest(BaseModel):
     """`POST /v1/route`: a chat or completion body; only what routing reads matters.
 
     A dry run takes either endpoint's body as is, so fields it does not read are ignored
@@ -172,7 +247,15 @@ class RouteRequest(SamplingFields):
 
     model_config = ConfigDict(extra="ignore")
 
-    messages: list[ChatMessageIn] | None = None
+    model: str = Field(default=AUTO_MODEL, min_length=1, max_length=NAME_CHARS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_BOUND)
+    switchyard: SwitchyardOptions | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
     prompt: str | list[str] | None = Field(default=None, validate_default=True)
 
     @field_validator("prompt")
@@ -183,45 +266,25 @@ class RouteRequest(SamplingFields):
         return prompt
 
     @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def needs(self) -> frozenset[str]:
+        if not self.messages:
+            return frozenset({"completion"})
+        needs = {"chat"}
+        if self.tools and self.tool_choice != "none":
+            needs.add("tools")
+        if (self.response_format or {}).get("type") in ("json_schema", "json_object"):
+            needs.add("structured_output")
+        return frozenset(needs)
+
+    @property
     def text(self) -> str:
         if self.messages:
-            return "\n".join(m.text() for m in self.messages)
+            return "\n".join(_content_text(m.get("content")) for m in self.messages)
         return self.prompt if isinstance(self.prompt, str) else "\n".join(self.prompt or [])
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
-    echo: bool = False
-    suffix: str | None = None
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
-
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError("prompt must be one string (batched prompts are not supported)")
-        return prompt
-
-    @field_validator("echo", "suffix")
-    @classmethod
-    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        if value:
-            raise ValueError(f"{info.field_name} is not supported")
-        return value
-
-    @property
-    def requested_logprobs(self) -> int | None:
-        return self.logprobs
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
 
 
 class RouteInfo(BaseModel):
@@ -263,11 +326,9 @@ class RoutePlanResponse(BaseModel):
     notes: list[str]
 
 
-class ClassifyRequest(ChatCompletionRequest):
+class ClassifyRequest(ChatRequest):
     """`POST /v1/classify`: a chat completion's body, refused where chat refuses it;
     `model` defaults to `auto`. Nothing is generated, so sampling fields go unused."""
-
-    model: str = Field(default="auto", min_length=1, max_length=NAME_CHARS)
 
 
 class TaskReading(BaseModel):
@@ -331,93 +392,6 @@ class ClassifyResponse(BaseModel):
     semantic: SemanticReading | None = Field(description="With `routing.semantic` on.")
     learned: LearnedReading | None = Field(description="With `routing.learned` set.")
     route: RoutePlanResponse = Field(description="The decision, as `POST /v1/route` gives it.")
-
-
-class ChatMessageOut(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None
-
-
-class ChatTokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob]
-
-
-class ChatLogprobs(BaseModel):
-    """OpenAI's chat `logprobs`: one entry per generated token."""
-
-    content: list[ChatTokenLogprob]
-    refusal: None = None
-
-
-class CompletionLogprobs(BaseModel):
-    """OpenAI's (legacy) completions `logprobs`."""
-
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
-
-
-class ChatChoice(BaseModel):
-    index: int = 0
-    message: ChatMessageOut
-    finish_reason: str | None
-    logprobs: ChatLogprobs | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-    switchyard: RouteInfo
-
-
-class ChatDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int = 0
-    delta: ChatDelta
-    finish_reason: str | None = None
-    logprobs: ChatLogprobs | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    switchyard: RouteInfo | None = None
-
-
-class CompletionChoice(BaseModel):
-    index: int = 0
-    text: str
-    finish_reason: str | None
-    logprobs: CompletionLogprobs | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    switchyard: RouteInfo | None = None
 
 
 class ModelCard(BaseModel):

@@ -1,203 +1,186 @@
-"""Shaping answers in OpenAI's wire format: whole responses and SSE event streams.
+"""Answers as clients see them: vLLM's own responses, plus the `switchyard` extension.
 
-What `OpenAIServing` hands back is engine output plus route info; this module turns it
-into `chat.completion` / `text_completion` bodies and `chunk` events (with logprobs in
-OpenAI's shape when asked), and ends every stream with `data: [DONE]`, after an error
-event if it failed.
+A pool's server (vLLM's OpenAI layer) shapes every answer; Switchyard adds its route
+info and otherwise leaves the bytes alone:
+
+- a whole answer is vLLM's response object with `switchyard` added (`whole_body`);
+- a `route` stream is relayed event by event (`relay`): the first event gets
+  `switchyard`, the usage event Switchyard asked for is read for the bill and dropped
+  unless the client asked for it too, and a failure after the first event ends the
+  stream with an OpenAI error event and `[DONE]`;
+- a cascade or speculative answer, accepted only once whole, is released to a streaming
+  client as the events vLLM would have streamed for it (`whole_as_events`).
+
+Logprobs that only a strategy asked for (to judge the cheap answer) are removed first.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import logging
 from collections.abc import AsyncIterator, Callable
-from functools import partial
-
-from pydantic import BaseModel
+from dataclasses import dataclass
+from typing import Any
 
 from deployments.openai.errors import outcome_of, sse_error_event
-from deployments.openai.protocol import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionResponse,
-    ChatDelta,
-    ChatLogprobs,
-    ChatMessageOut,
-    ChatTokenLogprob,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionResponse,
-    RouteInfo,
-    TopLogprob,
-    Usage,
-)
-from execution.executor import Outcome
-from models.engines.base import GenerationChunk, GenerationRequest, TokenLogprob
+from deployments.openai.protocol import RouteInfo
+
+logger = logging.getLogger(__name__)
 
 SSE_DONE = "data: [DONE]\n\n"
+DATA = "data: "
+ERROR_EVENT = 'data: {"error"'
+USAGE_EVENT = '"choices":[]'  # vLLM's closing usage event (it dumps without spaces)
 
 
-def sse_event(payload: BaseModel) -> str:
-    return f"data: {payload.model_dump_json()}\n\n"
+def _event(payload: dict[str, Any]) -> str:
+    return f"{DATA}{json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+def whole_body(response: Any, route: RouteInfo, keep_logprobs: bool) -> str:
+    """A whole answer's JSON: vLLM's response with `switchyard` added."""
+    body = response.model_dump(mode="json")
+    if not keep_logprobs:
+        for choice in body.get("choices") or []:
+            choice["logprobs"] = None
+    body["switchyard"] = route.model_dump(mode="json")
+    return json.dumps(body, separators=(",", ":"))
 
 
-async def no_more_chunks() -> AsyncIterator[GenerationChunk]:
-    return
-    yield  # pragma: no cover - makes this an async generator
+def whole_as_events(
+    response: Any, route: RouteInfo, include_usage: bool, keep_logprobs: bool
+) -> list[str]:
+    """The SSE events of a whole answer, as vLLM streams them (chat or completion):
+    for chat the role first, then each choice's content or tool calls with its finish
+    reason; usage last when asked; then `[DONE]`."""
+    body = response.model_dump(mode="json")
+    chat = body.get("object") == "chat.completion"
+    head = {
+        "id": body["id"],
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": body["created"],
+        "model": body["model"],
+    }
+    events = []
+    first = True
+    for choice in body.get("choices") or []:
+        logprobs = choice.get("logprobs") if keep_logprobs else None
+        if chat:
+            message = choice.get("message") or {}
+            opening = {"index": choice["index"], "delta": {"role": "assistant", "content": ""}}
+            delta: dict[str, Any] = {}
+            if message.get("content") is not None:
+                delta["content"] = message["content"]
+            if message.get("reasoning") is not None:
+                delta["reasoning"] = message["reasoning"]
+            calls = message.get("tool_calls") or []
+            if calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(calls)]
+            steps = [
+                {**opening, "logprobs": None, "finish_reason": None},
+                {
+                    "index": choice["index"],
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": choice.get("finish_reason"),
+                },
+            ]
+        else:
+            steps = [
+                {
+                    "index": choice["index"],
+                    "text": choice.get("text", ""),
+                    "logprobs": logprobs,
+                    "finish_reason": choice.get("finish_reason"),
+                }
+            ]
+        for step in steps:
+            event = {**head, "choices": [step]}
+            if first:
+                event["switchyard"] = route.model_dump(mode="json")
+                first = False
+            events.append(_event(event))
+    if include_usage:
+        events.append(_event({**head, "choices": [], "usage": body.get("usage")}))
+    events.append(SSE_DONE)
+    return events
 
 
-ChunkShaper = Callable[[GenerationChunk | None, Usage | None], BaseModel]
+@dataclass
+class StreamUsage:
+    """What a relayed stream produced, for the bill and the counters."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ended: str = "cancelled"  # unless the stream finishes or fails: the client left
+    events: int = 0  # answer events relayed: vLLM streams about one token per event
+
+    @property
+    def counted(self) -> bool:
+        """Whether the pool's own usage event arrived (else the stream was cut first)."""
+        return self.prompt_tokens > 0 or self.completion_tokens > 0
 
 
-StreamDone = Callable[[str, int, int], None]
+StreamDone = Callable[[StreamUsage], None]
 
 
-async def sse_lines(
-    first: GenerationChunk | None,
-    chunks: AsyncIterator[GenerationChunk],
-    shape: ChunkShaper,
+def _with_route(event: str, route: RouteInfo) -> str:
+    """The first event with `switchyard` added (one parse per stream)."""
+    if not event.startswith(DATA) or event.startswith(ERROR_EVENT):
+        return event
+    payload = json.loads(event[len(DATA) :])
+    payload["switchyard"] = route.model_dump(mode="json")
+    return _event(payload)
+
+
+def _read_usage(event: str, usage: StreamUsage) -> None:
+    try:
+        counted = json.loads(event[len(DATA) :]).get("usage") or {}
+    except ValueError:
+        logger.warning("a pool's usage event was not JSON")
+        return
+    usage.prompt_tokens = int(counted.get("prompt_tokens") or 0)
+    usage.completion_tokens = int(counted.get("completion_tokens") or 0)
+
+
+async def relay(
+    first: list[str] | None,
+    batches: AsyncIterator[list[str]],
+    route: RouteInfo,
     include_usage: bool,
     done: StreamDone,
 ) -> AsyncIterator[str]:
-    """The SSE lines of an answer; `done(outcome, prompt_tokens, completion_tokens)` at the end."""
-    prompt_tokens = completion_tokens = 0
-    ended = "cancelled"  # unless the loop finishes or fails: the client left
+    """A pool's stream as the client gets it; `done(usage)` once it ends (see module)."""
+    usage = StreamUsage()
+    finished = False
     try:
-        yield sse_event(shape(None, None))
-        chunk = first
-        while chunk is not None:
-            prompt_tokens = chunk.prompt_tokens or prompt_tokens
-            completion_tokens += len(chunk.token_ids)
-            yield sse_event(shape(chunk, None))
-            chunk = await anext(chunks, None)
-        if include_usage:
-            yield sse_event(shape(None, usage(prompt_tokens, completion_tokens)))
-        ended = "ok"
+        batch = first
+        opened = False
+        while batch is not None:
+            out = []
+            for event in batch:
+                if not opened:
+                    event, opened = _with_route(event, route), True
+                if USAGE_EVENT in event and event.startswith('data: {"id"'):
+                    _read_usage(event, usage)
+                    if not include_usage:
+                        continue
+                elif event.startswith(ERROR_EVENT):
+                    usage.ended = "error"
+                elif event == SSE_DONE:
+                    finished = True
+                else:
+                    usage.events += 1
+                out.append(event)
+            if out:
+                yield "".join(out)
+            batch = await anext(batches, None)
+        if usage.ended == "cancelled":
+            usage.ended = "ok"
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
-        ended = outcome_of(exc)
-        yield sse_error_event(exc)
+        usage.ended = outcome_of(exc)
+        if not finished:
+            yield sse_error_event(exc) + SSE_DONE
     finally:
         # NOTE: also runs when the client leaves early (the generator is closed).
-        done(ended, prompt_tokens, completion_tokens)
-    yield SSE_DONE
-
-
-def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChatLogprobs | None:
-    if tokens is None:
-        return None
-    return ChatLogprobs(
-        content=[
-            ChatTokenLogprob(
-                token=t.token,
-                logprob=t.logprob,
-                bytes=list(t.token.encode()),
-                top_logprobs=[
-                    TopLogprob(token=tok, logprob=lp, bytes=list(tok.encode())) for tok, lp in t.top
-                ],
-            )
-            for t in tokens
-        ]
-    )
-
-
-def _completion_logprobs(
-    tokens: list[TokenLogprob] | None, offset: int = 0
-) -> CompletionLogprobs | None:
-    """`offset`: characters of the answer before these tokens (a stream's earlier chunks)."""
-    if tokens is None:
-        return None
-    offsets = []
-    for t in tokens:
-        offsets.append(offset)
-        offset += len(t.token)
-    return CompletionLogprobs(
-        tokens=[t.token for t in tokens],
-        token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[dict(t.top) for t in tokens],
-        text_offset=offsets,
-    )
-
-
-def chat_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
-    result = outcome.result
-    return ChatCompletionResponse(
-        id=request.request_id,
-        model=route.model,
-        choices=[
-            ChatChoice(
-                message=ChatMessageOut(content=result.text),
-                finish_reason=result.finish_reason,
-                logprobs=_chat_logprobs(result.tokens),
-            )
-        ],
-        usage=usage(result.prompt_tokens, result.completion_tokens),
-        switchyard=route,
-    )
-
-
-def completion_body(request: GenerationRequest, route: RouteInfo, outcome: Outcome) -> BaseModel:
-    result = outcome.result
-    return CompletionResponse(
-        id=request.request_id,
-        model=route.model,
-        choices=[
-            CompletionChoice(
-                text=result.text,
-                finish_reason=result.finish_reason,
-                logprobs=_completion_logprobs(result.tokens),
-            )
-        ],
-        usage=usage(result.prompt_tokens, result.completion_tokens),
-        switchyard=route,
-    )
-
-
-def chat_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    make = partial(
-        ChatCompletionChunk, id=request.request_id, created=int(time.time()), model=route.model
-    )
-
-    def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        if final_usage is not None:
-            return make(choices=[], usage=final_usage)
-        if chunk is None:  # opening chunk: the role, and who serves the request
-            delta = ChatDelta(role="assistant", content="")
-            return make(choices=[ChatChunkChoice(delta=delta)], switchyard=route)
-        choice = ChatChunkChoice(
-            delta=ChatDelta(content=chunk.text),
-            finish_reason=chunk.finish_reason,
-            logprobs=_chat_logprobs(chunk.tokens),
-        )
-        return make(choices=[choice])
-
-    return shape
-
-
-def completion_shaper(request: GenerationRequest, route: RouteInfo) -> ChunkShaper:
-    make = partial(
-        CompletionResponse, id=request.request_id, created=int(time.time()), model=route.model
-    )
-    sent = 0  # characters streamed so far: where the next chunk's text_offset starts
-
-    def shape(chunk: GenerationChunk | None, final_usage: Usage | None) -> BaseModel:
-        nonlocal sent
-        if final_usage is not None:
-            return make(choices=[], usage=final_usage)
-        if chunk is None:
-            return make(choices=[CompletionChoice(text="", finish_reason=None)], switchyard=route)
-        logprobs = _completion_logprobs(chunk.tokens, sent)
-        sent += len(chunk.text)
-        choice = CompletionChoice(
-            text=chunk.text, finish_reason=chunk.finish_reason, logprobs=logprobs
-        )
-        return make(choices=[choice])
-
-    return shape
+        done(usage)

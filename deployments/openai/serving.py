@@ -1,4 +1,4 @@
-"""Serving logic of the OpenAI endpoints: profile, plan, execute, shape the answer.
+"""Serving logic of the OpenAI endpoints: profile, plan, execute, relay the answer.
 
 Independent of Ray: pools are reached through `PoolClient`, which the ingress backs with
 Serve handles and unit tests back with fake engines. A reader finds the request path
@@ -6,10 +6,12 @@ here: validate -> `Planning.plan` (planning.py: the `RequestProfile`, once, then
 routing/planner.py, pure, then the adaptive router's pick) -> `Executor` (execution/,
 pools) -> response.
 
-Streaming: `route` streams tokens as the pool produces them (falling back to the next
-pool only before the first token). `cascade` and `speculative` stream once an answer is
-accepted: the client sees the role chunk at once, then the accepted answer; a cheap
-answer that gets rejected is never shown.
+Pools are Ray Serve LLM servers: a request is vLLM's own request model, sent to each
+pool with that pool's model and limits, and the answer is vLLM's (responses.py adds the
+`switchyard` route info). Streaming: `route` relays the pool's events as they come
+(falling back to the next pool only before the first); `cascade` and `speculative`
+stream once an answer is accepted, as the events of that whole answer; a cheap answer
+that gets rejected is never shown.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel
+from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from core.errors import QuotaExceededError
+from core.errors import PromptError, QuotaExceededError
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting
@@ -33,32 +35,24 @@ from deployments.openai.errors import outcome_of
 from deployments.openai.inflight import InFlight, ledger_entry
 from deployments.openai.planning import Planning
 from deployments.openai.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
+    ChatRequest,
+    GenerationRequest,
     ModelCard,
     ModelList,
     RouteInfo,
     RoutePlanResponse,
-    SamplingFields,
+    RoutingFields,
     new_id,
 )
 from deployments.openai.responses import (
-    ChunkShaper,
     StreamDone,
-    chat_body,
-    chat_shaper,
-    completion_body,
-    completion_shaper,
-    no_more_chunks,
-    sse_lines,
+    StreamUsage,
+    relay,
+    whole_as_events,
+    whole_body,
 )
-from execution.executor import Executor, Outcome, PoolClient
+from execution.executor import Executor, Job, Outcome, PoolClient
 from execution.monitor import PoolLimits, PoolMonitor
-from models.engines.base import (
-    ChatMessage,
-    GenerationRequest,
-    SamplingOptions,
-)
 from routing.learned import LearnedRouter, PoolRouter
 from routing.planner import AUTO_MODEL, Plan, Wishes
 from routing.semantic import SemanticClassifier
@@ -87,7 +81,7 @@ class Routed:
     """A routed answer: route info for headers, and either a body or an SSE stream."""
 
     route: RouteInfo
-    body: BaseModel | None = None
+    body: str | None = None  # JSON
     stream: AsyncIterator[str] | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)  # x-ratelimit-*
 
@@ -142,79 +136,87 @@ class OpenAIServing:
         cards = [
             ModelCard(id=AUTO_MODEL, created=now, switchyard={"pools": list(self._pool_models)})
         ]
-        cards += [
-            ModelCard(id=pool, created=now, switchyard={"pool": pool, "model": model})
-            for pool, model in self._pool_models.items()
-        ]
+        for pool, model in self._pool_models.items():
+            can = sorted(self._pool_specs[pool].capabilities())
+            cards.append(
+                ModelCard(
+                    id=pool,
+                    created=now,
+                    switchyard={"pool": pool, "model": model, "capabilities": can},
+                )
+            )
         for spec in self.config.models:
             pools = [p for p, m in self._pool_models.items() if m == spec.id]
             if pools:
-                info = {"pools": pools, "chat": spec.chat, "max_tokens": spec.max_tokens}
+                info = {
+                    "pools": pools,
+                    "chat": spec.chat,
+                    "capabilities": sorted(spec.capabilities()),
+                    "max_tokens": spec.max_tokens,
+                    "context_length": spec.engine.max_model_len,
+                }
                 cards.append(ModelCard(id=spec.id, created=now, switchyard=info))
         return ModelList(data=cards)
 
     # --- planning -----------------------------------------------------------------
 
     async def dry_run(
-        self, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+        self, body: RoutingFields, text: str, wishes: Wishes, needs: frozenset[str]
     ) -> RoutePlanResponse:
         """`POST /v1/route`: the decision for a request, without generating."""
-        decided, profile = await self.planning.plan(body, text, wishes, chat)
+        decided, profile = await self.planning.plan(body, text, wishes, needs)
         return self.planning.describe(decided, profile)
-
-    def _sampling(self, body: SamplingFields, decided: Plan) -> SamplingOptions:
-        """Sampling for the plan's first pool; the executor sets each pool's max_tokens."""
-        spec = self._pool_specs[decided.pool]
-        return SamplingOptions(
-            max_tokens=decided.max_tokens[decided.pool],
-            temperature=body.temperature if body.temperature is not None else spec.temperature,
-            top_p=body.top_p if body.top_p is not None else spec.top_p,
-            stop=body.stop_list(),
-            seed=body.seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            top_k=body.top_k if body.top_k not in (None, -1, 0) else None,
-            min_tokens=body.min_tokens,
-            repetition_penalty=body.repetition_penalty,
-            ignore_eos=body.ignore_eos,
-            stop_token_ids=tuple(body.stop_token_ids or ()),
-            logprobs=body.requested_logprobs,
-            # Cascade and speculative judge the cheap answer by its tokens' logprobs.
-            confidence=decided.strategy != "route",
-        )
 
     # --- endpoints ----------------------------------------------------------------
 
     async def chat(
-        self, body: ChatCompletionRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
+        self, body: ChatRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
     ) -> Routed:
-        flight = self._arrived("chat", "chatcmpl", body, wishes, key_id)
-        with self._failures(flight, wishes):
-            wishes = self._frugal(flight, wishes)
-            messages = tuple(ChatMessage(m.role, m.text()) for m in body.messages)
-            text = "\n".join(m.content for m in messages)
-            flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            decided = await self._plan_and_reserve(flight, body, text, wishes, chat=True)
-            sampling = self._sampling(body, decided)
-            request = GenerationRequest(flight.id, sampling, messages=messages)
-            return await self._serve(body, flight, request, chat_shaper, chat_body)
+        return await self.generate(body, wishes, key_id)
 
     async def completion(
-        self, body: CompletionRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
+        self, body: GenerationRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
     ) -> Routed:
-        flight = self._arrived("completions", "cmpl", body, wishes, key_id)
+        return await self.generate(body, wishes, key_id)
+
+    async def generate(
+        self, body: GenerationRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
+    ) -> Routed:
+        """A chat or text completion: plan, reserve, run the plan on the pools, answer."""
+        chat = isinstance(body, ChatRequest)
+        endpoint, prefix = ("chat", "chatcmpl") if chat else ("completions", "cmpl")
+        flight = self._arrived(endpoint, prefix, body, wishes, key_id)
+        flight.choices = body.choices
         with self._failures(flight, wishes):
-            wishes = self._frugal(flight, wishes)
-            text = body.prompt_text
+            wishes = self._frugal(flight, self._one_answer(body, wishes))
+            text = body.text
             flight.prompt = text if self._keeps_prompts(flight.tenant) else None
-            decided = await self._plan_and_reserve(flight, body, text, wishes, chat=False)
-            request = GenerationRequest(flight.id, self._sampling(body, decided), prompt=text)
-            return await self._serve(body, flight, request, completion_shaper, completion_body)
+            await self._plan_and_reserve(flight, body, text, wishes)
+            return await self._serve(body, flight)
+
+    def _one_answer(self, body: GenerationRequest, wishes: Wishes) -> Wishes:
+        """Cascade and speculative judge one answer: a request for several (`n`, batched
+        prompts) is refused when it asked for them, routed when they are only the
+        default."""
+        if body.choices == 1:
+            return wishes
+        if wishes.strategy in ("cascade", "speculative"):
+            raise PromptError(
+                f"strategy {wishes.strategy!r} judges one answer; with n > 1 or several "
+                "prompts use strategy `route`",
+                param="n",
+            )
+        return replace(wishes, strategy="route")
 
     def _arrived(
-        self, endpoint: str, prefix: str, body: SamplingFields, wishes: Wishes, key_id: str | None
+        self,
+        endpoint: str,
+        prefix: str,
+        body: GenerationRequest,
+        wishes: Wishes,
+        key_id: str | None,
     ) -> InFlight:
-        return InFlight(new_id(prefix), endpoint, body.model, wishes.tenant, key_id)
+        return InFlight(new_id(prefix), endpoint, body.model or AUTO_MODEL, wishes.tenant, key_id)
 
     def _frugal(self, flight: InFlight, wishes: Wishes) -> Wishes:
         """The request's quota accounts, and frugal routing when a budget nears its end
@@ -228,19 +230,23 @@ class OpenAIServing:
         return replace(wishes, frugal=frugal) if frugal else wishes
 
     async def _plan_and_reserve(
-        self, flight: InFlight, body: SamplingFields, text: str, wishes: Wishes, chat: bool
+        self, flight: InFlight, body: GenerationRequest, text: str, wishes: Wishes
     ) -> Plan:
         """Plan, then reserve the plan's worst case. A budget too low for that worst case
         but not spent gets a frugal plan (one cheap pool) before it gets a 429: this
         replica's view of the budget may be a moment old, the keeper's answer is not."""
-        flight.plan, profile = await self.planning.plan(body, text, wishes, chat, flight=flight)
+        needs = body.needs
+        flight.plan, profile = await self.planning.plan(body, text, wishes, needs, flight=flight)
+        flight.prompt_estimate = profile.prompt_tokens
         try:
             await self._reserve(flight, profile.prompt_tokens)
         except QuotaExceededError:
             if wishes.frugal is not None:
                 raise
             frugal = replace(wishes, frugal="budget: too little left for this plan's worst case")
-            flight.plan, profile = await self.planning.plan(body, text, frugal, chat, flight=flight)
+            flight.plan, profile = await self.planning.plan(
+                body, text, frugal, needs, flight=flight
+            )
             await self._reserve(flight, profile.prompt_tokens)
         return flight.plan
 
@@ -252,13 +258,19 @@ class OpenAIServing:
             return
         assert flight.plan is not None
         flight.prompt_estimate = prompt_tokens
-        tokens, usd = self._worst_case(flight.plan, prompt_tokens)
+        tokens, usd = self._worst_case(flight.plan, prompt_tokens, flight.choices)
         flight.reservation = await self.gate.reserve(flight.policies, tokens, usd)
         flight.headers = self.gate.headers(flight.policies)
 
-    def _worst_case(self, plan: Plan, prompt_tokens: float) -> tuple[float, float]:
+    def _worst_case(
+        self, plan: Plan, prompt_tokens: float, choices: int = 1
+    ) -> tuple[float, float]:
+        """Tokens and USD of the plan's dearest path; `choices` answers on each call."""
+
         def most(chain: list[str]) -> tuple[float, float]:
-            costs = [self._price(pool, prompt_tokens, self._cap(plan, pool)) for pool in chain]
+            costs = [
+                self._price(pool, prompt_tokens, self._cap(plan, pool) * choices) for pool in chain
+            ]
             return max(t for t, _ in costs), max(u for _, u in costs)
 
         tokens, usd = most([plan.pool, *plan.fallbacks])
@@ -281,7 +293,8 @@ class OpenAIServing:
             if call.completion_tokens is None:
                 if not call.ran:
                     continue
-                prompt, completion = flight.prompt_estimate, float(call.max_tokens)
+                prompt = flight.prompt_estimate
+                completion = float(call.max_tokens * flight.choices)
             else:
                 prompt, completion = float(call.prompt_tokens), float(call.completion_tokens)
             more_tokens, more_usd = self._price(call.pool, prompt, completion)
@@ -324,60 +337,98 @@ class OpenAIServing:
                 mark_counted(exc)
             raise
 
-    async def _serve(
-        self,
-        body: SamplingFields,
-        flight: InFlight,
-        request: GenerationRequest,
-        shaper: Callable[[GenerationRequest, RouteInfo], ChunkShaper],
-        whole: Callable[[GenerationRequest, RouteInfo, Outcome], BaseModel],
-    ) -> Routed:
+    def _job(self, body: GenerationRequest, flight: InFlight, stream: bool) -> Job:
+        """The request as each pool is sent it: vLLM's request, with that pool's model,
+        `max_tokens` and defaults, the request's id (vLLM's response id is built from
+        it), and logprobs when a strategy judges the answer by them."""
+        plan = flight.plan
+        assert plan is not None
+        chat = isinstance(body, ChatRequest)
+        request_id = flight.id.partition("-")[2]
+        judged = plan.strategy != "route" and not body.asked_logprobs
+        fixed: dict[str, Any] = {"request_id": request_id, "stream": stream, "switchyard": None}
+        if stream:
+            # NOTE: the closing usage event is the stream's bill; dropped again (responses.py)
+            # unless the client asked for it.
+            continuous = bool(body.stream_options and body.stream_options.continuous_usage_stats)
+            fixed["stream_options"] = StreamOptions(
+                include_usage=True, continuous_usage_stats=continuous
+            )
+        if judged:
+            fixed.update({"logprobs": True, "top_logprobs": 0} if chat else {"logprobs": 0})
+
+        def for_pool(pool: str) -> Any:
+            spec = self._pool_specs[pool]
+            update = dict(fixed, model=spec.id)
+            tokens = plan.max_tokens[pool]
+            if chat:
+                update["max_completion_tokens"], update["max_tokens"] = tokens, None
+            else:
+                update["max_tokens"] = tokens
+            if body.temperature is None:
+                update["temperature"] = spec.temperature
+            if body.top_p is None:
+                update["top_p"] = spec.top_p
+            return body.model_copy(update=update)
+
+        return Job("chat" if chat else "completions", for_pool, plan.max_tokens, flight.calls)
+
+    async def _serve(self, body: GenerationRequest, flight: InFlight) -> Routed:
         decided = flight.plan
         assert decided is not None
         self.metrics.decided(decided.strategy, decided.pool, decided.reason)
         if decided.downgrade:
             self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        include_usage = body.include_usage
         if body.stream and decided.strategy == "route":
-            pool, first, chunks, tried = await self.executor.open_stream(
-                decided, request, flight.calls
-            )
+            job = self._job(body, flight, stream=True)
+            pool, first, batches, tried = await self.executor.open_stream(decided, job)
             flight.pool, flight.tried = pool, tried
             flight.ttft_s = time.monotonic() - flight.started
             route = self._route_info(decided, pool, tried)
             done = partial(self._stream_ended, flight)
-            lines = sse_lines(first, chunks, shaper(request, route), include_usage, done)
+            lines = relay(first, batches, route, include_usage, done)
             return Routed(
                 route, stream=_settled_if_dropped(lines, done), extra_headers=flight.headers
             )
-        outcome = await self.executor.execute(decided, request, flight.calls)
+        outcome = await self.executor.execute(decided, self._job(body, flight, stream=False))
         self.metrics.answered(outcome)
         flight.pool, flight.tried, flight.outcome = outcome.pool, outcome.tried, outcome
         route = self._route_info(decided, outcome.pool, outcome.tried, outcome)
         result = outcome.result
+        shown = body.asked_logprobs
         if body.stream:
             flight.ttft_s = time.monotonic() - flight.started
-            done = partial(self._finished, flight)
-            lines = sse_lines(
-                result.as_chunk(), no_more_chunks(), shaper(request, route), include_usage, done
-            )
+            events = whole_as_events(result.body, route, include_usage, shown)
+            done = partial(self._whole_streamed, flight)
+            lines = _released(events, done)
             return Routed(
                 route, stream=_settled_if_dropped(lines, done), extra_headers=flight.headers
             )
         self._finished(flight, "ok", result.prompt_tokens, result.completion_tokens)
-        return Routed(route, body=whole(request, route, outcome), extra_headers=flight.headers)
+        return Routed(
+            route, body=whole_body(result.body, route, shown), extra_headers=flight.headers
+        )
 
-    def _stream_ended(
-        self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
-    ) -> None:
-        """A `route` stream ended (or its client left): its call's tokens are what was
-        streamed. Once only: a stream dropped before it started ends here too."""
+    def _stream_ended(self, flight: InFlight, usage: StreamUsage) -> None:
+        """A `route` stream ended (or its client left): its call's tokens are what the
+        pool reported; unknown (the client left first) they stay its worst case. Once
+        only: a stream dropped before it started ends here too."""
         if flight.ended:
             return
-        if flight.calls:
+        if flight.calls and usage.ended != "cancelled":
             call = flight.calls[-1]
-            call.prompt_tokens, call.completion_tokens = prompt_tokens, completion_tokens
-        self._finished(flight, ended, prompt_tokens, completion_tokens)
+            call.prompt_tokens, call.completion_tokens = (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+            )
+        self._finished(flight, usage.ended, usage.prompt_tokens, usage.completion_tokens)
+
+    def _whole_streamed(self, flight: InFlight, usage: StreamUsage) -> None:
+        """An accepted whole answer was released as a stream (its bill is known)."""
+        result = flight.outcome.result if flight.outcome else None
+        prompt, completion = (result.prompt_tokens, result.completion_tokens) if result else (0, 0)
+        self._finished(flight, usage.ended, prompt, completion)
 
     def _finished(
         self, flight: InFlight, ended: str, prompt_tokens: int, completion_tokens: int
@@ -459,8 +510,18 @@ REFUSED = frozenset({"client_error", "rejected", "unauthorized"})
 def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIterator[str]:
     """`lines`, ending its request when the generator is dropped without ever being
     started (the client left before the response began): its `finally` would not run."""
-    weakref.finalize(lines, done, "cancelled", 0, 0)
+    weakref.finalize(lines, done, StreamUsage())
     return lines
+
+
+async def _released(events: list[str], done: StreamDone) -> AsyncIterator[str]:
+    """An accepted whole answer's events; `done` once sent, or when the client left."""
+    usage = StreamUsage()
+    try:
+        yield "".join(events)
+        usage.ended = "ok"
+    finally:
+        done(usage)
 
 
 def _limits(pool: PoolConfig) -> PoolLimits:

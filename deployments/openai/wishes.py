@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 
 from deployments.openai.errors import APIError
-from deployments.openai.protocol import SamplingFields, SwitchyardOptions
+from deployments.openai.protocol import RoutingFields, SwitchyardOptions
 from routing.config import OTHER_TENANT, STRATEGIES, RoutingConfig
 from routing.planner import Wishes
 from routing.tiers import apply_tier
@@ -68,7 +68,7 @@ Headers = Annotated[RoutingHeaders, Depends(routing_headers)]
 
 
 def wishes(
-    body: SamplingFields,
+    body: RoutingFields,
     config: RoutingConfig,
     headers: RoutingHeaders,
     caller: Caller | None = None,

@@ -1,13 +1,14 @@
-"""Engines behind one interface; `create_engine` picks one from config, not from imports."""
+"""Where a pool's engine loads its model from; the fake engine for tests lives here too.
+
+The engine itself is vLLM, hosted by Ray Serve LLM (`deployments/pool.py`).
+"""
 
 from __future__ import annotations
 
 from core.errors import EngineUnavailableError
 from models.catalog import ModelSpec
-from models.engines.base import Engine
-from models.engines.fake import FakeEngine, FakeEngineOptions
 
-__all__ = ["create_engine", "model_location"]
+__all__ = ["model_location"]
 
 
 def model_location(spec: ModelSpec) -> str:
@@ -22,20 +23,3 @@ def model_location(spec: ModelSpec) -> str:
             )
         return str(model_dir(spec.source_name))
     return spec.source_name
-
-
-def create_engine(
-    kind: str, spec: ModelSpec, *, pool: str, fake: FakeEngineOptions | None = None
-) -> Engine:
-    if kind == "fake":
-        return FakeEngine(
-            fake or FakeEngineOptions(),
-            max_model_len=spec.engine.max_model_len,
-            pool=pool,
-            model=spec.id,
-        )
-    if kind == "vllm":
-        from models.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(spec, model_location(spec))
-    raise ValueError(f"unknown engine kind {kind!r}")
