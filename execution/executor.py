@@ -104,6 +104,7 @@ class Outcome:
     discarded_pool: str | None = None  # whose tokens were thrown away
     winner: str | None = None  # speculative: "source" or "target"
     notes: list[str] = field(default_factory=list)
+    invalid: str | None = None  # why the cheap answer was unusable (it escalated)
 
 
 @dataclass
@@ -135,6 +136,12 @@ class Job:
     for_pool: Callable[[str], Any]
     max_tokens: Mapping[str, int]
     calls: list[Call] = field(default_factory=list)
+    # Why an answer is unusable as asked (routing/validity.py), None when it is usable;
+    # set when the request carries tools or a JSON schema.
+    invalid: Callable[[Answer], str | None] | None = None
+
+    def why_invalid(self, answer: Answer) -> str | None:
+        return self.invalid(answer) if self.invalid is not None else None
 
     def call(self, pool: str) -> Call:
         made = Call(pool, self.max_tokens[pool])
@@ -149,6 +156,7 @@ class _Race:
     source: str
     target: str
     rule: ConfidenceRule
+    job: Job
     started: float = field(default_factory=time.monotonic)
     tasks: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
 
@@ -284,10 +292,12 @@ class Executor:
         forecast = self.monitor.forecast
         forecast.started(plan.target)
         escalation = [plan.target, *plan.target_fallbacks]
+        invalid: str | None = None
         try:
             source, first = plan.pool, await self._call(plan.pool, job, tried, True)
             score = _confidence(plan.rule, first)
-            verdict = score < plan.rule.threshold
+            invalid = job.why_invalid(first)
+            verdict = score < plan.rule.threshold or invalid is not None
         except BaseException as exc:
             if not moves_on(exc):
                 raise
@@ -302,19 +312,22 @@ class Executor:
             # Shedding quality, not requests: the unsure answer beats queueing on a full pool.
             self.events.downgraded("cascade", "target_saturated")
             note = f"escalation skipped: pool {plan.target!r} is saturated"
-            return Outcome(first, source, "cascade", tried, confidence=score, notes=[note])
+            return Outcome(
+                first, source, "cascade", tried, confidence=score, notes=[note], invalid=invalid
+            )
         spent = time.monotonic() - started
         pool, result = await self._with_fallback(escalation, job, tried)
         return Outcome(
             result, pool, "cascade", tried, escalated=True, confidence=score,
             discarded_tokens=first.completion_tokens, discarded_engine_s=round(spent, 4),
-            discarded_pool=source,
+            discarded_pool=source, invalid=invalid,
         )  # fmt: skip
 
     async def _speculative(self, plan: Plan, job: Job) -> Outcome:
-        """Race the cheap and the strong pool; keep the cheap answer only if confident."""
+        """Race the cheap and the strong pool; keep the cheap answer only if confident
+        (and usable, when the request has tools or a schema)."""
         assert plan.target is not None and plan.rule is not None
-        race = _Race(plan.pool, plan.target, plan.rule)
+        race = _Race(plan.pool, plan.target, plan.rule, job)
         for pool in race.tried:
             # NOTE: the other racer answers meanwhile: neither waits for a cold start.
             race.tasks[pool] = asyncio.create_task(self._call(pool, job, [], can_fall_back=True))
@@ -334,9 +347,11 @@ class Executor:
         other = target if first == source else source
         first_result = _result_or_none(tasks[first])
         score = None
+        invalid = None
         if first == source and first_result is not None:
             score = _confidence(race.rule, first_result)
-            if score >= race.rule.threshold:
+            invalid = race.job.why_invalid(first_result)
+            if score >= race.rule.threshold and invalid is None:
                 return await self._won(race, first, first_result, score)
         elif first == target and first_result is not None:
             if tasks[source].done() and (src := _result_or_none(tasks[source])) is not None:
@@ -360,6 +375,7 @@ class Executor:
             escalated=other == target, confidence=score, discarded_tokens=discarded,
             discarded_engine_s=round(first_spent, 4) if discarded else 0.0,
             discarded_pool=first if discarded else None, winner=race.which(other),
+            invalid=invalid,
         )  # fmt: skip
 
     async def _won(self, race: _Race, winner: str, result: Answer, score: float | None) -> Outcome:

@@ -12,6 +12,7 @@ endpoints Switchyard adds (route, classify, feedback, models) are defined here.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any, Literal, Protocol
 
@@ -28,6 +29,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest as EngineChatR
 from ray.serve.llm.openai_api_models import CompletionRequest as EngineCompletionRequest
 
 from routing.planner import AUTO_MODEL
+from routing.validity import Expectation
 
 # Sanity bounds on what a client sends: limits that depend on the model (max_tokens
 # against its context) are checked once the pool is known; these only keep absurd values
@@ -168,6 +170,20 @@ class ChatRequest(_Routed, EngineChatRequest):
     def asked_logprobs(self) -> bool:
         return bool(self.logprobs)
 
+    def expectation(self) -> Expectation:
+        """What a usable answer must hold (routing/validity.py): the tools' parameters
+        and which tool must be called, or the JSON schema."""
+        tools: dict[str, Any] = {}
+        choice = self.tool_choice
+        if self.tools and choice != "none":
+            tools = {t.function.name: t.function.parameters or {} for t in self.tools}
+        if isinstance(choice, str) or choice is None:
+            named = "required" if choice == "required" else "auto"
+        else:
+            named = choice.function.name
+        schema, json_object = _json_expected(self.response_format, self.structured_outputs)
+        return Expectation(tools, named, schema, json_object)
+
 
 class CompletionRequest(_Routed, EngineCompletionRequest):
     """`POST /v1/completions`: vLLM's own request model, strict about unknown fields
@@ -221,6 +237,10 @@ class CompletionRequest(_Routed, EngineCompletionRequest):
     def asked_logprobs(self) -> bool:
         return self.logprobs is not None
 
+    def expectation(self) -> Expectation:
+        schema, json_object = _json_expected(self.response_format, self.structured_outputs)
+        return Expectation(schema=schema, json_object=json_object)
+
 
 GenerationRequest = ChatRequest | CompletionRequest
 
@@ -231,6 +251,24 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+
+
+def _json_expected(response_format: Any, structured_outputs: Any) -> tuple[Any, bool]:
+    """(JSON schema, whether any JSON object will do) of a constrained request."""
+    kind = getattr(response_format, "type", None)
+    if kind == "json_schema" and response_format.json_schema is not None:
+        return response_format.json_schema.json_schema or {}, False
+    if kind == "json_object":
+        return None, True
+    wanted = getattr(structured_outputs, "json", None)
+    if isinstance(wanted, str):
+        try:
+            wanted = json.loads(wanted)
+        except ValueError:
+            return None, False
+    if isinstance(wanted, dict):
+        return wanted, False
+    return None, bool(getattr(structured_outputs, "json_object", False))
 
 
 def _constrained(response_format: Any, structured_outputs: Any) -> bool:
@@ -305,6 +343,9 @@ class RouteInfo(BaseModel):
     discarded_tokens: int = 0
     discarded_engine_s: float = 0.0
     speculative_winner: str | None = None
+    invalid: str | None = Field(
+        default=None, description="Why the cheap answer was unusable (validity cascade)."
+    )
     notes: list[str] = Field(default_factory=list)
 
 

@@ -51,11 +51,12 @@ from deployments.openai.responses import (
     whole_as_events,
     whole_body,
 )
-from execution.executor import Executor, Job, Outcome, PoolClient
+from execution.executor import Answer, Executor, Job, Outcome, PoolClient
 from execution.monitor import PoolLimits, PoolMonitor
 from routing.learned import LearnedRouter, PoolRouter
 from routing.planner import AUTO_MODEL, Plan, Wishes
 from routing.semantic import SemanticClassifier
+from routing.validity import Expectation, ToolCall, why_invalid
 from tenancy.gate import QuotaGate
 from tenancy.ledger import LedgerEntry
 
@@ -371,7 +372,12 @@ class OpenAIServing:
                 update["top_p"] = spec.top_p
             return body.model_copy(update=update)
 
-        return Job("chat" if chat else "completions", for_pool, plan.max_tokens, flight.calls)
+        method = "chat" if chat else "completions"
+        expected = body.expectation()
+        invalid = None
+        if plan.strategy != "route" and expected.checks_anything:
+            invalid = partial(_why_invalid, expected)
+        return Job(method, for_pool, plan.max_tokens, flight.calls, invalid)
 
     async def _serve(self, body: GenerationRequest, flight: InFlight) -> Routed:
         decided = flight.plan
@@ -484,12 +490,16 @@ class OpenAIServing:
         self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None
     ) -> RouteInfo:
         rule = decided.rule
+        detail = decided.detail
+        if outcome is not None and outcome.invalid is not None:
+            detail = f"{detail}; the cheap answer was unusable: {outcome.invalid}"
         return RouteInfo(
             pool=pool,
             model=self._pool_models[pool],
             strategy=decided.strategy,
             reason=decided.reason,
-            detail=decided.detail,
+            detail=detail,
+            invalid=outcome.invalid if outcome else None,
             pools_tried=tried,
             fallback=pool not in (decided.pool, decided.target),
             escalated=outcome.escalated if outcome else False,
@@ -505,6 +515,18 @@ class OpenAIServing:
 
 
 REFUSED = frozenset({"client_error", "rejected", "unauthorized"})
+
+
+def _why_invalid(expected: Expectation, answer: Answer) -> str | None:
+    """The validity check of a whole answer (vLLM's response, first choice)."""
+    choice = answer.body.choices[0] if answer.body.choices else None
+    if choice is None:
+        return "the answer has no choices"
+    message = getattr(choice, "message", None)
+    if message is None:  # a text completion
+        return why_invalid(expected, choice.text, [])
+    calls = [ToolCall(c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    return why_invalid(expected, message.content, calls)
 
 
 def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIterator[str]:

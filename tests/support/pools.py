@@ -1,0 +1,71 @@
+"""`PoolClient` over fake Ray Serve LLM engines, in-process: the serving logic without Ray.
+
+The engines are `models.engines.fake.FakeLLMEngine`, which speak vLLM's OpenAI JSON and
+SSE; this client turns their items into what `deployments.pool_client.HandlePoolClient`
+returns (the same `answer_of` and `refusal`), so everything above the Serve boundary
+runs as it does in the app. It records every call, and can hold a pool's calls until a
+test releases them (to interleave requests deterministically).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from deployments.config import AppConfig
+from deployments.llm_config import pool_llm_config
+from deployments.pool_client import answer_of, refusal
+from execution.executor import Answer
+from models.engines.fake import FakeEngineOptions, FakeLLMEngine
+
+
+class InProcessPools:
+    """PoolClient over fake engines, recording which pool got which request."""
+
+    def __init__(self, config: AppConfig, fake: dict[str, FakeEngineOptions]) -> None:
+        self.engines: dict[str, FakeLLMEngine] = {}
+        for name, pool in config.pools.items():
+            spec = config.model(pool.model)
+            llm_config = pool_llm_config(name, pool, spec, spec.source_name, fake=True)
+            self.engines[name] = FakeLLMEngine(
+                llm_config, options=fake.get(name) or FakeEngineOptions(), pool=name
+            )
+        self.calls: list[tuple[str, Any]] = []
+        self.woken: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}  # pool -> calls wait until it is set
+
+    def wake(self, pool: str) -> None:
+        self.woken.append(pool)
+
+    def requests(self, pool: str) -> list[Any]:
+        return [request for name, request in self.calls if name == pool]
+
+    async def _enter(self, pool: str, request: Any) -> None:
+        self.calls.append((pool, request))
+        gate = self.gates.get(pool)
+        if gate is not None:
+            await gate.wait()
+
+    async def generate(self, pool: str, method: str, request: Any) -> Answer:
+        await self._enter(pool, request)
+        items = getattr(self.engines[pool], method)(request)
+        try:
+            item = await anext(items)
+        finally:
+            await items.aclose()
+        refused = refusal(pool, item)
+        if refused is not None:
+            raise refused
+        return answer_of(item)
+
+    async def stream(self, pool: str, method: str, request: Any) -> AsyncIterator[list[str]]:
+        await self._enter(pool, request)
+        items = getattr(self.engines[pool], method)(request)
+        try:
+            async for item in items:
+                if not isinstance(item, str):
+                    raise refusal(pool, item) or AssertionError(f"unexpected {item!r}")
+                yield [item]
+        finally:
+            await items.aclose()
