@@ -36,6 +36,7 @@ from deployments.metrics import RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting, Pick
 from deployments.openai.auth import Authenticated, Authenticator
 from deployments.openai.classify import classify_request
+from deployments.openai.embeddings import Embeddings, EmbeddingsRequest
 from deployments.openai.errors import APIError, create_error_response, outcome_of, to_api_error
 from deployments.openai.guard import GuardMiddleware, RequestGuard
 from deployments.openai.protocol import (
@@ -67,6 +68,7 @@ from deployments.quota import KeeperClient
 from deployments.router_reload import WatchedRouterFile
 from execution.monitor import EngineStats
 from routing.bandit import ThompsonRouter
+from routing.embedding import MiniLMEmbedder
 from routing.learned import LearnedRouter, PoolRouter, load_serving_router
 from routing.planner import Wishes
 from routing.semantic import SemanticClassifier
@@ -162,10 +164,9 @@ class Ingress:
         semantic = learned = None
         self.router_file: WatchedRouterFile[LearnedRouter | PoolRouter] | None = None
         routing = config.routing
+        embedder = MiniLMEmbedder()  # one model: both classifiers and /v1/embeddings
+        self.embedder = Embeddings(embedder)
         if routing.semantic.enabled or routing.learned is not None:
-            from routing.embedding import MiniLMEmbedder
-
-            embedder = MiniLMEmbedder()  # one model shared by both classifiers
             if routing.semantic.enabled:
                 semantic = await asyncio.to_thread(
                     SemanticClassifier, embedder, routing.semantic.examples
@@ -399,6 +400,13 @@ class Ingress:
         return _respond(
             await self.serving.completion(body, asked, caller.key_id if caller else None)
         )
+
+    @api.post("/v1/embeddings", responses=responses(None, ROUTE_ERRORS))
+    async def embeddings(self, body: EmbeddingsRequest, caller: Authenticated) -> JSONResponse:
+        """Vectors of up to 256 texts from the bundled all-MiniLM-L6-v2 (384 dimensions),
+        computed in this replica; metered like the other endpoints that generate nothing."""
+        self.side.take(caller.tenant if caller is not None else None)
+        return JSONResponse(await self.embedder.create(body))
 
     @api.post("/v1/route", responses=responses(RoutePlanResponse, ROUTE_ERRORS))
     async def route(

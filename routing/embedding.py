@@ -236,6 +236,16 @@ class MiniLMEmbedder:
             out[rows] = self._encode_onnx([texts[i] for i in rows])
         return out
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads of `texts` (each truncated to `max_seq_length`)."""
+        self.load()
+        if self.backend == "torch":
+            tokenizer = self._model.tokenizer
+        else:
+            tokenizer = self._tokenizer
+        lengths = tokenizer(list(texts), truncation=True, max_length=self.max_seq_length)
+        return sum(len(ids) for ids in lengths["input_ids"])
+
     def _encode_onnx(self, texts: list[str]) -> Vectors:
         batch = self._tokenizer(
             texts,

@@ -31,6 +31,7 @@ from core.errors import PromptError, QuotaExceededError
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
 from deployments.openai.adaptive import AdaptiveRouting
+from deployments.openai.embeddings import EMBEDDING_MODEL
 from deployments.openai.errors import outcome_of
 from deployments.openai.inflight import InFlight, ledger_entry
 from deployments.openai.planning import Planning
@@ -157,6 +158,8 @@ class OpenAIServing:
                     "context_length": spec.engine.max_model_len,
                 }
                 cards.append(ModelCard(id=spec.id, created=now, switchyard=info))
+        info = {"capabilities": ["embeddings"], "dimensions": 384, "served_by": "ingress"}
+        cards.append(ModelCard(id=EMBEDDING_MODEL, created=now, switchyard=info))
         return ModelList(data=cards)
 
     # --- planning -----------------------------------------------------------------
