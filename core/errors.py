@@ -132,9 +132,9 @@ class EngineRefusedError(PromptError):
     client gets what vLLM's server would have answered (bounded in length)."""
 
     def __init__(
-        self, status: int, message: str, *, type: str | None = None, param: str | None = None
+        self, status: int, message: str, *, code: str | None = None, param: str | None = None
     ) -> None:
-        super().__init__(message[:1000], code=type, param=param)
+        super().__init__(message[:1000], code=code, param=param)
         self.status = status if 400 <= status < 500 else 400
 
 

@@ -56,7 +56,9 @@ def refusal(pool: str, item: Any) -> SwitchyardError | None:
         return None
     status = int(error.code or 500)
     if 400 <= status < 500:
-        return EngineRefusedError(status, str(error.message), type=error.type, param=error.param)
+        message = str(error.message)
+        code = "context_length_exceeded" if "maximum context length" in message else None
+        return EngineRefusedError(status, message, code=code, param=error.param)
     logger.warning("pool %s failed a request: %s", pool, str(error.message)[:300])
     return EngineError(f"pool {pool!r} failed to serve the request")
 

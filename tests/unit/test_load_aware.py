@@ -11,7 +11,7 @@ import pytest
 from core.errors import ColdStartError, PromptError
 from deployments.openai.errors import to_api_error
 from execution.monitor import EscalationForecast
-from models.engines.base import EngineStats
+from execution.monitor import EngineStats
 from routing.planner import Wishes
 from tests.conftest import fake_app_args
 from tests.unit.test_serving import chat, events, serving

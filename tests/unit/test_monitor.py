@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from execution.monitor import PoolLimits, PoolMonitor
-from models.engines.base import EngineStats
+from execution.monitor import EngineStats
 
 
 def monitor() -> PoolMonitor:
