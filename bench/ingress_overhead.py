@@ -7,7 +7,7 @@ Starts its own local Ray (2 CPUs) and Serve on a free port, deploys the real app
 (`deployments.builder.build_fake_app`) on zero-latency fake engines with a one-word reply,
 and times sequential requests on three paths:
 
-    handle   the driver calls `pool-small`'s Serve handle (`generate`), no HTTP
+    handle   the driver calls `pool-small`'s Serve handle (`chat`), no HTTP
     proxy    HTTP through Serve's proxy to a trivial FastAPI echo deployment
     ingress  HTTP to `/v1/chat/completions`, pinned to the small pool, strategy `route`
 
@@ -37,7 +37,6 @@ from ray.serve import Deployment
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deployments.builder import build_fake_app  # noqa: E402
-from models.engines.base import ChatMessage, GenerationRequest, SamplingOptions  # noqa: E402
 from tenancy.db import connect, migrate  # noqa: E402
 from tenancy.keys import KeyStore  # noqa: E402
 from tests.conftest import fake_app_args, free_port  # noqa: E402
@@ -118,21 +117,28 @@ def main() -> None:
                 }
         serve.run(build_fake_app(app_args), name=APP, route_prefix=f"/{APP}")
         serve.run(cast(Deployment, Echo).bind(), name="echo", route_prefix="/echo")
-        pool = serve.get_deployment_handle("pool-small", APP)
+        from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+        pool = serve.get_deployment_handle("pool-small", APP).options(stream=True)
         body: dict[str, Any] = {
             "model": "small",
             "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": MAX_TOKENS,
             "switchyard": {"strategy": "route"},
         }
-        sampling = SamplingOptions(max_tokens=MAX_TOKENS)
-        messages = (ChatMessage("user", "hi"),)
+        model = app_args["pools"]["small"]["model"]
 
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
 
             def via_handle() -> None:
-                request = GenerationRequest(f"bench-{uuid.uuid4().hex}", sampling, messages)
-                pool.generate.remote(request).result()
+                request = ChatCompletionRequest(
+                    model=model,
+                    request_id=f"bench-{uuid.uuid4().hex}",
+                    messages=body["messages"],
+                    max_tokens=MAX_TOKENS,
+                )
+                for _ in pool.chat.remote(request):
+                    break
 
             def via_proxy() -> None:
                 http.post("/echo/", json=body).raise_for_status()

@@ -8,16 +8,16 @@ same chat request, pinned to one pool (`"model": "small"`, strategy `route`), on
 paths, one after the other, each with `--concurrency` workers for `--duration` seconds:
 
     ingress  HTTP `POST /v1/chat/completions` (httpx.AsyncClient, keep-alive)
-    direct   the pool deployment's Serve handle (`pool-<pool>`.generate) from this driver,
-             which joins the app's Ray cluster (`--address`, default "auto")
+    direct   the pool deployment's Serve handle (`pool-<pool>`.chat, Ray Serve LLM's call
+             with vLLM's request model) from this driver, which joins the app's Ray cluster
+             (`--address`, default "auto")
 
 It prints generated tokens/s, requests and errors of each path and their ratio; the goal
 is ingress >= 95% of direct. Tokens are what the engines report (`usage.completion_tokens`
-over HTTP, `GenerationResult.completion_tokens` on the handle). The wire protocol has no
-`ignore_eos`, so answers may stop before `--max-tokens`; both paths use temperature 0 and
-the same prompt so that they generate the same answers. Requests still running when the
-time is up are finished and counted; tokens/s divides by the time until the last one
-ended. Numbers only, no assertions.
+over HTTP and on the handle). Answers may stop before `--max-tokens`; both paths use
+temperature 0 and the same prompt so that they generate the same answers. Requests still
+running when the time is up are finished and counted; tokens/s divides by the time until
+the last one ended. Numbers only, no assertions.
 
 Other apps: `--url`, `--address` and `--app` point it at any Switchyard, e.g. one on the
 fake engine (with a small `token_latency_s`) to check this script itself. Ray turns on
@@ -45,12 +45,6 @@ from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.engines.base import (  # noqa: E402
-    ChatMessage,
-    GenerationRequest,
-    GenerationResult,
-    SamplingOptions,
-)
 
 GOAL = 0.95
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
@@ -105,9 +99,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Run]:
         "top_p": 1,
         "switchyard": {"strategy": "route"},
     }
-    sampling = SamplingOptions(max_tokens=args.max_tokens, temperature=0.0, top_p=1.0)
-    messages = (ChatMessage("user", PROMPT),)
-    handle = serve.get_deployment_handle(f"pool-{args.pool}", args.app)
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    handle = serve.get_deployment_handle(f"pool-{args.pool}", args.app).options(stream=True)
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=args.url, timeout=300, limits=limits) as http:
 
@@ -119,10 +113,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Run]:
                 raise RuntimeError(f"served by {resp.headers.get('x-switchyard-pool')}")
             return int(resp.json()["usage"]["completion_tokens"])
 
+        card = (await http.get(f"/v1/models/{args.pool}")).json()
+        model = card["switchyard"]["model"]
+
         async def direct() -> int:
-            request = GenerationRequest(f"bench-{uuid.uuid4().hex}", sampling, messages)
-            result: GenerationResult = await handle.generate.remote(request)
-            return result.completion_tokens
+            request = ChatCompletionRequest(
+                model=model, request_id=f"bench-{uuid.uuid4().hex}", **body_fields(body)
+            )
+            async for response in handle.chat.remote(request):
+                return int(response.usage.completion_tokens)
+            raise RuntimeError("no answer")
 
         paths = {"ingress": via_ingress, "direct": direct}
         for call in paths.values():  # first requests pay connection and router set-up
@@ -133,6 +133,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Run]:
             print(f"{name}: {args.concurrency} workers for {args.duration:g} s ...", flush=True)
             runs[name] = await drive(call, args.concurrency, args.duration)
     return runs
+
+
+def body_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The request body's fields vLLM reads (not `model`, not Switchyard's extension)."""
+    return {k: v for k, v in body.items() if k not in ("model", "switchyard")}
 
 
 def report(runs: dict[str, Run], args: argparse.Namespace) -> None:

@@ -2,10 +2,10 @@
 
 What a user would pick instead of Switchyard is vLLM's OpenAI server, so that is the
 baseline: the same prepared weights and the same engine settings (taken from the
-catalog entry through `engine_args`, so they cannot drift), one server after the other
-on this machine, each driven by `vllm bench serve` (random dataset, `ignore_eos`, so
-every request asks the same number of tokens) at several concurrencies, for chat and
-completions, streaming. Targets:
+catalog entry through `engine_kwargs`, which also builds each pool's `LLMConfig`, so they
+cannot drift), one server after the other on this machine, each driven by `vllm bench
+serve` (random dataset, `ignore_eos`, so every request asks the same number of tokens) at
+several concurrencies, for chat and completions, streaming. Targets:
 
     vllm       python -m vllm.entrypoints.openai.api_server
     pinned     Switchyard with only the pool under test, `model: <pool>` and `model: auto`
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deployments.config import load_app_config  # noqa: E402
-from models.engines.vllm_engine import engine_args  # noqa: E402
+from deployments.llm_config import engine_kwargs  # noqa: E402
 from models.prepare import model_dir  # noqa: E402
 
 REPORTS = ROOT / "reports" / "bench-vllm"
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[dict[str, Any]] = []
     for target in args.targets:
         if target == "vllm":
-            flags = _vllm_flags(engine_args(spec, str(weights)) | {"served_model_name": args.pool})
+            flags = _vllm_flags(engine_kwargs(spec) | {"served_model_name": args.pool})
             argv_ = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
                      "--model", str(weights), "--host", "127.0.0.1", "--port", str(VLLM_PORT),
                      *flags]  # fmt: skip
