@@ -20,8 +20,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from ray.serve.llm.openai_api_models import ChatCompletionResponse as EngineChatResponse
-from ray.serve.llm.openai_api_models import CompletionResponse as EngineCompletionResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
@@ -374,7 +372,7 @@ class Ingress:
 
     @api.post(
         "/v1/chat/completions",
-        responses=responses(EngineChatResponse, GENERATION_ERRORS, stream=True),
+        responses=responses(None, GENERATION_ERRORS, stream=True),
     )
     async def chat_completions(
         self,
@@ -388,7 +386,7 @@ class Ingress:
 
     @api.post(
         "/v1/completions",
-        responses=responses(EngineCompletionResponse, GENERATION_ERRORS, stream=True),
+        responses=responses(None, GENERATION_ERRORS, stream=True),
     )
     async def completions(
         self,

@@ -27,6 +27,7 @@ from ray.serve.llm import LLMConfig, LLMServer
 
 from deployments.autoscaling import ANTICIPATED, ENGINE_WAITING
 from deployments.coalesce import coalesce
+from deployments.engine_requests import parse, plain
 from execution.monitor import EngineStats
 from models.engines.fake import FakeEngineOptions
 
@@ -60,6 +61,18 @@ class PoolServer(LLMServer):
             engine = partial(FakeLLMEngine, options=fake, pool=pool)
         await super().__init__(llm_config, engine_cls=engine)  # type: ignore[arg-type]
         logger.info("pool %s serving %s", pool, llm_config.model_id)
+
+    async def generate(self, method: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """The ingress's one call: the client's body (plus the pool's fields), parsed by
+        vLLM's request model here (`engine_requests.parse`), run by `chat` or
+        `completions`, the answer's items as plain data (`engine_requests.plain`)."""
+        request, refused = parse(method, body)
+        if refused is not None:
+            yield refused
+            return
+        items = await getattr(self, method)(request)
+        async for item in items:
+            yield plain(item)
 
     def _batch_output_stream(self, generator: AsyncGenerator[Any, None]) -> Any:
         return coalesce(generator, self._interval_s)

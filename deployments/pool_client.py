@@ -1,9 +1,9 @@
 """`PoolClient` over Serve deployment handles: the ingress's only way to reach a pool.
 
-A pool is a Ray Serve LLM server: every call is `handle.options(stream=True).<method>
-.remote(request)` with vLLM's request model, and yields either one whole response
-(`chat.completion`, `text_completion`, embeddings), batches of ready-made SSE events,
-or one `ErrorResponse` when vLLM's serving layer refused the request.
+A pool is a Ray Serve LLM server: every call is `handle.options(stream=True).generate
+.remote(method, body)` (`deployments/pool.py`) with the client's body, and yields, as
+plain data, either one whole response (`chat.completion`, `text_completion`), batches
+of ready-made SSE events, or one error body when vLLM refused the request.
 
 This is the Ray boundary: Ray's and Serve's exceptions, and vLLM's error responses, are
 translated here into the domain errors of `core.errors` (`raise ... from exc`), so
@@ -30,6 +30,7 @@ from core.errors import (
     PoolTimeoutError,
     SwitchyardError,
 )
+from deployments.engine_requests import UNSUPPORTED
 from execution.executor import Answer
 
 logger = logging.getLogger(__name__)
@@ -50,35 +51,38 @@ def translate(pool: str, exc: BaseException) -> BaseException:
 
 
 def refusal(pool: str, item: Any) -> SwitchyardError | None:
-    """The domain error of a pool's `ErrorResponse` item (None: not an error)."""
-    error = getattr(item, "error", None)
-    if error is None or not hasattr(error, "code"):
+    """The domain error of a pool's error body (None: not an error)."""
+    error = item.get("error") if isinstance(item, dict) else None
+    if not isinstance(error, dict):
         return None
-    status = int(error.code or 500)
+    status = int(error.get("code") or 500)
+    message = str(error.get("message") or "")
     if 400 <= status < 500:
-        message = str(error.message)
-        code = "context_length_exceeded" if "maximum context length" in message else None
-        return EngineRefusedError(status, message, code=code, param=error.param)
-    logger.warning("pool %s failed a request: %s", pool, str(error.message)[:300])
+        code = None
+        if error.get("type") == UNSUPPORTED:
+            code = UNSUPPORTED
+        elif "maximum context length" in message:
+            code = "context_length_exceeded"
+        return EngineRefusedError(status, message, code=code, param=error.get("param"))
+    logger.warning("pool %s failed a request: %s", pool, message[:300])
     return EngineError(f"pool {pool!r} failed to serve the request")
 
 
-def answer_of(response: Any) -> Answer:
+def answer_of(response: dict[str, Any]) -> Answer:
     """What strategies and accounting read of a whole OpenAI response."""
-    usage = response.usage
+    usage = response.get("usage") or {}
+    choices = response.get("choices") or []
     logprobs: list[float] = []
-    if response.choices:
-        shown = response.choices[0].logprobs
-        if shown is not None:
-            content = getattr(shown, "content", None)
-            if content is not None:  # chat: one entry per token
-                logprobs = [entry.logprob for entry in content]
-            else:  # completions: OpenAI's legacy shape
-                logprobs = [lp for lp in shown.token_logprobs or [] if lp is not None]
+    shown = choices[0].get("logprobs") if choices else None
+    if shown:
+        if shown.get("content") is not None:  # chat: one entry per token
+            logprobs = [entry["logprob"] for entry in shown["content"]]
+        else:  # completions: OpenAI's legacy shape
+            logprobs = [lp for lp in shown.get("token_logprobs") or [] if lp is not None]
     return Answer(
         body=response,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
         logprobs=logprobs,
     )
 
@@ -109,7 +113,7 @@ class HandlePoolClient:
         items: DeploymentResponseGenerator[Any] | None = None
         try:
             # NOTE: `.remote()` itself may raise back-pressure: it belongs inside the `try`.
-            items = getattr(self.streams[pool], method).remote(request)
+            items = self.streams[pool].generate.remote(method, request)  # type: ignore[assignment]
             assert items is not None
             async with asyncio.timeout(self.timeout_s):
                 item = await anext(items)
@@ -131,7 +135,7 @@ class HandlePoolClient:
         """Batches of SSE events (`request.stream` is true); a refusal raises before any."""
         items: DeploymentResponseGenerator[Any] | None = None
         try:
-            items = getattr(self.streams[pool], method).remote(request)
+            items = self.streams[pool].generate.remote(method, request)  # type: ignore[assignment]
             assert items is not None
             while True:
                 # NOTE: never `yield` inside the timeout: it would cancel the consumer.

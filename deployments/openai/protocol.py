@@ -1,13 +1,14 @@
 """OpenAI wire models: what clients send and what Switchyard answers.
 
-Generation requests are vLLM's own request models (through Ray Serve LLM), so what
-vLLM's server accepts is accepted here with the same meaning, and the pool's server
-validates it again with the same code. Every field a client sends is honoured or
-refused with a 400 naming it, never dropped: an unknown field is refused
-(`unsupported_parameter`) where vLLM's server would log and ignore it, since a
-parameter silently ignored gives the client a wrong answer without telling it.
-Responses are vLLM's too; only the `switchyard` extension (`RouteInfo`) and the
-endpoints Switchyard adds (route, classify, feedback, models) are defined here.
+A generation request is read here only where routing needs it (model, tokens, `n`,
+tools, response format, the `switchyard` extension); the pool validates the whole of
+it with vLLM's own request model, so what vLLM's server accepts is accepted with the
+same meaning. Every field a client sends is honoured or refused with a 400 naming it,
+never dropped: an unknown field is refused (`unsupported_parameter`) where vLLM's
+server would log and ignore it, since a parameter silently ignored gives the client a
+wrong answer without telling it. Responses are vLLM's too; only the `switchyard`
+extension (`RouteInfo`) and the endpoints Switchyard adds (route, classify, feedback,
+models, embeddings) are defined here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
-from ray.serve.llm.openai_api_models import ChatCompletionRequest as EngineChatRequest
-from ray.serve.llm.openai_api_models import CompletionRequest as EngineCompletionRequest
 
 from routing.planner import AUTO_MODEL
 from routing.validity import Expectation
@@ -93,38 +91,35 @@ def _refuse_reserved(data: Any) -> Any:
     return data
 
 
-class _Routed:
-    """What routing reads of a generation request, computed from vLLM's fields (a mixin
-    of plain properties: pydantic's fields stay vLLM's)."""
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
 
-    @property
-    def requested_max_tokens(self) -> int | None:
-        max_tokens: int | None = getattr(self, "max_tokens", None)
-        return max_tokens
-
-    @property
-    def include_usage(self) -> bool:
-        options = getattr(self, "stream_options", None)
-        return bool(options and options.include_usage)
-
-    @property
-    def choices(self) -> int:
-        """Answers the request asks for (`n`, times the prompts of a batched completion)."""
-        n: int | None = getattr(self, "n", None)
-        return n or 1
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False
 
 
-class ChatRequest(_Routed, EngineChatRequest):
-    """`POST /v1/chat/completions`: vLLM's own request model, so everything vLLM's server
-    accepts is accepted with its meaning and validation, plus the `switchyard` extension.
+class _Generation(BaseModel):
+    """What routing reads of a generation request; every other field passes through.
 
-    Unknown fields are refused (400 `unsupported_parameter`), not ignored as vLLM's
-    server does: a client that misspells a field learns it. Fields only an operator may
-    set (`RESERVED_FIELDS`) are refused too. `model` defaults to `auto`.
+    The pool validates the whole request with vLLM's own request model (strict: an
+    unknown field is a 400 `unsupported_parameter` there, the allowed set being vLLM's
+    fields), so everything vLLM's server accepts is accepted here with its meaning, and
+    the ingress never imports vLLM. The fields routing reads are checked here first,
+    bounded, since planning and the quota reservation use them before any pool call.
     """
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="allow")
 
+    model: str = Field(default=AUTO_MODEL, min_length=1, max_length=NAME_CHARS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    min_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS_BOUND)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
     switchyard: SwitchyardOptions | None = None
 
     @model_validator(mode="before")
@@ -132,20 +127,56 @@ class ChatRequest(_Routed, EngineChatRequest):
     def _reserved(cls, data: Any) -> Any:
         return _refuse_reserved(data)
 
-    @field_validator("n")
-    @classmethod
-    def _few_choices(cls, n: int | None) -> int | None:
-        if n is not None and not 1 <= n <= MAX_CHOICES:
-            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
-        return n
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
 
-    @model_validator(mode="after")
-    def _picklable(self) -> ChatRequest:
-        # NOTE: pydantic keeps `Iterable[...]` message parts as a one-shot iterator that
-        # cannot be pickled for the pool call (pydantic #9467); Ray Serve LLM's own
-        # ingress materializes them the same way.
-        _sanitize_chat_completion_request(self)
-        return self
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def choices(self) -> int:
+        """Answers the request asks for (`n`, times the prompts of a batched completion)."""
+        return self.n
+
+    def engine_body(self) -> dict[str, Any]:
+        """The request as the client sent it, for vLLM (without Switchyard's extension)."""
+        return self.model_dump(exclude_unset=True, exclude={"switchyard"}, mode="json")
+
+    def _json_expected(self) -> tuple[dict[str, Any] | None, bool]:
+        """(JSON schema, whether any JSON object will do) of a constrained request."""
+        fmt = self.response_format or {}
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            return (schema if isinstance(schema, dict) else {}), False
+        if fmt.get("type") == "json_object":
+            return None, True
+        wanted = (self.structured_outputs or {}).get("json")
+        if isinstance(wanted, str):
+            try:
+                wanted = json.loads(wanted)
+            except ValueError:
+                return None, False
+        if isinstance(wanted, dict):
+            return wanted, False
+        return None, bool((self.structured_outputs or {}).get("json_object"))
+
+    def _constrained(self) -> bool:
+        kind = (self.response_format or {}).get("type")
+        return kind in ("json_schema", "json_object", "structural_tag") or bool(
+            self.structured_outputs
+        )
+
+
+class ChatRequest(_Generation):
+    """`POST /v1/chat/completions`: vLLM's chat request, read where routing needs it."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_BOUND)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -162,7 +193,7 @@ class ChatRequest(_Routed, EngineChatRequest):
         needs = {"chat"}
         if self.tools and self.tool_choice != "none":
             needs.add("tools")
-        if _constrained(self.response_format, self.structured_outputs):
+        if self._constrained():
             needs.add("structured_output")
         return frozenset(needs)
 
@@ -176,34 +207,23 @@ class ChatRequest(_Routed, EngineChatRequest):
         tools: dict[str, Any] = {}
         choice = self.tool_choice
         if self.tools and choice != "none":
-            tools = {t.function.name: t.function.parameters or {} for t in self.tools}
-        if isinstance(choice, str) or choice is None:
-            named = "required" if choice == "required" else "auto"
-        else:
-            named = choice.function.name
-        schema, json_object = _json_expected(self.response_format, self.structured_outputs)
+            for tool in self.tools:
+                function = tool.get("function") if isinstance(tool, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("name"), str):
+                    tools[function["name"]] = function.get("parameters") or {}
+        named = "required" if choice == "required" else "auto"
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            named = name if isinstance(name, str) else "auto"
+        schema, json_object = self._json_expected()
         return Expectation(tools, named, schema, json_object)
 
 
-class CompletionRequest(_Routed, EngineCompletionRequest):
-    """`POST /v1/completions`: vLLM's own request model, strict about unknown fields
-    (see `ChatRequest`)."""
+class CompletionRequest(_Generation):
+    """`POST /v1/completions`: vLLM's completion request, read where routing needs it."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    switchyard: SwitchyardOptions | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _reserved(cls, data: Any) -> Any:
-        return _refuse_reserved(data)
-
-    @field_validator("n")
-    @classmethod
-    def _few_choices(cls, n: int | None) -> int | None:
-        if n is not None and not 1 <= n <= MAX_CHOICES:
-            raise ValueError(f"n must be between 1 and {MAX_CHOICES}")
-        return n
+    prompt: str | list[str] | list[int] | list[list[int]] | None = None
+    logprobs: int | None = None
 
     @property
     def prompts(self) -> int:
@@ -214,7 +234,7 @@ class CompletionRequest(_Routed, EngineCompletionRequest):
 
     @property
     def choices(self) -> int:
-        return (self.n or 1) * self.prompts
+        return self.n * self.prompts
 
     @property
     def text(self) -> str:
@@ -229,7 +249,7 @@ class CompletionRequest(_Routed, EngineCompletionRequest):
     @property
     def needs(self) -> frozenset[str]:
         needs = {"completion"}
-        if _constrained(self.response_format, self.structured_outputs):
+        if self._constrained():
             needs.add("structured_output")
         return frozenset(needs)
 
@@ -238,7 +258,7 @@ class CompletionRequest(_Routed, EngineCompletionRequest):
         return self.logprobs is not None
 
     def expectation(self) -> Expectation:
-        schema, json_object = _json_expected(self.response_format, self.structured_outputs)
+        schema, json_object = self._json_expected()
         return Expectation(schema=schema, json_object=json_object)
 
 
@@ -250,30 +270,9 @@ def _content_text(content: Any) -> str:
         return ""
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        return ""
     return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-
-
-def _json_expected(response_format: Any, structured_outputs: Any) -> tuple[Any, bool]:
-    """(JSON schema, whether any JSON object will do) of a constrained request."""
-    kind = getattr(response_format, "type", None)
-    if kind == "json_schema" and response_format.json_schema is not None:
-        return response_format.json_schema.json_schema or {}, False
-    if kind == "json_object":
-        return None, True
-    wanted = getattr(structured_outputs, "json", None)
-    if isinstance(wanted, str):
-        try:
-            wanted = json.loads(wanted)
-        except ValueError:
-            return None, False
-    if isinstance(wanted, dict):
-        return wanted, False
-    return None, bool(getattr(structured_outputs, "json_object", False))
-
-
-def _constrained(response_format: Any, structured_outputs: Any) -> bool:
-    kind = getattr(response_format, "type", None)
-    return kind in ("json_schema", "json_object", "structural_tag") or bool(structured_outputs)
 
 
 class RouteRequest(BaseModel):

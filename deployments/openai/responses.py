@@ -37,23 +37,21 @@ def _event(payload: dict[str, Any]) -> str:
     return f"{DATA}{json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
-def whole_body(response: Any, route: RouteInfo, keep_logprobs: bool) -> str:
+def whole_body(response: dict[str, Any], route: RouteInfo, keep_logprobs: bool) -> str:
     """A whole answer's JSON: vLLM's response with `switchyard` added."""
-    body = response.model_dump(mode="json")
+    body = dict(response)
     if not keep_logprobs:
-        for choice in body.get("choices") or []:
-            choice["logprobs"] = None
+        body["choices"] = [{**c, "logprobs": None} for c in body.get("choices") or []]
     body["switchyard"] = route.model_dump(mode="json")
     return json.dumps(body, separators=(",", ":"))
 
 
 def whole_as_events(
-    response: Any, route: RouteInfo, include_usage: bool, keep_logprobs: bool
+    body: dict[str, Any], route: RouteInfo, include_usage: bool, keep_logprobs: bool
 ) -> list[str]:
     """The SSE events of a whole answer, as vLLM streams them (chat or completion):
     for chat the role first, then each choice's content or tool calls with its finish
     reason; usage last when asked; then `[DONE]`."""
-    body = response.model_dump(mode="json")
     chat = body.get("object") == "chat.completion"
     head = {
         "id": body["id"],

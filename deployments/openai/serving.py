@@ -25,8 +25,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol
 
-from vllm.entrypoints.generate.base.protocol import StreamOptions
-
 from core.errors import PromptError, QuotaExceededError
 from deployments.config import AppConfig, PoolConfig
 from deployments.metrics import Finished, RequestMetrics
@@ -342,38 +340,34 @@ class OpenAIServing:
             raise
 
     def _job(self, body: GenerationRequest, flight: InFlight, stream: bool) -> Job:
-        """The request as each pool is sent it: vLLM's request, with that pool's model,
-        `max_tokens` and defaults, the request's id (vLLM's response id is built from
-        it), and logprobs when a strategy judges the answer by them."""
+        """The request as each pool is sent it: the client's body, with that pool's
+        model, `max_tokens` and defaults, the request's id (vLLM's response id is built
+        from it), and logprobs when a strategy judges the answer by them."""
         plan = flight.plan
         assert plan is not None
         chat = isinstance(body, ChatRequest)
-        request_id = flight.id.partition("-")[2]
-        judged = plan.strategy != "route" and not body.asked_logprobs
-        fixed: dict[str, Any] = {"request_id": request_id, "stream": stream, "switchyard": None}
+        fixed = body.engine_body()
+        fixed["request_id"] = flight.id.partition("-")[2]
+        fixed["stream"] = stream
         if stream:
             # NOTE: the closing usage event is the stream's bill; dropped again (responses.py)
             # unless the client asked for it.
-            continuous = bool(body.stream_options and body.stream_options.continuous_usage_stats)
-            fixed["stream_options"] = StreamOptions(
-                include_usage=True, continuous_usage_stats=continuous
-            )
-        if judged:
+            fixed["stream_options"] = {**fixed.get("stream_options", {}), "include_usage": True}
+        if plan.strategy != "route" and not body.asked_logprobs:
             fixed.update({"logprobs": True, "top_logprobs": 0} if chat else {"logprobs": 0})
 
-        def for_pool(pool: str) -> Any:
+        def for_pool(pool: str) -> dict[str, Any]:
             spec = self._pool_specs[pool]
-            update = dict(fixed, model=spec.id)
+            request = dict(fixed, model=spec.id)
             tokens = plan.max_tokens[pool]
             if chat:
-                update["max_completion_tokens"], update["max_tokens"] = tokens, None
+                request["max_completion_tokens"] = tokens
+                request.pop("max_tokens", None)
             else:
-                update["max_tokens"] = tokens
-            if body.temperature is None:
-                update["temperature"] = spec.temperature
-            if body.top_p is None:
-                update["top_p"] = spec.top_p
-            return body.model_copy(update=update)
+                request["max_tokens"] = tokens
+            request.setdefault("temperature", spec.temperature)
+            request.setdefault("top_p", spec.top_p)
+            return request
 
         method = "chat" if chat else "completions"
         expected = body.expectation()
@@ -522,14 +516,17 @@ REFUSED = frozenset({"client_error", "rejected", "unauthorized"})
 
 def _why_invalid(expected: Expectation, answer: Answer) -> str | None:
     """The validity check of a whole answer (vLLM's response, first choice)."""
-    choice = answer.body.choices[0] if answer.body.choices else None
-    if choice is None:
+    choices = answer.body.get("choices") or []
+    if not choices:
         return "the answer has no choices"
-    message = getattr(choice, "message", None)
+    message = choices[0].get("message")
     if message is None:  # a text completion
-        return why_invalid(expected, choice.text, [])
-    calls = [ToolCall(c.function.name, c.function.arguments) for c in message.tool_calls or []]
-    return why_invalid(expected, message.content, calls)
+        return why_invalid(expected, choices[0].get("text"), [])
+    calls = [
+        ToolCall(str(f.get("name")), str(f.get("arguments") or ""))
+        for f in (c.get("function") or {} for c in message.get("tool_calls") or [])
+    ]
+    return why_invalid(expected, message.get("content"), calls)
 
 
 def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIterator[str]:

@@ -1,10 +1,12 @@
 """`PoolClient` over fake Ray Serve LLM engines, in-process: the serving logic without Ray.
 
-The engines are `models.engines.fake.FakeLLMEngine`, which speak vLLM's OpenAI JSON and
-SSE; this client turns their items into what `deployments.pool_client.HandlePoolClient`
-returns (the same `answer_of` and `refusal`), so everything above the Serve boundary
-runs as it does in the app. It records every call, and can hold a pool's calls until a
-test releases them (to interleave requests deterministically).
+The engines are the fake `FakeLLMEngine`, which speaks vLLM's OpenAI JSON and SSE. The
+body is parsed by vLLM's request model and the items made plain exactly as a pool
+replica does (`deployments.engine_requests`), then turned into what
+`deployments.pool_client.HandlePoolClient` returns (the same `answer_of` and `refusal`),
+so everything above the Serve boundary runs as it does in the app. It records every
+call, and can hold a pool's calls until a test releases them (to interleave requests
+deterministically).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from deployments.config import AppConfig
+from deployments.engine_requests import parse, plain
 from deployments.llm_config import pool_llm_config
 from deployments.pool_client import answer_of, refusal
 from execution.executor import Answer
@@ -47,23 +50,32 @@ class InProcessPools:
         if gate is not None:
             await gate.wait()
 
-    async def generate(self, pool: str, method: str, request: Any) -> Answer:
-        await self._enter(pool, request)
+    async def generate(self, pool: str, method: str, body: dict[str, Any]) -> Answer:
+        await self._enter(pool, body)
+        request, refused = parse(method, body)
+        if refused is not None:
+            raise refusal(pool, refused) or AssertionError(refused)
         items = getattr(self.engines[pool], method)(request)
         try:
-            item = await anext(items)
+            item = plain(await anext(items))
         finally:
             await items.aclose()
-        refused = refusal(pool, item)
-        if refused is not None:
-            raise refused
+        error = refusal(pool, item)
+        if error is not None:
+            raise error
         return answer_of(item)
 
-    async def stream(self, pool: str, method: str, request: Any) -> AsyncIterator[list[str]]:
-        await self._enter(pool, request)
+    async def stream(
+        self, pool: str, method: str, body: dict[str, Any]
+    ) -> AsyncIterator[list[str]]:
+        await self._enter(pool, body)
+        request, refused = parse(method, body)
+        if refused is not None:
+            raise refusal(pool, refused) or AssertionError(refused)
         items = getattr(self.engines[pool], method)(request)
         try:
             async for item in items:
+                item = plain(item)
                 if not isinstance(item, str):
                     raise refusal(pool, item) or AssertionError(f"unexpected {item!r}")
                 yield [item]
