@@ -1,7 +1,7 @@
 """vLLM's OpenAI API through Switchyard, on the real engines: tools, structured output,
 `n`, every sampling parameter taking effect, the validity cascade, aborts on disconnect.
 
-Shares the embedded app of test_embedded.py (same module-scoped fixture shape). Small
+Shares the embedded app (tests/e2e/conftest.py) with test_embedded.py. Small
 models vary; each assertion is about a fact the engine guarantees (a schema-constrained
 answer parses, a stop token stops) or compares two runs of the same engine.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,12 +17,10 @@ import jsonschema
 import openai
 import pytest
 
-from tests.conftest import client, delete_app, run_app
-from tests.e2e.test_embedded import embedded_args
+from tests.e2e.conftest import APP
 
 pytestmark = pytest.mark.e2e
 
-APP = "embedded-api"
 WEATHER = {
     "type": "function",
     "function": {
@@ -45,13 +42,6 @@ ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def api(serve_port: int) -> Iterator[openai.OpenAI]:
-    run_app(embedded_args(), APP)
-    yield client(serve_port, APP)
-    delete_app(APP)
-
-
-@pytest.fixture(scope="module")
 def health(serve_port: int) -> Any:
     def read() -> dict[str, Any]:
         body: dict[str, Any] = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health").json()
@@ -68,7 +58,9 @@ def route(resp: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("choice", ["required", "named"])
 def test_tool_calls_come_back_as_tool_calls(api: openai.OpenAI, choice: str) -> None:
     tool_choice: Any = (
-        "required" if choice == "required" else {"type": "function", "function": {"name": "get_weather"}}
+        "required"
+        if choice == "required"
+        else {"type": "function", "function": {"name": "get_weather"}}
     )
     resp = api.chat.completions.create(
         model="large", messages=ASK_WEATHER, tools=[WEATHER], tool_choice=tool_choice,
