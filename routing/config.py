@@ -40,6 +40,11 @@ class CascadeConfig(StrictConfig):
     """Cascade and speculative execution: which pool answers first, and when to escalate."""
 
     source_pool: str = Field(default="small", description="The cheap pool tried first.")
+    check_validity: bool = Field(
+        default=True,
+        description="A cheap answer to a request with tools or a JSON schema must also be "
+        "usable (JSON that parses and fits, tool calls that fit a tool) or it escalates.",
+    )
     rules: list[ConfidenceRule] = Field(
         default_factory=list,
         description="Confidence method and threshold per (source, target) pool pair; a pair "

@@ -372,7 +372,8 @@ class OpenAIServing:
         method = "chat" if chat else "completions"
         expected = body.expectation()
         invalid = None
-        if plan.strategy != "route" and expected.checks_anything:
+        checks = self.config.routing.cascade.check_validity
+        if plan.strategy != "route" and checks and expected.checks_anything:
             invalid = partial(_why_invalid, expected)
         return Job(method, for_pool, plan.max_tokens, flight.calls, invalid)
 

@@ -10,10 +10,10 @@ import pytest
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
-from core.errors import PoolNotAllowedError
+from core.errors import PoolNotAllowedError, PromptError
 from deployments.openai.classify import classify_request, learned_reading, semantic_reading
 from deployments.openai.errors import to_api_error
-from deployments.openai.protocol import ClassifyRequest
+from deployments.openai.protocol import ChatRequest, ClassifyRequest
 from deployments.openai.serving import OpenAIServing
 from routing.choice import ChoicePolicy, PoolQuality, StrongScore
 from routing.config import RoutingConfig
@@ -23,7 +23,8 @@ from routing.semantic import SemanticClassifier
 from tenancy.gate import QuotaGate
 from tests.conftest import fake_app, fake_app_args
 from tests.support.keeper import Clock, RemoteKeeper, spend
-from tests.unit.test_serving import InProcessPools, serving
+from tests.support.pools import InProcessPools
+from tests.unit.test_serving import WEATHER, serving, tool_args
 
 
 def body(text: str, **extra: Any) -> ClassifyRequest:
@@ -56,7 +57,7 @@ async def test_the_route_part_is_what_v1_route_says() -> None:
     wishes = Wishes(strategy="speculative")
     text = "Compare Rome and Athens in depth."
     answer, _ = await classify_request(svc, body(text), wishes, None)
-    dry = await svc.dry_run(body(text), text, wishes, chat=True)
+    dry = await svc.dry_run(body(text), text, wishes, body(text).needs)
     assert answer.route == dry
     assert (answer.route.strategy, answer.route.target) == ("speculative", "large")
     assert answer.rules.reason == "complex_task"
@@ -82,17 +83,59 @@ async def test_a_pinned_model_is_classified_and_pinned() -> None:
     assert (answer.route.pool, answer.route.reason) == ("large", "pinned_model")
 
 
+async def test_a_tools_request_routes_to_a_pool_whose_model_has_a_tool_parser() -> None:
+    """The rules read code; the code pool's model has no tool parser: the route says so."""
+    svc, pools = serving(tool_args())
+    text = "Write a Python function that reverses a string."
+    plain, _ = await classify_request(svc, body(text), Wishes(), None)
+    assert (plain.rules.pool, plain.route.pool) == ("code", "code")
+    tools, _ = await classify_request(svc, body(text, tools=[WEATHER]), Wishes(), None)
+    assert (tools.rules.pool, tools.route.pool) == ("code", "small")
+    assert "code" not in tools.route.fallbacks
+    with pytest.raises(PromptError) as err:  # pinned: the 400 a request would get
+        await classify_request(svc, body(text, model="code", tools=[WEATHER]), Wishes(), None)
+    assert err.value.param == "tools"
+    assert pools.calls == []
+
+
 def test_the_body_is_a_chat_body_with_model_optional() -> None:
     assert body("hi").model == "auto"
     with pytest.raises(ValidationError) as unknown:
         body("hi", temprature=0.5)
     err = to_api_error(unknown.value)
     assert (err.status, err.code, err.param) == (400, "unsupported_parameter", "temprature")
-    with pytest.raises(ValidationError) as empty:
-        ClassifyRequest.model_validate({"messages": []})
-    assert to_api_error(empty.value).param == "messages"
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError) as missing:
         ClassifyRequest.model_validate({"input": "hi"})  # not this endpoint's shape
+    assert to_api_error(missing.value).param == "messages"
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"messages": []},  # vLLM's chat model accepts it, so both do
+        {"messages": "hi"},
+        {"messages": MESSAGES, "n": 0},
+        {"messages": MESSAGES, "request_id": "mine"},  # the operator's field
+        {"messages": MESSAGES, "switchyard": {"stratgy": "cascade"}},
+        {"input": "hi"},
+    ],
+)
+def test_the_body_is_refused_exactly_where_a_chat_body_is(sent: dict[str, Any]) -> None:
+    """The classify body is vLLM's chat request (through `ChatRequest`): what the chat
+    endpoint refuses, classify refuses with the same 400, and nothing else."""
+
+    def verdict(model: type[ChatRequest]) -> tuple[int, str | None, str | None, str] | None:
+        try:
+            model.model_validate(sent)
+        except ValidationError as exc:
+            err = to_api_error(exc)
+            return err.status, err.code, err.param, err.message
+        return None
+
+    assert verdict(ClassifyRequest) == verdict(ChatRequest)
 
 
 async def test_a_classification_spends_none_of_the_request_limit_nor_the_budget() -> None:

@@ -373,3 +373,61 @@ def test_the_embedded_profile_fits_the_two_cpus_it_runs_on() -> None:
     keeper = QuotaKeeper.ray_actor_options or {}  # type: ignore[attr-defined]
     reserved += keeper.get("num_cpus", 1)  # Serve's default is one CPU
     assert reserved <= 2
+
+
+# --- capabilities in the catalog --------------------------------------------------------------
+
+
+def tool_call_parsers() -> list[tuple[str, str, str]]:
+    """(config, model id, parser) of every model given a tool-call parser in the repo."""
+    found = []
+    for path, index in yaml_apps():
+        app = yaml.safe_load((ROOT / path).read_text())["applications"][index]
+        for model in app["args"].get("models", []):
+            if model.get("tool_call_parser") is not None:
+                found.append((path, model["id"], model["tool_call_parser"]))
+    return found
+
+
+def test_every_tool_call_parser_in_the_repository_is_one_vllm_has() -> None:
+    """A misspelt parser passes the config and fails only when a replica starts."""
+    from vllm.tool_parsers import ToolParserManager
+
+    known = {*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers}
+    found = tool_call_parsers()
+    assert ("serve_config.yaml", "qwen2.5-coder-0.5b-instruct", "hermes") in found
+    assert {parser for _, _, parser in found} <= known
+    assert "hremes" not in known  # the check can fail
+
+
+def test_the_embedded_profile_offers_tools_on_the_qwen_pools_only() -> None:
+    config = load_app_config(app_args("serve_config.yaml"))
+    capable = {name for name, pool in config.pools.items() if "tools" in config.model(pool.model).capabilities()}
+    assert capable == {
+        name for name, pool in config.pools.items() if pool.model.startswith("qwen2.5")
+    }
+    assert capable and capable != set(config.pools)
+    for model in config.models:
+        assert {"chat", "completion", "structured_output"} <= model.capabilities()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tool_call_parser": "x" * 65}, "tool_call_parser"),
+        ({"tool_call_parser": 1}, "tool_call_parser: Input should be a valid string"),
+        ({"structured_output": "yes"}, "structured_output: Input should be a valid boolean"),
+    ],
+)
+def test_capability_fields_are_checked_like_the_rest(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_app_config(broken(lambda a: a["models"][0].update(fields)))
+    assert message in str(err.value)
+
+
+def test_a_model_is_offered_tools_only_with_a_parser_and_chat() -> None:
+    args = broken(lambda a: a["models"][1].update(tool_call_parser="hermes"))
+    config = load_app_config(args)
+    assert "tools" in config.model("big-chat").capabilities()
+    assert "tools" not in config.model("tiny-chat").capabilities()
+    assert config.model("base-lm").capabilities() == frozenset({"completion", "structured_output"})

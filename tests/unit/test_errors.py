@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from core.errors import (
     AllPoolsFailedError,
+    CapabilityError,
     CircuitOpenError,
     ColdStartError,
     ContextLengthError,
     EngineError,
+    EngineRefusedError,
     EngineUnavailableError,
     PoolNotAllowedError,
     PoolOverloadedError,
@@ -31,10 +34,12 @@ from deployments.openai.errors import (
     sse_error_event,
     to_api_error,
 )
-from deployments.openai.protocol import ChatCompletionRequest
+from deployments.openai.protocol import MAX_CHOICES, ChatRequest, CompletionRequest
+from deployments.pool_client import refusal
 from execution.executor import counts_against_circuit, moves_on
 
 ROOT = Path(__file__).resolve().parents[2]
+MSG = [{"role": "user", "content": "hi"}]
 
 
 def body(exc: BaseException) -> tuple[int, dict[str, object]]:
@@ -46,13 +51,16 @@ def body(exc: BaseException) -> tuple[int, dict[str, object]]:
 
 
 def test_validation_error_is_400_with_param() -> None:
-    with pytest.raises(Exception) as err:
-        ChatCompletionRequest.model_validate({"model": "auto", "messages": [], "max_tokens": -1})
+    # NOTE: was max_tokens=-1 with empty messages; vLLM's request model accepts both
+    # (see test_max_tokens_below_one_is_refused_by_name).
+    with pytest.raises(ValidationError) as err:
+        ChatRequest.model_validate({"messages": MSG, "temperature": "hot", "top_p": "high"})
     status, error = body(err.value)
     assert status == 400
     assert error["type"] == "invalid_request_error"
-    assert error["param"] == "max_tokens"
-    assert "(and 1 more problem)" in str(error["message"])
+    assert error["param"] == "temperature"
+    assert str(error["message"]).startswith("temperature: Input should be a valid number")
+    assert str(error["message"]).endswith("(and 1 more problem)")
 
 
 def test_fastapi_invalid_json_is_400() -> None:
@@ -142,27 +150,167 @@ def test_messages_never_echo_unbounded_client_input() -> None:
 
 
 def test_validation_messages_name_the_field_not_pydantic() -> None:
-    cases = {"n": 5, "tools": [{"type": "function"}], "stop": ["a"] * 5, "top_logprobs": 2}
+    cases: dict[str, object] = {
+        "n": MAX_CHOICES + 1,
+        "temperature": "hot",
+        "seed": "seven",
+        "messages": "hi",
+        "logprobs": "maybe",
+    }
     for field, value in cases.items():
-        with pytest.raises(Exception) as err:
-            ChatCompletionRequest.model_validate(
-                {"model": "auto", "messages": [{"role": "user", "content": "hi"}], field: value}
-            )
+        with pytest.raises(ValidationError) as err:
+            ChatRequest.model_validate({"messages": MSG, field: value})
         status, error = body(err.value)
         assert (status, error["param"]) == (400, field)
+        assert str(error["message"]).startswith(f"{field}: ")
         assert not str(error["message"]).split(": ", 1)[1].startswith("Value error")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: for a field whose type is a union (vLLM's `stop`, `messages`, "
+    "`tools`) the mapper names pydantic's union member in `param` (`stop.str`, "
+    "`messages.0.ChatCompletionDeveloperMessageParam.role`) and shows the first member's "
+    "complaint instead of the field and its real problem (deployments/openai/errors.py, "
+    "_validation_api_error)",
+)
+def test_a_union_field_is_named_as_the_client_sent_it() -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatRequest.model_validate({"messages": MSG, "stop": ["a"] * 5})
+    status, error = body(err.value)
+    assert (status, error["param"]) == (400, "stop")
+    assert "at most 4" in str(error["message"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug: vLLM's request models raise VLLMValidationError (not a ValueError, "
+    "so pydantic does not wrap it) from their `before` validators; the mapper does not know "
+    "it and answers 500 internal_error for a client's mistake (deployments/openai/errors.py, "
+    "to_api_error)",
+)
+@pytest.mark.parametrize(
+    ("model", "fields", "param"),
+    [
+        (ChatRequest, {"top_logprobs": 2}, "top_logprobs"),
+        (ChatRequest, {"stream_options": {"include_usage": True}}, "stream_options"),
+        (ChatRequest, {"tools": []}, "tools"),
+        (ChatRequest, {"tool_choice": "required"}, "tool_choice"),
+        (
+            ChatRequest,
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+        ),
+        (CompletionRequest, {"prompt": ""}, "prompt"),
+    ],
+)
+def test_vllms_own_request_checks_are_400s_naming_the_field(
+    model: type[ChatRequest | CompletionRequest], fields: dict[str, object], param: str
+) -> None:
+    base: dict[str, object] = {"messages": MSG} if model is ChatRequest else {"prompt": "x"}
+    with pytest.raises(Exception) as err:  # noqa: B017 - whatever vLLM raises
+        model.model_validate({**base, **fields})
+    status, error = body(err.value)
+    assert (status, error["param"], error["type"]) == (400, param, "invalid_request_error")
+
+
 def test_unknown_parameters_are_refused_by_name_not_dropped() -> None:
-    for extra in ({"best_of": 2}, {"logit_bias": {"1": 5}}):
-        with pytest.raises(Exception) as err:
-            ChatCompletionRequest.model_validate(
-                {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **extra}
-            )
+    # NOTE: `logit_bias` was refused here; vLLM implements it, so it is accepted now.
+    # OpenAI parameters vLLM does not implement, and made-up ones, are refused.
+    for extra in ({"best_of": 2}, {"store": True}, {"prediction": {}}, {"temprature": 0}):
+        with pytest.raises(ValidationError) as err:
+            ChatRequest.model_validate({"model": "auto", "messages": MSG, **extra})
         status, error = body(err.value)
         (name,) = extra
         assert (status, error["param"], error["code"]) == (400, name, "unsupported_parameter")
         assert "refused, not ignored" in str(error["message"])
+    with pytest.raises(ValidationError) as err:
+        CompletionRequest.model_validate({"prompt": "x", "best_of_n": 2})
+    assert body(err.value)[1]["code"] == "unsupported_parameter"
+
+
+def test_fields_only_the_operator_sets_are_refused() -> None:
+    for model, base in ((ChatRequest, {"messages": MSG}), (CompletionRequest, {"prompt": "x"})):
+        for name in ("request_id", "priority", "kv_transfer_params", "ec_transfer_params"):
+            with pytest.raises(ValidationError) as err:
+                model.model_validate({**base, name: {} if "params" in name else 1})
+            status, error = body(err.value)
+            assert status == 400
+            assert error["message"] == f"{name}: set by Switchyard, not by clients"
+
+
+# --- vLLM's refusals, from a pool ------------------------------------------------------------
+
+
+def error_response(code: int | None, message: str, param: str | None = None) -> object:
+    from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
+
+    kind = "BadRequestError" if code and code < 500 else "InternalServerError"
+    return ErrorResponse(error=ErrorInfo(message=message, type=kind, code=code, param=param))
+
+
+def test_a_pools_4xx_is_the_clients_error_with_vllms_words() -> None:
+    refused = refusal("small", error_response(400, "temperature must be >= 0", "temperature"))
+    assert isinstance(refused, EngineRefusedError)
+    assert (refused.status, refused.param, refused.code) == (400, "temperature", None)
+    status, error = body(refused)
+    assert (status, error["param"], error["type"]) == (400, "temperature", "invalid_request_error")
+    assert error["message"] == "temperature must be >= 0"
+    assert (moves_on(refused), counts_against_circuit(refused)) == (False, False)
+    status, error = body(refusal("small", error_response(404, "The model `x` does not exist.")))
+    assert (status, error["type"]) == (404, "not_found_error")
+
+
+def test_vllms_context_length_refusal_keeps_openais_code() -> None:
+    message = (
+        "This model's maximum context length is 128 tokens. However, you requested 300 tokens "
+        "(200 in the messages, 100 in the completion). Please reduce the length."
+    )
+    refused = refusal("small", error_response(400, message, "messages"))
+    status, error = body(refused)  # type: ignore[arg-type]
+    assert (status, error["code"], error["param"]) == (400, "context_length_exceeded", "messages")
+    assert error["message"] == message
+
+
+def test_a_pools_5xx_is_an_engine_error_that_never_shows_vllms_message() -> None:
+    for code in (500, 503):
+        refused = refusal("small", error_response(code, "CUDA error at /srv/secret/x.py"))
+        assert type(refused) is EngineError
+        status, error = body(refused)
+        assert (status, error["code"]) == (500, "engine_error")
+        assert error["message"] == "pool 'small' failed to serve the request"
+        assert (moves_on(refused), counts_against_circuit(refused)) == (True, True)
+
+
+def test_what_is_not_an_error_response_is_no_refusal() -> None:
+    class Answer:
+        error = None
+
+    for item in ("data: {}\n\n", Answer(), object(), {"error": "x"}):
+        assert refusal("small", item) is None
+
+
+def test_a_refusal_is_bounded_and_keeps_its_status_across_ray() -> None:
+    refused = EngineRefusedError(413, "x" * 5000, code="too_big", param="messages")
+    restored = pickle.loads(pickle.dumps(refused))
+    assert (restored.status, restored.code, restored.param) == (413, "too_big", "messages")
+    assert len(restored.message) == 1000
+    assert to_api_error(restored).status == 413
+    assert EngineRefusedError(200, "odd").status == 400  # only a 4xx is the client's
+    assert EngineRefusedError(503, "odd").status == 400
+
+
+def test_a_capability_error_names_the_pool_what_it_lacks_and_the_field() -> None:
+    exc = CapabilityError("small", "tools", "tools")
+    status, error = body(exc)
+    assert (status, error["code"], error["param"]) == (400, "capability_not_supported", "tools")
+    assert error["message"] == (
+        "pool 'small' cannot serve this request: its model does not support tools; use "
+        "another pool or model `auto`"
+    )
 
 
 # --- the domain taxonomy ---------------------------------------------------------------
@@ -181,6 +329,9 @@ DOMAIN_CASES = [
     (EngineError(), 500, "engine_error", "error", True, True),
     (EngineUnavailableError(), 503, "pool_unavailable", "unavailable", True, True),
     (AllPoolsFailedError(["small", "large"]), 503, "pool_unavailable", "unavailable", False, False),
+    (CapabilityError("s", "tools", "tools"), 400, "capability_not_supported", "client_error",
+     False, False),
+    (EngineRefusedError(422, "no", param="n"), 422, None, "client_error", False, False),
 ]
 
 
@@ -238,4 +389,8 @@ def test_every_error_code_a_client_can_get_is_in_the_readme_table() -> None:
     documented = set(re.findall(r"`([a-z_]+)`", table))
     codes = error_codes_in_code()
     assert {"cold_start", "circuit_open", "pool_overloaded", "body_too_large"} <= codes
-    assert codes - documented == set()
+    # NOTE: product bug, pinned exactly so that either fix (or a new undocumented code)
+    # fails this test: `CapabilityError` (code `capability_not_supported`) is defined but
+    # never raised (routing/planner.py raises PromptError for an incapable pinned pool),
+    # and README's table does not list its code.
+    assert codes - documented == {"capability_not_supported"}

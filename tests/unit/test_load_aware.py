@@ -10,11 +10,10 @@ import pytest
 
 from core.errors import ColdStartError, PromptError
 from deployments.openai.errors import to_api_error
-from execution.monitor import EscalationForecast
-from execution.monitor import EngineStats
+from execution.monitor import EngineStats, EscalationForecast
 from routing.planner import Wishes
 from tests.conftest import fake_app_args
-from tests.unit.test_serving import chat, events, serving
+from tests.unit.test_serving import body, chat, events, serving
 
 UNSURE = {"logprobs": [-2.0]}
 CODE = "fix this python bug: def f(: pass"
@@ -27,7 +26,7 @@ def no_fallback_for_code() -> dict[str, Any]:
 
 
 def info(routed: Any) -> dict[str, Any]:
-    return routed.body.model_dump()["switchyard"]  # type: ignore[no-any-return]
+    return body(routed)["switchyard"]  # type: ignore[no-any-return]
 
 
 async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> None:
@@ -42,16 +41,26 @@ async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> N
 async def test_without_a_fallback_a_cold_pool_is_awaited_until_a_replica_runs() -> None:
     svc, pools = serving(no_fallback_for_code())
     svc.monitor.record_replicas("code", 0)
+    woken = []
 
-    async def replica_comes_up() -> None:
-        await asyncio.sleep(0.3)
-        svc.monitor.record_replicas("code", 1)
+    def wake(pool: str) -> None:  # as Serve does: the wake-up call starts a replica, later
+        woken.append(pool)
+        asyncio.get_running_loop().call_soon(svc.monitor.record_replicas, pool, 1)
 
-    up = asyncio.create_task(replica_comes_up())
+    generate = pools.generate
+    cold_when_called = []
+
+    async def called(pool: str, method: str, request: Any) -> Any:
+        cold_when_called.append(svc.monitor.scaled_to_zero(pool))
+        return await generate(pool, method, request)
+
+    pools.wake = wake  # type: ignore[method-assign]
+    pools.generate = called  # type: ignore[method-assign]
     routed = await svc.chat(chat(text=CODE))
-    await up
     assert info(routed)["pool"] == "code"
-    assert pools.woken == ["code"]
+    assert body(routed)["choices"][0]["message"]["content"] == "def answer(): return 42"
+    assert woken == ["code"]
+    assert cold_when_called == [False]  # called once, after the replica came up
 
 
 async def test_a_cold_pool_that_does_not_start_in_time_is_a_clean_503() -> None:
@@ -97,10 +106,16 @@ def test_forecast_is_running_cascades_times_recent_escalation_share() -> None:
 
 
 async def test_running_cascades_feed_the_forecast() -> None:
-    svc, _ = serving(small={"token_latency_s": 0.05, **UNSURE})
+    svc, pools = serving(small=UNSURE)
+    gate = pools.gates["small"] = asyncio.Event()  # the cheap call is held mid-cascade
     task = asyncio.create_task(svc.chat(chat(), Wishes(strategy="cascade")))
-    await asyncio.sleep(0.05)
-    assert svc.monitor.forecast.expected() == {"large": 0.5}
+    for _ in range(100):  # until the cascade called its source
+        if pools.calls:
+            break
+        await asyncio.sleep(0)
+    assert [p for p, _ in pools.calls] == ["small"]
+    assert svc.monitor.forecast.expected() == {"large": 0.5}  # 1 running x prior 0.5
+    gate.set()
     await task
     assert svc.monitor.forecast.expected() == {"large": 0.0}
     assert svc.monitor.forecast.share["large"] > 0.5  # it escalated

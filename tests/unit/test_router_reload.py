@@ -190,7 +190,8 @@ async def test_an_n_pool_router_file_replaces_a_binary_one_and_can_pick_code(
     assert (routed.route.pool, routed.route.reason) == ("code", "learned")
     # the same reading picks the cascade's escalation target: code, not the default large
     wishes = Wishes(strategy="cascade")
-    decided, _ = await svc.planning.plan(chat(text="Is it true?"), "Is it true?", wishes, chat=True)
+    request = chat(text="Is it true?")
+    decided, _ = await svc.planning.plan(request, request.text, wishes, request.needs)
     assert (decided.pool, decided.target) == ("small", "code")
 
 
