@@ -14,7 +14,6 @@ know about it, so nobody re-derives it from a status code:
     ├── ClientError                          the request itself is wrong; no pool helps
     │   ├── PromptError                      cannot be served as asked (400)
     │   │   ├── ContextLengthError           prompt + max_tokens exceed the context
-    │   │   ├── CapabilityError              the pool's model cannot do what is asked
     │   │   └── EngineRefusedError           vLLM's serving layer refused it (its 4xx)
     │   ├── UnknownTierError                 no such tier (400)
     │   ├── NotFoundError                    no such thing (404)
@@ -110,19 +109,6 @@ class PromptError(ClientError):
 class ContextLengthError(PromptError):
     default_code = "context_length_exceeded"
     default_param = "messages"
-
-
-class CapabilityError(PromptError):
-    """The request needs what the pinned pool's model cannot do (tools, chat, ...)."""
-
-    default_code = "capability_not_supported"
-
-    def __init__(self, pool: str, capability: str, param: str | None) -> None:
-        super().__init__(
-            f"pool {pool!r} cannot serve this request: its model does not support "
-            f"{capability}; use another pool or model `auto`",
-            param=param,
-        )
 
 
 class EngineRefusedError(PromptError):

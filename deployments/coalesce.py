@@ -33,8 +33,13 @@ async def coalesce(
     so the engine aborts the request as it would without coalescing.
     """
     if interval_s <= 0:
-        async for item in items:
-            yield [item]
+        try:
+            async for item in items:
+                yield [item]
+        finally:
+            close = getattr(items, "aclose", None)
+            if close is not None:
+                await close()
         return
     pending: list[T] = []
     arrived, urgent = asyncio.Event(), asyncio.Event()

@@ -33,17 +33,49 @@ def strict_model(method: str) -> Any:
 
 
 def parse(method: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
-    """(vLLM's request, None), or (None, an OpenAI error body) when it does not validate."""
+    """(vLLM's request, None), or (None, an OpenAI error body) when it does not validate.
+
+    vLLM's own validators raise `VLLMValidationError` (not wrapped by pydantic, as
+    vLLM's server expects): it is a client's error too."""
+    from vllm.exceptions import VLLMValidationError
+
     try:
         return strict_model(method).model_validate(body), None
     except ValidationError as exc:
         return None, _refusal(exc)
+    except VLLMValidationError as exc:
+        message = str(exc.args[0] if exc.args else exc)
+        return None, _error(message, "BadRequestError", exc.parameter)
+
+
+def _error(message: str, kind: str, param: str | None) -> dict[str, Any]:
+    return {"error": {"message": message[:1000], "type": kind, "param": param, "code": 400}}
+
+
+# Names pydantic puts in an error's location for the member of a union it tried.
+_MEMBER_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
 def _refusal(exc: ValidationError) -> dict[str, Any]:
+    """The error of the first field that failed, as the client named it: for a union
+    (`stop`, `messages`), the member's complaint that is about the value, not the one
+    that only says it is another type, and no member names in `param`."""
     errors = exc.errors()
-    first = errors[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
+    field = errors[0]["loc"][:1]
+    members: dict[tuple[Any, ...], list[Any]] = {}
+    for error in (e for e in errors if e["loc"][:1] == field):
+        loc = error["loc"]
+        cut = next((i for i, p in enumerate(loc) if not _client_named(p)), len(loc))
+        members.setdefault(tuple(loc[: cut + 1]), []).append(error)
+
+    def fit(group: list[Any]) -> tuple[int, int]:
+        # the member the client meant: fewest complaints, and not only "another type"
+        return len(group), sum(str(e["type"]).endswith("_type") for e in group)
+
+    group = min(members.values(), key=fit)
+    first = next((e for e in group if not str(e["type"]).endswith("_type")), group[0])
+    parts = [str(p) for p in first["loc"] if _client_named(p)]
+    param = ".".join(parts) or None
     if first["type"] == "extra_forbidden":
         message = f"{param}: unsupported parameter: vLLM does not know it (refused, not ignored)"
         kind = UNSUPPORTED
@@ -51,9 +83,7 @@ def _refusal(exc: ValidationError) -> dict[str, Any]:
         reason = str(first["msg"]).removeprefix("Value error, ")
         message = f"{param}: {reason}" if param else reason
         kind = "BadRequestError"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more)"
-    return {"error": {"message": message[:1000], "type": kind, "param": param, "code": 400}}
+    return _error(message, kind, param)
 
 
 def plain(item: Any) -> Any:
@@ -63,3 +93,10 @@ def plain(item: Any) -> Any:
     if isinstance(item, list):
         return [plain(x) for x in item]
     return item.model_dump(mode="json")
+
+
+def _client_named(part: Any) -> bool:
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text.isidentifier() and text.islower() and text not in _MEMBER_NAMES

@@ -17,6 +17,7 @@ by Serve; vLLM aborts it in the engine, freeing its slot and KV cache at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -91,7 +92,11 @@ class PoolServer(LLMServer):
             finished = True
         finally:
             self._in_flight -= 1
-            if not finished:
+            # NOTE: vLLM answers a cancelled whole-answer request with an error response
+            # instead of raising (it aborts the engine request either way): the task
+            # still says it was cancelled.
+            task = asyncio.current_task()
+            if not finished or (task is not None and task.cancelling()):
                 self._aborted += 1
 
     def stats(self) -> EngineStats:

@@ -220,7 +220,7 @@ def _frugal(
 def _require_servable(profile: RequestProfile, pool: str) -> None:
     refusal = profile.unservable.get(pool)
     if refusal is not None:
-        raise PromptError(refusal.message, param=refusal.param)
+        raise PromptError(refusal.message, param=refusal.param, code=refusal.code)
 
 
 def _route(

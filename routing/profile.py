@@ -38,6 +38,7 @@ class Refusal(NamedTuple):
 
     param: str
     message: str
+    code: str | None = None  # `capability_not_supported` when the model cannot do it
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def profile_request(
     )
 
 
+CAPABILITY_CODE = "capability_not_supported"
 # What a request that needs a capability sent to need it: the field a refusal names.
 CAPABILITY_FIELDS = {
     "chat": "model",
@@ -107,4 +109,4 @@ def _incapable(pool: str, model: str, capability: str) -> Refusal:
     else:
         what = capability.replace("_", " ")
         message = f"model {model!r} (pool {pool!r}) does not support {what}"
-    return Refusal(CAPABILITY_FIELDS.get(capability, "model"), message)
+    return Refusal(CAPABILITY_FIELDS.get(capability, "model"), message, CAPABILITY_CODE)

@@ -367,8 +367,9 @@ class RoutePlanResponse(BaseModel):
 
 
 class ClassifyRequest(ChatRequest):
-    """`POST /v1/classify`: a chat completion's body, refused where chat refuses it;
-    `model` defaults to `auto`. Nothing is generated, so sampling fields go unused."""
+    """`POST /v1/classify`: a chat completion's body, read as chat reads it; `model`
+    defaults to `auto`. Nothing is generated, so fields routing does not read go unused
+    (and unchecked: only a pool checks them, with vLLM's request model)."""
 
 
 class TaskReading(BaseModel):

@@ -16,6 +16,7 @@ Logprobs that only a strategy asked for (to judge the cheap answer) are removed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -180,5 +181,10 @@ async def relay(
         if not finished:
             yield sse_error_event(exc) + SSE_DONE
     finally:
-        # NOTE: also runs when the client leaves early (the generator is closed).
+        # NOTE: also runs when the client leaves early (the generator is closed): the
+        # pool's stream is closed now, so its call is cancelled and vLLM aborts.
+        close = getattr(batches, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
         done(usage)

@@ -352,7 +352,8 @@ class OpenAIServing:
         if stream:
             # NOTE: the closing usage event is the stream's bill; dropped again (responses.py)
             # unless the client asked for it.
-            fixed["stream_options"] = {**fixed.get("stream_options", {}), "include_usage": True}
+            asked = fixed.get("stream_options") or {}
+            fixed["stream_options"] = {**asked, "include_usage": True}
         if plan.strategy != "route" and not body.asked_logprobs:
             fixed.update({"logprobs": True, "top_logprobs": 0} if chat else {"logprobs": 0})
 
@@ -365,8 +366,10 @@ class OpenAIServing:
                 request.pop("max_tokens", None)
             else:
                 request["max_tokens"] = tokens
-            request.setdefault("temperature", spec.temperature)
-            request.setdefault("top_p", spec.top_p)
+            if request.get("temperature") is None:
+                request["temperature"] = spec.temperature
+            if request.get("top_p") is None:
+                request["top_p"] = spec.top_p
             return request
 
         method = "chat" if chat else "completions"

@@ -100,10 +100,10 @@ async def test_a_tools_request_routes_to_a_pool_whose_model_has_a_tool_parser() 
 
 def test_the_body_is_a_chat_body_with_model_optional() -> None:
     assert body("hi").model == "auto"
-    with pytest.raises(ValidationError) as unknown:
-        body("hi", temprature=0.5)
-    err = to_api_error(unknown.value)
-    assert (err.status, err.code, err.param) == (400, "unsupported_parameter", "temprature")
+    assert body("hi", tools=[WEATHER]).needs == frozenset({"chat", "tools"})
+    with pytest.raises(ValidationError) as empty:
+        ClassifyRequest.model_validate({"messages": []})
+    assert to_api_error(empty.value).param == "messages"
     with pytest.raises(ValidationError) as missing:
         ClassifyRequest.model_validate({"input": "hi"})  # not this endpoint's shape
     assert to_api_error(missing.value).param == "messages"
@@ -115,7 +115,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 @pytest.mark.parametrize(
     "sent",
     [
-        {"messages": []},  # vLLM's chat model accepts it, so both do
+        {"messages": []},
         {"messages": "hi"},
         {"messages": MESSAGES, "n": 0},
         {"messages": MESSAGES, "request_id": "mine"},  # the operator's field
@@ -124,8 +124,8 @@ MESSAGES = [{"role": "user", "content": "hi"}]
     ],
 )
 def test_the_body_is_refused_exactly_where_a_chat_body_is(sent: dict[str, Any]) -> None:
-    """The classify body is vLLM's chat request (through `ChatRequest`): what the chat
-    endpoint refuses, classify refuses with the same 400, and nothing else."""
+    """The classify body is the chat endpoint's body (`ChatRequest`): what the chat
+    endpoint refuses before routing, classify refuses with the same 400."""
 
     def verdict(model: type[ChatRequest]) -> tuple[int, str | None, str | None, str] | None:
         try:

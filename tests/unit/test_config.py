@@ -402,7 +402,11 @@ def test_every_tool_call_parser_in_the_repository_is_one_vllm_has() -> None:
 
 def test_the_embedded_profile_offers_tools_on_the_qwen_pools_only() -> None:
     config = load_app_config(app_args("serve_config.yaml"))
-    capable = {name for name, pool in config.pools.items() if "tools" in config.model(pool.model).capabilities()}
+    capable = {
+        name
+        for name, pool in config.pools.items()
+        if "tools" in config.model(pool.model).capabilities()
+    }
     assert capable == {
         name for name, pool in config.pools.items() if pool.model.startswith("qwen2.5")
     }

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from tenancy.db import connect, migrate
 from tenancy.ledger import LedgerEntry, LedgerWriter, add_feedback, feedback_target, summary
 from tenancy.schema import RequestRecord
-from tests.unit.test_serving import chat, serving
+from tests.unit.test_serving import body, chat, serving
 
 
 @pytest.fixture
@@ -115,8 +115,7 @@ async def test_every_served_request_leaves_one_record_and_refusals_leave_none() 
         await svc.chat(chat(model="small", max_tokens=1000))
     await svc.chat(chat(model="large"))  # its pool failed: another one served it
     ok, failed = sink.entries
-    assert routed.body is not None
-    assert (ok.id, ok.outcome, ok.pool, ok.key_id) == (routed.body.id, "ok", "small", "k1")  # type: ignore[attr-defined]
+    assert (ok.id, ok.outcome, ok.pool, ok.key_id) == (body(routed)["id"], "ok", "small", "k1")
     assert (ok.completion_tokens, ok.pools_tried, ok.prompt) == (4, "small", None)
     assert (failed.model_asked, failed.pools_tried.split(",")[0]) == ("large", "large")
     assert svc.metrics.summary()["outcomes"]["client_error"] == 1

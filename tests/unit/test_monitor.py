@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from execution.monitor import PoolLimits, PoolMonitor
-from execution.monitor import EngineStats
+from execution.monitor import EngineStats, PoolLimits, PoolMonitor
 
 
 def monitor() -> PoolMonitor:

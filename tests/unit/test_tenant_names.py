@@ -16,7 +16,7 @@ import pytest
 from deployments import metrics as metrics_module
 from deployments.metrics import RequestMetrics
 from deployments.openai.errors import APIError
-from deployments.openai.protocol import ChatCompletionRequest
+from deployments.openai.protocol import ChatRequest
 from deployments.openai.serving import OpenAIServing
 from deployments.openai.wishes import KnownTenants, RoutingHeaders, wishes
 from routing.config import OTHER_TENANT, RoutingConfig
@@ -24,11 +24,11 @@ from tenancy.db import connect, migrate
 from tenancy.keys import Caller, KeyRing, KeyStore, digest
 from tenancy.schema import ApiKey
 from tests.conftest import fake_app, fake_app_args
-from tests.unit.test_serving import InProcessPools
+from tests.support.pools import InProcessPools
 
 NAMES = 10_000
 GATEWAY = Caller(tenant="edge", key_id="g1", role="gateway")
-BODY = ChatCompletionRequest.model_validate(
+BODY = ChatRequest.model_validate(
     {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 )
 

@@ -9,13 +9,14 @@ import pytest
 from core.errors import PoolNotAllowedError, TierNotAllowedError, UnknownTierError
 from deployments.config import load_fake_app_config
 from deployments.openai.errors import APIError, to_api_error
-from deployments.openai.protocol import ChatCompletionRequest
+from deployments.openai.protocol import ChatRequest
 from deployments.openai.wishes import RoutingHeaders, wishes
 from routing.config import RoutingConfig
 from routing.planner import Wishes
 from routing.tiers import apply_tier
 from tenancy.keys import Caller
 from tests.conftest import fake_app_args
+from tests.unit.test_serving import body as answer
 from tests.unit.test_serving import chat, serving
 
 TIERS: dict[str, Any] = {
@@ -68,7 +69,7 @@ def test_tiers_are_not_self_service() -> None:
         with pytest.raises(TierNotAllowedError):
             apply_tier(config(), Wishes(), tenant=tenant, asked="pro")
         assert apply_tier(config(), Wishes(), tenant, "batch").tier == "batch"  # selectable
-    body = ChatCompletionRequest.model_validate(
+    body = ChatRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     )
     with pytest.raises(TierNotAllowedError) as err:
@@ -79,7 +80,7 @@ def test_tiers_are_not_self_service() -> None:
 
 def test_the_tenant_header_is_refused_unless_a_gateway_sets_it() -> None:
     """Regression: any client could claim a mapped tenant in x-switchyard-tenant."""
-    body = ChatCompletionRequest.model_validate(
+    body = ChatRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     )
     untrusted = RoutingConfig.model_validate({**TIERS, "tenants": {}, "trust_tenant_header": False})
@@ -98,7 +99,7 @@ def test_the_tenant_header_is_refused_unless_a_gateway_sets_it() -> None:
 
 
 def test_with_api_keys_the_key_says_who_the_tenant_is() -> None:
-    body = ChatCompletionRequest.model_validate(
+    body = ChatRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     )
     mapped = Caller(tenant="acme", key_id="k1")
@@ -117,7 +118,7 @@ def test_with_api_keys_the_key_says_who_the_tenant_is() -> None:
 def test_unknown_tier_is_a_400() -> None:
     with pytest.raises(UnknownTierError):
         apply_tier(config(), Wishes(), None, "platinum")
-    body = ChatCompletionRequest.model_validate(
+    body = ChatRequest.model_validate(
         {
             "model": "auto",
             "messages": [{"role": "user", "content": "hi"}],
@@ -140,10 +141,9 @@ async def test_a_tier_routes_only_to_its_pools() -> None:
     free = apply_tier(config(), Wishes(strategy="route"), "bob", None)
     complex_task = chat(text="Compare Rome and Athens in depth.")
     everyone = await svc.chat(complex_task, Wishes(strategy="route"))
-    assert everyone.body is not None and everyone.body.model_dump()["switchyard"]["pool"] == "large"
+    assert answer(everyone)["switchyard"]["pool"] == "large"
     routed = await svc.chat(complex_task, free)
-    assert routed.body is not None
-    assert routed.body.model_dump()["switchyard"]["pool"] in {"small", "code"}
+    assert answer(routed)["switchyard"]["pool"] in {"small", "code"}
     assert pools.calls[-1][0] != "large"
 
 
@@ -151,8 +151,7 @@ async def test_a_cascade_without_its_target_in_the_tier_stays_on_the_cheap_pool(
     svc, pools = serving(small={"logprobs": [-3.0]})
     free = apply_tier(config(), Wishes(), "bob", None)  # cascade by tier default
     routed = await svc.chat(chat(), free)
-    assert routed.body is not None
-    assert routed.body.model_dump()["switchyard"]["pool"] == "small"
+    assert answer(routed)["switchyard"]["pool"] == "small"
     assert [p for p, _ in pools.calls] == ["small"]
 
 
