@@ -16,11 +16,11 @@ from typing import Any, cast
 from ray.serve import Application, Deployment
 
 from deployments.config import AppConfig, PoolConfig, load_app_config, load_fake_app_config
+from deployments.fake_options import FakeEngineOptions
 from deployments.ingress import Ingress
 from deployments.llm_config import pool_llm_config
 from deployments.quota import QuotaKeeper
-from models.engines import model_location
-from models.engines.fake import FakeEngineOptions
+from models.prepare import model_location
 from tenancy.db import connect, database_url, migrate
 
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from core.config import StrictConfig
+from deployments.fake_options import FakeEngineOptions
 from models.catalog import ModelSpec
-from models.engines.fake import FakeEngineOptions
 from routing.config import RoutingConfig
 from routing.planner import AUTO_MODEL
 from tenancy.config import (

@@ -29,8 +29,8 @@ from ray.serve.llm import LLMConfig, LLMServer
 from deployments.autoscaling import ANTICIPATED, ENGINE_WAITING
 from deployments.coalesce import coalesce
 from deployments.engine_requests import parse, plain
+from deployments.fake_options import FakeEngineOptions
 from execution.monitor import EngineStats
-from models.engines.fake import FakeEngineOptions
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class PoolServer(LLMServer):
         self._hints: dict[str, tuple[float, float]] = {}  # ingress id -> (requests, when)
         engine: Callable[[LLMConfig], Any] | None = None
         if fake is not None:
-            from models.engines.fake import FakeLLMEngine
+            from deployments.fake_engine import FakeLLMEngine
 
             engine = partial(FakeLLMEngine, options=fake, pool=pool)
         await super().__init__(llm_config, engine_cls=engine)  # type: ignore[arg-type]

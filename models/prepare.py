@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
+from core.errors import EngineUnavailableError
 from models.catalog import ModelSpec
 from models.embedded import EMBEDDED_MODELS, EmbeddedModel, WheelPart
 
@@ -475,3 +476,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m models.pre
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def model_location(spec: ModelSpec) -> str:
+    """Where vLLM loads the model from: a prepared embedded folder, a hub id or a path."""
+    if spec.source_scheme == "embedded":
+        if not is_prepared(spec.source_name):
+            raise EngineUnavailableError(
+                f"embedded model {spec.source_name!r} is not prepared; run "
+                f"`switchyard prepare {spec.source_name}` (or `make serve`)"
+            )
+        return str(model_dir(spec.source_name))
+    return spec.source_name

@@ -18,7 +18,7 @@ import pytest
 
 if TYPE_CHECKING:
     from deployments.config import AppConfig
-    from models.engines.fake import FakeEngineOptions
+    from deployments.fake_options import FakeEngineOptions
 
 
 def free_port() -> int:

@@ -17,10 +17,11 @@ from typing import Any
 
 from deployments.config import AppConfig
 from deployments.engine_requests import parse, plain
+from deployments.fake_engine import FakeLLMEngine
+from deployments.fake_options import FakeEngineOptions
 from deployments.llm_config import pool_llm_config
 from deployments.pool_client import answer_of, refusal
 from execution.executor import Answer
-from models.engines.fake import FakeEngineOptions, FakeLLMEngine
 
 
 class InProcessPools:

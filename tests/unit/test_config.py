@@ -18,8 +18,8 @@ from deployments.config import (
     load_app_config,
     load_fake_app_config,
 )
+from deployments.fake_options import FakeEngineOptions
 from models.catalog import ModelSpec
-from models.engines.fake import FakeEngineOptions
 from routing.config import CascadeConfig, ConfidenceRule, RoutingConfig
 from routing.rules import RulesConfig
 from tests.conftest import fake_app_args

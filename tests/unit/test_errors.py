@@ -217,7 +217,11 @@ def test_a_field_vllm_refuses_is_a_400_naming_it() -> None:
     ("fields", "param", "problem"),
     [
         ({"stop": ["a"] * 5}, "stop", "at most 4"),
-        ({"messages": [{"role": "user", "content": "hi", "foo": 1}]}, "messages.0.foo", "unsupported"),
+        (
+            {"messages": [{"role": "user", "content": "hi", "foo": 1}]},
+            "messages.0.foo",
+            "unsupported",
+        ),
     ],
 )
 def test_a_union_field_is_named_as_the_client_sent_it(

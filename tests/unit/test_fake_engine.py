@@ -29,8 +29,9 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse,
 )
 
-from models.engines.fake import INVALID_ARGUMENTS, FakeEngineOptions, FakeLLMEngine
-from models.engines.fake_schema import minimal_instance
+from deployments.fake_engine import INVALID_ARGUMENTS, FakeLLMEngine
+from deployments.fake_options import FakeEngineOptions
+from deployments.fake_schema import minimal_instance
 
 MODEL = "small"
 REPLY = "This is a fake answer."

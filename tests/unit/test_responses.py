@@ -28,6 +28,8 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 
 from core.errors import EngineError, PoolTimeoutError
 from deployments.engine_requests import plain
+from deployments.fake_engine import FakeLLMEngine
+from deployments.fake_options import FakeEngineOptions
 from deployments.openai.errors import sse_error_event
 from deployments.openai.protocol import RouteInfo
 from deployments.openai.responses import (
@@ -38,7 +40,6 @@ from deployments.openai.responses import (
     whole_body,
 )
 from deployments.pool_client import answer_of
-from models.engines.fake import FakeEngineOptions, FakeLLMEngine
 
 MODEL = "tiny-chat"
 REPLY = "Paris is lovely"

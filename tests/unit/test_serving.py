@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from vllm.exceptions import VLLMValidationError
 
 from core.errors import AllPoolsFailedError, EngineError, EngineRefusedError, PromptError
 from deployments.engine_requests import strict_model
@@ -250,22 +249,17 @@ async def test_an_unknown_field_is_refused_by_the_pool_with_a_400_naming_it() ->
     assert [(e.outcome, e.cost_usd) for e in sink.entries] == [("client_error", 0.0)]
 
 
-@pytest.mark.xfail(
-    reason="product bug: deployments/engine_requests.py `parse` catches only pydantic's "
-    "ValidationError, but vLLM's request models raise vllm.exceptions.VLLMValidationError "
-    "(not a ValueError) from their validators: the pool's refusal escapes as an exception "
-    "(in a replica: a retryable EngineError, so every fallback is tried and circuits count "
-    "a client's mistake) instead of vLLM's 400 naming the parameter",
-    raises=VLLMValidationError,
-    strict=True,
-)
 async def test_a_body_vllms_validators_refuse_is_a_400_naming_the_parameter() -> None:
+    """vLLM's own validators (not pydantic's) refuse some bodies: a client's error too,
+    a 400 naming the parameter, with no fallback and nothing held against the pool."""
     svc, pools = serving()
-    with pytest.raises(EngineRefusedError) as err:
-        await svc.chat(chat(top_logprobs=2))  # top_logprobs needs logprobs
-    api = to_api_error(err.value)
-    assert (api.status, api.param) == (400, "top_logprobs")
-    assert [p for p, _ in pools.calls] == ["small"]  # no fallback: a client error
+    for _ in range(4):  # more than the failure threshold (3)
+        with pytest.raises(EngineRefusedError) as err:
+            await svc.chat(chat(top_logprobs=2))  # top_logprobs needs logprobs
+        api = to_api_error(err.value)
+        assert (api.status, api.param) == (400, "top_logprobs")
+    assert [p for p, _ in pools.calls] == ["small"] * 4  # no fallback: a client error
+    assert svc.monitor.circuit("small") == "closed"
 
 
 async def test_chat_to_completion_only_model_is_400() -> None:

@@ -25,9 +25,9 @@ import time
 from array import array
 from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
@@ -68,46 +68,12 @@ from vllm.entrypoints.openai.completion.protocol import (
 from vllm.entrypoints.pooling.embed.protocol import EmbeddingResponseData
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
 
-from core.config import StrictConfig
-from models.engines.fake_schema import minimal_instance
+from deployments.fake_options import FakeEngineOptions
+from deployments.fake_schema import minimal_instance
 
 DONE = "data: [DONE]\n\n"
 _FAILED = "Internal server error"  # vLLM's message for a request failing in its engine
 INVALID_ARGUMENTS = '{"broken":'  # the arguments of a call under `tool_calls: invalid`
-
-
-class FakeEngineOptions(StrictConfig):
-    """Behaviour of the fake engine of one pool."""
-
-    reply: str = Field(
-        default="This is a fake answer.",
-        description="Answer text; its words are the tokens. `{pool}`/`{model}` are filled in.",
-    )
-    first_token_latency_s: float = Field(default=0.0, ge=0, description="Delay before token 1.")
-    token_latency_s: float = Field(default=0.0, ge=0, description="Delay between tokens.")
-    logprobs: list[float] = Field(
-        default_factory=lambda: [-0.1],
-        min_length=1,
-        description="Logprob of each token, cycled when the answer is longer.",
-    )
-    fail_requests: bool = Field(default=False, description="Every request fails at once.")
-    fail_after_tokens: int | None = Field(
-        default=None, ge=0, description="Fail after this many tokens (a stream: mid-stream)."
-    )
-    tool_calls: Literal["call", "text", "invalid"] = Field(
-        default="call",
-        description="Given tools (tool_choice not none): `call` the named, else the first, "
-        "tool with arguments valid against its schema; write that call as JSON `text` in "
-        "the content (a model without its parser's tags); or call it with `invalid` JSON.",
-    )
-    # `json` is the key; the attribute has another name, as BaseModel.json is a method.
-    json_output: Literal["valid", "invalid"] = Field(
-        default="valid",
-        alias="json",
-        description="Given a JSON response_format or structured_outputs: answer the "
-        'smallest valid instance (json_object: {"answer": reply}), or text that is not JSON.',
-    )
-    embedding_dim: int = Field(default=8, ge=1, description="Length of embedding vectors.")
 
 
 _Plan = tuple[list[list[str]], list[Any]]
