@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from vllm.exceptions import VLLMValidationError
 
-from core.errors import EngineRefusedError
+from core.errors import AllPoolsFailedError, EngineRefusedError
+from deployments.openai.errors import to_api_error
 from execution.monitor import EngineStats
 from routing.planner import Wishes
 from tests.conftest import fake_app_args
@@ -121,6 +121,33 @@ async def test_speculative_strong_failure_keeps_the_weak_answer() -> None:
     assert (got["pool"], got["speculative_winner"]) == ("small", "source")
 
 
+async def test_a_request_the_cascades_source_refuses_is_the_clients_400() -> None:
+    """A client's error is not an unsure answer: no escalation, vLLM's 400 as it is."""
+    svc, pools = serving()
+    with pytest.raises(EngineRefusedError) as err:
+        await svc.chat(chat(temprature=0.5), CASCADE)
+    api = to_api_error(err.value)
+    assert (api.status, api.code, api.param) == (400, "unsupported_parameter", "temprature")
+    assert [p for p, _ in pools.calls] == ["small"]
+    assert svc.metrics.summary()["outcomes"] == {"client_error": 1}
+
+
+@pytest.mark.xfail(
+    reason="product bug: execution/executor.py `_decide` raises AllPoolsFailedError (503 "
+    "pool_unavailable) when both racers failed, even when they refused the client's "
+    "request (EngineRefusedError, not retryable): a 400 becomes a 503 the client retries",
+    raises=AllPoolsFailedError,
+    strict=True,
+)
+async def test_a_request_both_racers_refuse_is_the_clients_400() -> None:
+    svc, pools = serving()
+    with pytest.raises(EngineRefusedError) as err:
+        await svc.chat(chat(temprature=0.5), SPECULATIVE)
+    api = to_api_error(err.value)
+    assert (api.status, api.code, api.param) == (400, "unsupported_parameter", "temprature")
+    assert svc.metrics.summary()["outcomes"] == {"client_error": 1}
+
+
 async def test_fallback_opens_the_breaker_then_skips_the_pool() -> None:
     svc, pools = serving(small={"fail_requests": True})
     for _ in range(3):
@@ -156,8 +183,8 @@ async def test_cascade_stream_shows_only_the_accepted_answer() -> None:
 @pytest.mark.xfail(
     reason="product bug: deployments/openai/serving.py `_job` forwards the client's "
     "stream_options to the whole-answer (stream=False) pool calls of a cascade, which "
-    "vLLM refuses ('Stream options can only be defined when `stream=True`')",
-    raises=(VLLMValidationError, EngineRefusedError),
+    "vLLM refuses: a 400 'Stream options can only be defined when `stream=True`'",
+    raises=EngineRefusedError,
     strict=True,
 )
 async def test_cascade_stream_with_usage_ends_with_the_accepted_answers_usage() -> None:
