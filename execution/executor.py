@@ -366,7 +366,10 @@ class Executor:
                     first_result, first, "speculative", race.tried, confidence=score,
                     winner="source",
                 )  # fmt: skip
-            raise AllPoolsFailedError(race.tried) from tasks[other].exception()
+            failure = tasks[other].exception()
+            if failure is not None and not moves_on(failure):
+                raise failure  # both refused the request itself (a 400): not a pool's fault
+            raise AllPoolsFailedError(race.tried) from failure
         if other == source:
             score = _confidence(race.rule, other_result)
         discarded = first_result.completion_tokens if first_result is not None else 0

@@ -112,12 +112,6 @@ class StreamUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ended: str = "cancelled"  # unless the stream finishes or fails: the client left
-    events: int = 0  # answer events relayed: vLLM streams about one token per event
-
-    @property
-    def counted(self) -> bool:
-        """Whether the pool's own usage event arrived (else the stream was cut first)."""
-        return self.prompt_tokens > 0 or self.completion_tokens > 0
 
 
 StreamDone = Callable[[StreamUsage], None]
@@ -168,8 +162,6 @@ async def relay(
                     usage.ended = "error"
                 elif event == SSE_DONE:
                     finished = True
-                else:
-                    usage.events += 1
                 out.append(event)
             if out:
                 yield "".join(out)

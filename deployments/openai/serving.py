@@ -354,6 +354,10 @@ class OpenAIServing:
             # unless the client asked for it.
             asked = fixed.get("stream_options") or {}
             fixed["stream_options"] = {**asked, "include_usage": True}
+        else:
+            # A whole-answer call for a streaming client (cascade, speculative): vLLM
+            # refuses stream options without a stream; the released events honour them.
+            fixed.pop("stream_options", None)
         if plan.strategy != "route" and not body.asked_logprobs:
             fixed.update({"logprobs": True, "top_logprobs": 0} if chat else {"logprobs": 0})
 

@@ -142,12 +142,14 @@ async def test_metrics_summary_counts_outcomes_models_and_savings() -> None:
 
 
 async def test_a_stream_the_client_leaves_counts_as_cancelled() -> None:
-    svc, _ = serving(small={"token_latency_s": 0.01})
+    svc, pools = serving(small={"token_latency_s": 0.01})
     routed = await svc.chat(chat(stream=True))
     assert routed.stream is not None
     await anext(routed.stream)
     await routed.stream.aclose()  # type: ignore[attr-defined]
     assert svc.metrics.summary()["outcomes"] == {"cancelled": 1}
+    assert len(pools.engines["small"].aborted) == 1  # and the pool stopped generating
     whole = await svc.chat(chat(stream=True))
-    assert (await events(whole))[-1]["choices"][0]["finish_reason"] is not None
+    assert (await events(whole))[-1]["choices"][0]["finish_reason"] == "stop"
     assert svc.metrics.summary()["outcomes"] == {"cancelled": 1, "ok": 1}
+    assert len(pools.engines["small"].finished) == 1

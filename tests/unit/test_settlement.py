@@ -152,10 +152,7 @@ async def test_a_stream_whose_client_leaves_is_charged_its_worst_case() -> None:
     (entry,) = sink.entries
     assert entry.outcome == "cancelled"
     (sent,) = pools.requests("small")
-    for _ in range(100):  # the pool's stream is closed with the relay: vLLM aborts it
-        if pools.engines["small"].aborted:
-            break
-        await asyncio.sleep(0)
+    # the relay closed the pool's stream as the client left: vLLM aborted the request
     assert pools.engines["small"].aborted == [sent["request_id"]]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from core.errors import AllPoolsFailedError, EngineRefusedError
+from core.errors import EngineRefusedError
 from deployments.openai.errors import to_api_error
 from execution.monitor import EngineStats
 from routing.planner import Wishes
@@ -132,13 +132,6 @@ async def test_a_request_the_cascades_source_refuses_is_the_clients_400() -> Non
     assert svc.metrics.summary()["outcomes"] == {"client_error": 1}
 
 
-@pytest.mark.xfail(
-    reason="product bug: execution/executor.py `_decide` raises AllPoolsFailedError (503 "
-    "pool_unavailable) when both racers failed, even when they refused the client's "
-    "request (EngineRefusedError, not retryable): a 400 becomes a 503 the client retries",
-    raises=AllPoolsFailedError,
-    strict=True,
-)
 async def test_a_request_both_racers_refuse_is_the_clients_400() -> None:
     svc, pools = serving()
     with pytest.raises(EngineRefusedError) as err:
@@ -180,13 +173,6 @@ async def test_cascade_stream_shows_only_the_accepted_answer() -> None:
     assert all(c["choices"][0]["logprobs"] is None for c in chunks)  # the strategy's
 
 
-@pytest.mark.xfail(
-    reason="product bug: deployments/openai/serving.py `_job` forwards the client's "
-    "stream_options to the whole-answer (stream=False) pool calls of a cascade, which "
-    "vLLM refuses: a 400 'Stream options can only be defined when `stream=True`'",
-    raises=EngineRefusedError,
-    strict=True,
-)
 async def test_cascade_stream_with_usage_ends_with_the_accepted_answers_usage() -> None:
     svc, _ = serving(small=UNSURE)
     routed = await svc.chat(chat(stream=True, stream_options={"include_usage": True}), CASCADE)
