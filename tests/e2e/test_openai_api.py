@@ -18,21 +18,10 @@ import openai
 import pytest
 
 from tests.e2e.conftest import APP
+from tests.support.pools import WEATHER
 
 pytestmark = pytest.mark.e2e
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 PERSON = {
     "type": "object",
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},

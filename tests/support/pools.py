@@ -23,6 +23,20 @@ from deployments.llm_config import pool_llm_config
 from deployments.pool_client import answer_of, refusal
 from execution.executor import Answer
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+"""One tool, as the OpenAI API takes it: what the tool tests of every tier ask with."""
+
 
 class InProcessPools:
     """PoolClient over fake engines, recording which pool got which request."""
@@ -51,12 +65,16 @@ class InProcessPools:
         if gate is not None:
             await gate.wait()
 
-    async def generate(self, pool: str, method: str, body: dict[str, Any]) -> Answer:
+    async def _start(self, pool: str, method: str, body: dict[str, Any]) -> Any:
+        """The engine's items for `body`, parsed as a pool replica parses it."""
         await self._enter(pool, body)
         request, refused = parse(method, body)
         if refused is not None:
             raise refusal(pool, refused) or AssertionError(refused)
-        items = getattr(self.engines[pool], method)(request)
+        return getattr(self.engines[pool], method)(request)
+
+    async def generate(self, pool: str, method: str, body: dict[str, Any]) -> Answer:
+        items = await self._start(pool, method, body)
         try:
             item = plain(await anext(items))
         finally:
@@ -69,11 +87,7 @@ class InProcessPools:
     async def stream(
         self, pool: str, method: str, body: dict[str, Any]
     ) -> AsyncIterator[list[str]]:
-        await self._enter(pool, body)
-        request, refused = parse(method, body)
-        if refused is not None:
-            raise refusal(pool, refused) or AssertionError(refused)
-        items = getattr(self.engines[pool], method)(request)
+        items = await self._start(pool, method, body)
         try:
             async for item in items:
                 item = plain(item)

@@ -20,22 +20,10 @@ from deployments.openai.serving import OpenAIServing, Routed
 from routing.planner import Wishes
 from tenancy.ledger import LedgerEntry
 from tests.conftest import fake_app, fake_app_args
-from tests.support.pools import InProcessPools
+from tests.support.pools import WEATHER, InProcessPools
 
 __all__ = ["InProcessPools", "body", "chat", "completion", "events", "serving"]
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 TOOL_MODELS = ("tiny-chat", "big-chat")  # `tool_args`: the models with a tool parser
 
 
