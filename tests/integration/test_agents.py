@@ -207,9 +207,7 @@ def test_n_two(api: openai.OpenAI) -> None:
     assert [(c.index, c.message.content) for c in resp.choices] == [(0, LARGE), (1, LARGE)]
     assert resp.usage is not None and resp.usage.completion_tokens == 8
     texts = ["", ""]
-    for chunk in api.chat.completions.create(
-        model="large", messages=ASK_WEATHER, n=2, stream=True
-    ):
+    for chunk in api.chat.completions.create(model="large", messages=ASK_WEATHER, n=2, stream=True):
         for c in chunk.choices:
             texts[c.index] += c.delta.content or ""
     assert texts == [LARGE, LARGE]
@@ -250,7 +248,7 @@ def test_models_retrieve(api: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         api.models.retrieve("gpt-17")
     assert err.value.body["code"] == "model_not_found"  # type: ignore[index]
-    assert err.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+    assert err.value.body["type"] == "not_found_error"  # type: ignore[index]
 
 
 # -- LangChain --------------------------------------------------------------------------
@@ -364,9 +362,11 @@ def test_react_agent_finishes_with_an_answer_after_the_tool_result(base_url: str
     assert calls == ["x"]
     assert [type(m) for m in messages] == [HumanMessage, AIMessage, ToolMessage, AIMessage]
     assert messages[1].tool_calls[0]["name"] == "get_weather"
-    assert messages[1].response_metadata["headers"]["x-switchyard-pool"] != "small"
+    assert messages[1].response_metadata["headers"]["x-switchyard-pool"] == "large"
     assert messages[2].content == "Sunny in x"
-    assert (messages[-1].content, messages[-1].tool_calls) == (LARGE, [])
+    # tool_choice none needs no tool parser: `auto` routes the last turn as a plain chat
+    assert messages[-1].response_metadata["headers"]["x-switchyard-pool"] == "small"
+    assert (messages[-1].content, messages[-1].tool_calls) == ("small answer from tiny-chat", [])
 
 
 # -- instructor -------------------------------------------------------------------------
@@ -389,7 +389,9 @@ def test_instructor(
         messages=[{"role": "user", "content": "Bob is 30."}],
         max_retries=1,
     )
-    assert got == expected
+    # (instructor answers with a subclass of the model, the raw response kept in a
+    # private attribute: compare the fields)
+    assert isinstance(got, schema) and got.model_dump() == expected.model_dump()
 
 
 # -- errors before any answer byte ------------------------------------------------------
@@ -399,16 +401,20 @@ ERRORS = {
         {"model": "large", "messages": ASK_WEATHER, "bogus_knob": 1},
         "unsupported_parameter",
         "bogus_knob",
+        ["bogus_knob: unsupported parameter: vLLM does not know it (refused, not ignored)"],
     ),
     "tools without a tool parser": (
         {"model": "small", "messages": ASK_WEATHER, "tools": [WEATHER]},
         "capability_not_supported",
         "tools",
+        ["model 'tiny-chat' (pool 'small') does not support tools"],
     ),
     "prompt longer than the context": (
+        # the fake's tokens are words: "user:" and 200 words
         {"model": "small", "messages": [{"role": "user", "content": "word " * 200}]},
         "context_length_exceeded",
-        None,
+        "input_tokens",  # vLLM's
+        ["maximum context length is 128 tokens", "your prompt contains 201 input tokens"],
     ),
 }
 
@@ -418,17 +424,18 @@ ERRORS = {
 def test_errors_are_openai_shaped_before_any_answer(
     api: openai.OpenAI, http: httpx.Client, case: str, stream: bool
 ) -> None:
-    body, code, param = ERRORS[case]
+    body, code, param, said = ERRORS[case]
     with http.stream("POST", "/chat/completions", json={**body, "stream": stream}) as resp:
         raw = resp.read()
-        assert resp.status_code == 400
+        assert resp.status_code == 400, raw
         assert resp.headers["content-type"].startswith("application/json")
     error = json.loads(raw)["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert (error["type"], error["code"]) == ("invalid_request_error", code)
-    if param is not None:
-        assert error["param"] == param
-        assert param in error["message"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", code, param)
+    if len(said) == 1:
+        assert error["message"] == said[0]
+    else:
+        assert all(part in error["message"] for part in said), error["message"]
     assert b"data:" not in raw
     # the openai client raises it at the call, streamed or not
     rest = {k: v for k, v in body.items() if k not in ("model", "messages")}

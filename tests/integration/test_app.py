@@ -280,7 +280,8 @@ def test_coalesced_stream_carries_the_same_answer(http: httpx.Client, endpoint: 
     assert merged[1] == plain[1] and plain[1]["completion_tokens"] == 60
     # vLLM's events, one per token, either way: coalescing moves only batch boundaries
     assert merged[2] == plain[2] == 60
-    assert merged[3] < plain[3] / 2  # 60 tokens 5 ms apart, at most one batch per 100 ms
+    # 60 tokens 5 ms apart, at most one batch per 100 ms
+    assert merged[3] < plain[3] / 2, (merged[3], plain[3])
 
 
 def test_vllm_parameters_and_logprobs_through_the_openai_client(api: openai.OpenAI) -> None:
@@ -313,7 +314,7 @@ def test_requests_refused_before_routing_are_counted_not_recorded(
     bodies = [
         {"model": "small"},  # no messages
         {"model": "small", "messages": ask("hi"), "n": 17},  # n is at most 16
-        {"model": "small", "messages": ask("hi"), "bogus": 1},
+        {"model": "small", "messages": ask("hi"), "priority": 1},  # the operator's field
     ]
     for body in bodies:
         assert http.post("/chat/completions", json=body).status_code == 400
@@ -323,3 +324,12 @@ def test_requests_refused_before_routing_are_counted_not_recorded(
     assert bad_json.status_code == 400
     assert refused() - before == 4
     assert http.get("/metrics").json()["requests"] == rows  # flushed again: no new rows
+    # An unknown field is refused by the pool (vLLM's request model), after a pool call:
+    # a client error the ledger records, at no cost (tests/unit/test_serving.py).
+    errors = http.get("/metrics").json()["outcomes"].get("client_error", 0)
+    bogus = {"model": "small", "messages": ask("hi"), "bogus": 1}
+    unknown = http.post("/chat/completions", json=bogus)
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "unsupported_parameter")
+    assert refused() - before == 4  # not refused before routing
+    metrics = http.get("/metrics").json()
+    assert (metrics["requests"], metrics["outcomes"]["client_error"]) == (rows + 1, errors + 1)

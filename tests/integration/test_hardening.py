@@ -48,8 +48,21 @@ def base(serve_port: int) -> Iterator[str]:
         "default_tier": "free",
     }
     run_app(args, APP)
+    wait_healthy(f"http://127.0.0.1:{serve_port}/{APP}")
     yield f"http://127.0.0.1:{serve_port}/{APP}"
     delete_app(APP)
+
+
+def wait_healthy(base: str) -> None:
+    """Until the ingress has seen every pool's replica (bounded: 60 s).
+
+    `serve.run` returns once every deployment runs, but the ingress reads replica counts
+    and stats by polling (every 2 s and 1 s): for a moment after start a pool may still
+    be `pending` there, and /health a 503."""
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(f"{base}/health", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +94,8 @@ def test_pathological_prompts_are_routed(http: httpx.Client) -> None:
     for text in ("\n" * 100_000, " " * 200_000, "function " * 20_000, "\n import" * 20_000):
         resp = http.post("/v1/route", json=chat(text))
         assert resp.status_code == 200, resp.text
-    assert http.get("/health").status_code == 200
+    health = http.get("/health")
+    assert health.status_code == 200, health.text
 
 
 # --- 4. every error in the OpenAI shape -----------------------------------------------
@@ -95,6 +109,7 @@ def test_pathological_prompts_are_routed(http: httpx.Client) -> None:
         (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
         (chat(top_logprobs=2), "top_logprobs"),
         (chat(best_of=2), "best_of"),
+        (chat(priority=1), "priority"),  # the operator's field (README "Errors")
         (chat(max_tokens=10**30), "max_tokens"),
         ({"model": "auto", "messages": []}, "messages"),
         ({"model": "x" * 100_000, "messages": [{"role": "user", "content": "hi"}]}, "model"),
@@ -106,10 +121,22 @@ def test_bad_fields_name_their_param(http: httpx.Client, body: dict[str, Any], p
 
 
 def test_completion_fields_name_their_param(http: httpx.Client) -> None:
-    body = {"model": "small", "prompt": ["a", "b"]}
-    assert_openai_error(http.post("/v1/completions", json=body), 400, "prompt")
-    body = {"model": "small", "prompt": "a", "echo": True}
-    assert_openai_error(http.post("/v1/completions", json=body), 400, "echo")
+    # Batched prompts and `echo` are vLLM's and served now (README "Request parameters").
+    batched = http.post("/v1/completions", json={"model": "small", "prompt": ["a", "b"]})
+    assert batched.status_code == 200, batched.text
+    assert [(c["index"], c["text"]) for c in batched.json()["choices"]] == [
+        (0, "small answer from tiny-chat"),
+        (1, "small answer from tiny-chat"),
+    ]
+    echoed = http.post("/v1/completions", json={"model": "small", "prompt": "a", "echo": True})
+    assert echoed.status_code == 200, echoed.text
+    assert echoed.json()["choices"][0]["text"] == "asmall answer from tiny-chat"
+    # what is still refused names its param: in the ingress, and in the pool (vLLM's model)
+    body = {"model": "small", "prompt": "a", "n": 17}
+    assert_openai_error(http.post("/v1/completions", json=body), 400, "n")
+    body = {"model": "small", "prompt": "a", "echoo": True}
+    error = assert_openai_error(http.post("/v1/completions", json=body), 400, "echoo")
+    assert error["code"] == "unsupported_parameter"
 
 
 def test_route_refuses_what_chat_refuses(http: httpx.Client) -> None:
@@ -216,7 +243,8 @@ def test_stalled_upload_gets_408_and_does_not_block_others(
     ]
     try:
         assert http.post("/v1/chat/completions", json=chat()).status_code == 200
-        assert http.get("/health").status_code == 200
+        health = http.get("/health")
+        assert health.status_code == 200, health.text
         for sock in stalled:  # answered once the body timeout passed, not left hanging
             status, payload = read_status(sock)
             assert status == 408
@@ -252,7 +280,7 @@ def test_beyond_max_active_requests_is_an_immediate_429(base: str, http: httpx.C
         error = assert_openai_error(resp, 429)
         assert error["code"] == "router_overloaded"
         assert resp.headers["retry-after"] == "1"
-    assert health.status_code == 200  # /health is never refused or queued
+    assert health.status_code == 200, health.text  # /health is never refused or queued
     assert health.json()["refused"]["429"] >= 3
     assert [r.status_code for r in held] == [200] * MAX_ACTIVE
     assert http.post("/v1/chat/completions", json=chat()).status_code == 200
@@ -287,6 +315,7 @@ def locked(serve_port: int) -> Iterator[str]:
     args = fake_app_args()
     args["api"] = {"docs": False, "metrics_summary": False}
     run_app(args, HIDDEN)
+    wait_healthy(f"http://127.0.0.1:{serve_port}/{HIDDEN}")
     yield f"http://127.0.0.1:{serve_port}/{HIDDEN}"
     delete_app(HIDDEN)
 
@@ -295,7 +324,8 @@ def test_docs_and_metrics_can_be_switched_off(locked: str, base: str) -> None:
     for path in ("/docs", "/redoc", "/openapi.json", "/v1/metrics"):
         assert_openai_error(httpx.get(f"{locked}{path}"), 404)
         assert httpx.get(f"{base}{path}").status_code == 200
-    assert httpx.get(f"{locked}/health").status_code == 200
+    health = httpx.get(f"{locked}/health")
+    assert health.status_code == 200, health.text
 
 
 # --- 7. health answers in bounded time while a pool is busy ----------------------------
