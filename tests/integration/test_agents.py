@@ -26,23 +26,12 @@ from langgraph.prebuilt import create_react_agent
 from pydantic import BaseModel
 
 from tests.conftest import client, delete_app, fake_app_args, run_app
+from tests.support.pools import WEATHER
 
 APP = "agents"
 LARGE = "large answer from big-chat"  # the `large` pool's reply: 4 tokens
 TOOL_PARSER_MODELS = ("big-chat", "coder")  # the models of `large` and `code`
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 CLOCK = {
     "type": "function",
     "function": {
