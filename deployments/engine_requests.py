@@ -12,9 +12,11 @@ the ingress never needs vLLM's classes (nor vLLM's import time and memory).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError
+
 
 UNSUPPORTED = "unsupported_parameter"  # the `type` of a refusal the ingress maps to a code
 
@@ -40,12 +42,43 @@ def parse(method: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any] | None
     from vllm.exceptions import VLLMValidationError
 
     try:
-        return strict_model(method).model_validate(body), None
+        request = strict_model(method).model_validate(body)
+        _validate_lazy_parts(request)
+        return request, None
+    except _LazyPartError as exc:
+        return None, _refusal(exc.errors)
     except ValidationError as exc:
-        return None, _refusal(exc)
+        return None, _refusal(exc.errors())
     except VLLMValidationError as exc:
         message = str(exc.args[0] if exc.args else exc)
         return None, _error(message, "BadRequestError", exc.parameter)
+
+
+class _LazyPartError(Exception):
+    def __init__(self, errors: list[Any]) -> None:
+        self.errors = errors
+
+
+def _validate_lazy_parts(request: Any) -> None:
+    """Validate the message fields vLLM's model leaves lazy, here and once.
+
+    vLLM types `content` parts as an `Iterable`, which pydantic validates only when the
+    chat template is rendered (where vLLM turns a bad part into a 400 without naming it).
+    They are made lists now, so a bad part is a 400 naming `messages.<i>.content.<j>`
+    before the engine sees the request.
+    """
+    for index, message in enumerate(getattr(request, "messages", None) or ()):
+        if not isinstance(message, dict):
+            continue
+        for key, value in message.items():
+            if isinstance(value, Iterator):  # pydantic's lazy validator of an Iterable
+                try:
+                    message[key] = list(value)
+                except ValidationError as exc:
+                    where = ("messages", index, key)
+                    raise _LazyPartError(
+                        [{**e, "loc": (*where, *e["loc"])} for e in exc.errors()]
+                    ) from None
 
 
 def _error(message: str, kind: str, param: str | None) -> dict[str, Any]:
@@ -56,11 +89,10 @@ def _error(message: str, kind: str, param: str | None) -> dict[str, Any]:
 _MEMBER_NAMES = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
 
 
-def _refusal(exc: ValidationError) -> dict[str, Any]:
+def _refusal(errors: list[Any]) -> dict[str, Any]:
     """The error of the first field that failed, as the client named it: for a union
     (`stop`, `messages`), the member's complaint that is about the value, not the one
     that only says it is another type, and no member names in `param`."""
-    errors = exc.errors()
     field = errors[0]["loc"][:1]
     members: dict[tuple[Any, ...], list[Any]] = {}
     for error in (e for e in errors if e["loc"][:1] == field):

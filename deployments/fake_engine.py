@@ -527,8 +527,10 @@ def _render_chat(messages: Iterable[Any], tools: list[ChatCompletionToolsParam] 
     for message in messages:
         content = message.get("content")
         if content is not None and not isinstance(content, str):
-            content = "\n".join(
-                part.get("text", "") for part in content if part.get("type") == "text"
+            content = "\n".join(  # as vLLM: a plain string part is text
+                part if isinstance(part, str) else part.get("text", "")
+                for part in content
+                if isinstance(part, str) or part.get("type") == "text"
             )
         lines.append(f"{message.get('role')}: {content or ''}")
         if message.get("tool_calls"):
@@ -549,11 +551,17 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]] | None) -> li
 
 
 def _chosen_tool(request: ChatCompletionRequest) -> ChatCompletionToolsParam | None:
+    """The tool the fake calls: the named one, else the first; none when it may choose
+    (`auto`) and the conversation ends with a tool's result, which it then answers in
+    text, so an agent loop ends as it does with a real model."""
     if not request.tools or request.tool_choice == "none":
         return None
     if isinstance(request.tool_choice, ChatCompletionNamedToolChoiceParam):
         name = request.tool_choice.function.name
         return next((tool for tool in request.tools if tool.function.name == name), None)
+    last = request.messages[-1] if request.messages else {}
+    if request.tool_choice in (None, "auto") and last.get("role") == "tool":
+        return None
     return request.tools[0]
 
 

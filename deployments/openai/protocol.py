@@ -79,12 +79,9 @@ class RoutingFields(Protocol):
     def switchyard(self) -> SwitchyardOptions | None: ...
 
 
-def _refuse_reserved(data: Any) -> Any:
-    """Fields of vLLM's request models that are the operator's, not a client's."""
+def _default_model(data: Any) -> Any:
+    """An absent, null or empty `model` is `auto`, as OpenAI clients that omit it expect."""
     if isinstance(data, dict):
-        for name in RESERVED_FIELDS:
-            if name in data:
-                raise ValueError(f"{name}: set by Switchyard, not by clients")
         model = data.get("model")
         if model is None or model == "":
             data = {**data, "model": AUTO_MODEL}
@@ -121,11 +118,22 @@ class _Generation(BaseModel):
     response_format: dict[str, Any] | None = None
     structured_outputs: dict[str, Any] | None = None
     switchyard: SwitchyardOptions | None = None
+    # vLLM's fields that are the operator's, not a client's: declared so that sending one
+    # is a 400 naming it (the validator below runs only when the client sent the field).
+    request_id: None = None
+    priority: None = None
+    kv_transfer_params: None = None
+    ec_transfer_params: None = None
+
+    @field_validator(*RESERVED_FIELDS, mode="before")
+    @classmethod
+    def _reserved(cls, value: Any) -> None:
+        raise ValueError("set by Switchyard, not by clients")
 
     @model_validator(mode="before")
     @classmethod
-    def _reserved(cls, data: Any) -> Any:
-        return _refuse_reserved(data)
+    def _model(cls, data: Any) -> Any:
+        return _default_model(data)
 
     @property
     def requested_max_tokens(self) -> int | None:

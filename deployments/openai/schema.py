@@ -46,9 +46,15 @@ def responses(ok: type[BaseModel] | None, errors: tuple[int, ...], stream: bool 
     }
     if ok is not None:
         declared[200] = {"model": ok, "description": "Success."}
-        if stream:
-            declared[200]["description"] = "The answer, or with `stream: true` an event stream."
-            declared[200]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    if stream:
+        # The body is vLLM's (its own response models), so it is declared as an object.
+        declared[200] = {
+            "description": "The answer, or with `stream: true` an event stream.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
     return declared
 
 

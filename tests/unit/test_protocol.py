@@ -90,6 +90,32 @@ def test_the_pool_refuses_unknown_fields_inside_messages() -> None:
     assert refused["error"]["code"] == 400
 
 
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        (["hi"], "messages.0.content.0"),
+        ([5], "messages.0.content.0"),
+        ([{"type": "text"}], "messages.0.content.0.text"),
+        ([{"type": "text", "text": "ok"}, {"type": "text"}], "messages.0.content.1.text"),
+    ],
+)
+def test_the_pool_validates_content_parts_before_the_engine(content: Any, param: str) -> None:
+    # vLLM's model validates parts lazily, when the template is rendered; the pool does
+    # it at once, so a bad part is a 400 naming it and never an engine failure.
+    request, refused = pool_parse("chat", {"messages": [{"role": "user", "content": content}]})
+    assert request is None and refused is not None
+    assert refused["error"]["param"] == param
+    assert refused["error"]["code"] == 400
+
+
+def test_validated_content_parts_reach_the_engine_as_lists() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    request, refused = pool_parse("chat", {"messages": [{"role": "user", "content": parts}]})
+    assert refused is None
+    assert request.messages[0]["content"] == parts  # a list: read twice, same parts
+    assert request.messages[0]["content"] == parts
+
+
 def test_the_pool_reads_vllms_sampling_extensions() -> None:
     sent = completion(
         ignore_eos=True, min_tokens=3, top_k=5, repetition_penalty=1.1, stop_token_ids=[2],
@@ -113,8 +139,9 @@ def test_operator_fields_are_refused(name: str) -> None:
         (CompletionRequest, {"prompt": "x"}),
         (ClassifyRequest, {"messages": MSG}),
     ):
-        with pytest.raises(ValidationError, match=f"{name}: set by Switchyard, not by clients"):
+        with pytest.raises(ValidationError, match="set by Switchyard, not by clients") as info:
             model.model_validate({**base, name: value})
+        assert info.value.errors()[0]["loc"] == (name,)  # the 400 names the field
 
 
 def test_the_reserved_fields_are_fields_vllm_has() -> None:
