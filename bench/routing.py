@@ -181,7 +181,7 @@ async def strategies() -> None:
             runs: list[tuple[float, Any]] = []
             for _ in range(5):
                 t = time.perf_counter()
-                routed = await svc.chat(req, Wishes(strategy=strategy))  # type: ignore[arg-type]
+                routed = await svc.generate(req, Wishes(strategy=strategy))  # type: ignore[arg-type]
                 runs.append(((time.perf_counter() - t) * 1000, routed.route))
             e2e = statistics.median(r[0] for r in runs)
             route = runs[-1][1]

@@ -17,7 +17,6 @@ from typing import Any
 
 from pydantic import ConfigDict, ValidationError
 
-
 UNSUPPORTED = "unsupported_parameter"  # the `type` of a refusal the ingress maps to a code
 
 

@@ -382,7 +382,7 @@ class Ingress:
     ) -> Response:
         asked = self._wishes(body, headers, caller)
         key_id = caller.key_id if caller else None
-        return _respond(await self.serving.chat(body, asked, key_id))
+        return _respond(await self.serving.generate(body, asked, key_id))
 
     @api.post(
         "/v1/completions",
@@ -395,9 +395,7 @@ class Ingress:
         caller: Authenticated,
     ) -> Response:
         asked = self._wishes(body, headers, caller)
-        return _respond(
-            await self.serving.completion(body, asked, caller.key_id if caller else None)
-        )
+        return _respond(await self.serving.generate(body, asked, caller.key_id if caller else None))
 
     @api.post("/v1/embeddings", responses=responses(None, ROUTE_ERRORS))
     async def embeddings(self, body: EmbeddingsRequest, caller: Authenticated) -> JSONResponse:

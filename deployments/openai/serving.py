@@ -171,16 +171,6 @@ class OpenAIServing:
 
     # --- endpoints ----------------------------------------------------------------
 
-    async def chat(
-        self, body: ChatRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
-    ) -> Routed:
-        return await self.generate(body, wishes, key_id)
-
-    async def completion(
-        self, body: GenerationRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
-    ) -> Routed:
-        return await self.generate(body, wishes, key_id)
-
     async def generate(
         self, body: GenerationRequest, wishes: Wishes = NO_WISHES, key_id: str | None = None
     ) -> Routed:

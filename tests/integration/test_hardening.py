@@ -114,7 +114,10 @@ def test_pathological_prompts_are_routed(http: httpx.Client) -> None:
         ({"model": "auto", "messages": []}, "messages"),
         # parts vLLM validates only when rendering: the pool checks them first (a 400,
         # never an engine failure that opens the pool's circuit)
-        ({"model": "auto", "messages": [{"role": "user", "content": ["hi"]}]}, "messages.0.content.0"),
+        (
+            {"model": "auto", "messages": [{"role": "user", "content": ["hi"]}]},
+            "messages.0.content.0",
+        ),
         ({"model": "x" * 100_000, "messages": [{"role": "user", "content": "hi"}]}, "model"),
     ],
 )

@@ -110,10 +110,10 @@ async def test_every_served_request_leaves_one_record_and_refusals_leave_none() 
     a flood of them must not write rows (issue 20, finding 8)."""
     svc, _ = serving(large={"fail_requests": True})
     sink = svc.ledger = Sink()
-    routed = await svc.chat(chat(), key_id="k1")
+    routed = await svc.generate(chat(), key_id="k1")
     with pytest.raises(Exception):  # noqa: B017 - a refusal
-        await svc.chat(chat(model="small", max_tokens=1000))
-    await svc.chat(chat(model="large"))  # its pool failed: another one served it
+        await svc.generate(chat(model="small", max_tokens=1000))
+    await svc.generate(chat(model="large"))  # its pool failed: another one served it
     ok, failed = sink.entries
     assert (ok.id, ok.outcome, ok.pool, ok.key_id) == (body(routed)["id"], "ok", "small", "k1")
     assert (ok.completion_tokens, ok.pools_tried, ok.prompt) == (4, "small", None)
@@ -129,8 +129,8 @@ async def test_prompts_are_kept_only_for_tenants_that_opted_in() -> None:
     args["tenants"] = {"acme": {"store_prompts": True}}
     svc, _ = serving(args)
     sink = svc.ledger = Sink()
-    await svc.chat(chat(text="keep me"), Wishes(tenant="acme"))
-    await svc.chat(chat(text="not me"), Wishes(tenant="other"))
+    await svc.generate(chat(text="keep me"), Wishes(tenant="acme"))
+    await svc.generate(chat(text="not me"), Wishes(tenant="other"))
     assert [e.prompt for e in sink.entries] == ["keep me", None]
 
 

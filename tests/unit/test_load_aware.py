@@ -32,7 +32,7 @@ def info(routed: Any) -> dict[str, Any]:
 async def test_a_pool_at_zero_is_woken_and_the_request_falls_back_at_once() -> None:
     svc, pools = serving()
     svc.monitor.record_replicas("code", 0)
-    routed = await svc.chat(chat(text=CODE))
+    routed = await svc.generate(chat(text=CODE))
     assert (info(routed)["pool"], info(routed)["fallback"]) == ("large", True)
     assert pools.woken == ["code"]
     assert [p for p, _ in pools.calls] == ["large"]
@@ -56,7 +56,7 @@ async def test_without_a_fallback_a_cold_pool_is_awaited_until_a_replica_runs() 
 
     pools.wake = wake  # type: ignore[method-assign]
     pools.generate = called  # type: ignore[method-assign]
-    routed = await svc.chat(chat(text=CODE))
+    routed = await svc.generate(chat(text=CODE))
     assert info(routed)["pool"] == "code"
     assert body(routed)["choices"][0]["message"]["content"] == "def answer(): return 42"
     assert woken == ["code"]
@@ -69,7 +69,7 @@ async def test_a_cold_pool_that_does_not_start_in_time_is_a_clean_503() -> None:
     svc, pools = serving(args)
     svc.monitor.record_replicas("code", 0)
     with pytest.raises(ColdStartError) as err:
-        await svc.chat(chat(text=CODE))
+        await svc.generate(chat(text=CODE))
     api = to_api_error(err.value)
     assert (api.status, api.code) == (503, "cold_start")
     assert api.headers is not None and "retry-after" in api.headers
@@ -80,7 +80,7 @@ async def test_a_cold_pool_that_does_not_start_in_time_is_a_clean_503() -> None:
 async def test_cascade_keeps_an_unsure_answer_when_the_target_is_saturated() -> None:
     svc, pools = serving(small=UNSURE)
     svc.monitor.record_stats("large", EngineStats(running=32, waiting=3))
-    result = info(await svc.chat(chat(), Wishes(strategy="cascade")))
+    result = info(await svc.generate(chat(), Wishes(strategy="cascade")))
     assert (result["pool"], result["escalated"]) == ("small", False)
     assert "escalation skipped: pool 'large' is saturated" in result["notes"]
     assert [p for p, _ in pools.calls] == ["small"]
@@ -89,7 +89,7 @@ async def test_cascade_keeps_an_unsure_answer_when_the_target_is_saturated() -> 
 async def test_speculation_downgrades_to_cascade_when_the_target_is_saturated() -> None:
     svc, _ = serving(small={"logprobs": [-0.1]})
     svc.monitor.record_stats("large", EngineStats(running=32, waiting=0))
-    result = info(await svc.chat(chat(), Wishes(strategy="speculative")))
+    result = info(await svc.generate(chat(), Wishes(strategy="speculative")))
     assert (result["strategy"], result["pool"]) == ("cascade", "small")
     assert any("downgraded to cascade" in n for n in result["notes"])
 
@@ -108,7 +108,7 @@ def test_forecast_is_running_cascades_times_recent_escalation_share() -> None:
 async def test_running_cascades_feed_the_forecast() -> None:
     svc, pools = serving(small=UNSURE)
     gate = pools.gates["small"] = asyncio.Event()  # the cheap call is held mid-cascade
-    task = asyncio.create_task(svc.chat(chat(), Wishes(strategy="cascade")))
+    task = asyncio.create_task(svc.generate(chat(), Wishes(strategy="cascade")))
     for _ in range(100):  # until the cascade called its source
         if pools.calls:
             break
@@ -127,10 +127,10 @@ async def test_metrics_summary_counts_outcomes_models_and_savings() -> None:
         price = 10.0 if model["id"] == "big-chat" else 1.0
         model["cost"] = {"output_per_million": price}
     svc, _ = serving(args)
-    await svc.chat(chat())
-    await svc.chat(chat(model="large"))
+    await svc.generate(chat())
+    await svc.generate(chat(model="large"))
     with pytest.raises(PromptError):
-        await svc.chat(chat(max_tokens=100_000))
+        await svc.generate(chat(max_tokens=100_000))
     summary = svc.metrics.summary()
     assert summary["requests"] == 3
     assert summary["outcomes"] == {"ok": 2, "client_error": 1}
@@ -143,13 +143,13 @@ async def test_metrics_summary_counts_outcomes_models_and_savings() -> None:
 
 async def test_a_stream_the_client_leaves_counts_as_cancelled() -> None:
     svc, pools = serving(small={"token_latency_s": 0.01})
-    routed = await svc.chat(chat(stream=True))
+    routed = await svc.generate(chat(stream=True))
     assert routed.stream is not None
     await anext(routed.stream)
     await routed.stream.aclose()  # type: ignore[attr-defined]
     assert svc.metrics.summary()["outcomes"] == {"cancelled": 1}
     assert len(pools.engines["small"].aborted) == 1  # and the pool stopped generating
-    whole = await svc.chat(chat(stream=True))
+    whole = await svc.generate(chat(stream=True))
     assert (await events(whole))[-1]["choices"][0]["finish_reason"] == "stop"
     assert svc.metrics.summary()["outcomes"] == {"cancelled": 1, "ok": 1}
     assert len(pools.engines["small"].finished) == 1

@@ -187,9 +187,9 @@ def chat(**fields: Any) -> ChatRequest:
 
 async def test_auto_sends_a_request_with_tools_only_to_a_pool_that_can_call_them() -> None:
     svc, pools = tool_app()
-    plain = await svc.chat(chat())
+    plain = await svc.generate(chat())
     assert plain.route.pool == "small"  # what the rules pick for this text
-    routed = await svc.chat(chat(tools=[TOOL]), Wishes(strategy="route"))
+    routed = await svc.generate(chat(tools=[TOOL]), Wishes(strategy="route"))
     assert routed.route.pool == "code"
     assert routed.body is not None
     message = json.loads(routed.body)["choices"][0]["message"]
@@ -215,25 +215,27 @@ async def test_fallbacks_and_escalation_targets_can_serve_the_request_too() -> N
 async def test_a_pinned_pool_without_tools_is_a_400_naming_tools() -> None:
     svc, pools = tool_app()
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model="small", tools=[TOOL]))
+        await svc.generate(chat(model="small", tools=[TOOL]))
     api = to_api_error(err.value)
     assert (api.status, api.param, api.type) == (400, "tools", "invalid_request_error")
     assert api.message == "model 'tiny-chat' (pool 'small') does not support tools"
     assert pools.calls == []
     # tool_choice none asks for no tool call: the same pool serves it.
-    served = await svc.chat(chat(model="small", tools=[TOOL], tool_choice="none"))
+    served = await svc.generate(chat(model="small", tools=[TOOL], tool_choice="none"))
     assert served.route.pool == "small"
 
 
 async def test_a_pinned_pool_without_structured_output_is_a_400_naming_response_format() -> None:
     svc, pools = tool_app()
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model="rigid", response_format={"type": "json_object"}))
+        await svc.generate(chat(model="rigid", response_format={"type": "json_object"}))
     api = to_api_error(err.value)
     assert (api.status, api.param) == (400, "response_format")
     assert api.message == "model 'rigid-lm' (pool 'rigid') does not support structured output"
     assert pools.calls == []
-    routed = await svc.chat(chat(response_format={"type": "json_object"}), Wishes(strategy="route"))
+    routed = await svc.generate(
+        chat(response_format={"type": "json_object"}), Wishes(strategy="route")
+    )
     assert routed.route.pool != "rigid"
 
 
@@ -243,18 +245,18 @@ async def test_chat_pinned_to_a_completion_only_model_is_a_400_naming_model() ->
     config, fake = fake_app(args)
     svc = OpenAIServing(config, InProcessPools(config, fake))
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model="base"))
+        await svc.generate(chat(model="base"))
     api = to_api_error(err.value)
     assert (api.status, api.param) == (400, "model")
     assert "completion-only" in api.message
     completion = CompletionRequest.model_validate({"model": "base", "prompt": "Once upon"})
-    assert (await svc.completion(completion)).route.pool == "base"
+    assert (await svc.generate(completion)).route.pool == "base"
 
 
 async def test_with_no_capable_pool_at_all_auto_is_a_400() -> None:
     svc, pools = serving_without_tools()
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(tools=[TOOL]))
+        await svc.generate(chat(tools=[TOOL]))
     assert to_api_error(err.value).param == "tools"
     assert pools.calls == []
 

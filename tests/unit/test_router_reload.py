@@ -136,7 +136,7 @@ async def test_the_swapped_router_decides_the_next_request(tmp_path: Path) -> No
     path = tmp_path / "router.json"
     router(-3.0).save(path)  # P(strong needed) = 0.05 for every prompt
     svc = learned_serving(path)
-    first = await svc.chat(chat(text="Is it true?"))
+    first = await svc.generate(chat(text="Is it true?"))
     assert first.route.pool == "small"
     file = watched(path)
     file.load()
@@ -145,7 +145,7 @@ async def test_the_swapped_router_decides_the_next_request(tmp_path: Path) -> No
     new = file.poll()
     assert new is not None
     svc.planning.use_learned(new)
-    second = await svc.chat(chat(text="Is it true?"))
+    second = await svc.generate(chat(text="Is it true?"))
     assert (second.route.pool, second.route.reason) == ("large", "learned")
 
 
@@ -180,13 +180,13 @@ async def test_an_n_pool_router_file_replaces_a_binary_one_and_can_pick_code(
     path = tmp_path / "router.json"
     router(-3.0).save(path)
     svc = learned_serving(path)
-    assert (await svc.chat(chat(text="Is it true?"))).route.pool == "small"
+    assert (await svc.generate(chat(text="Is it true?"))).route.pool == "small"
     # P(correct): small 0.27, code 0.73, large 0.88: code is the cheapest reaching 0.6
     pool_router(small=-1.0, code=1.0, large=2.0).save(path)
     bump_mtime(path)
     served = load_serving_router(path, ["small", "large", "code"], embedder=EMBEDDER)
     svc.planning.use_learned(served)
-    routed = await svc.chat(chat(text="Is it true?"))
+    routed = await svc.generate(chat(text="Is it true?"))
     assert (routed.route.pool, routed.route.reason) == ("code", "learned")
     # the same reading picks the cascade's escalation target: code, not the default large
     wishes = Wishes(strategy="cascade")

@@ -99,7 +99,7 @@ class Sink:
 async def test_chat_answer_usage_and_route() -> None:
     svc, pools = serving()
     sink = svc.ledger = Sink()
-    routed = await svc.chat(chat(text="What is the capital of France?"))
+    routed = await svc.generate(chat(text="What is the capital of France?"))
     answer = body(routed)
     ChatCompletion.model_validate(answer)  # what the official client reads
     message = answer["choices"][0]["message"]
@@ -127,7 +127,7 @@ async def test_chat_answer_usage_and_route() -> None:
 
 async def test_auto_routes_code_to_code_pool() -> None:
     svc, pools = serving()
-    routed = await svc.chat(chat(text="Write a python function to sort a list"))
+    routed = await svc.generate(chat(text="Write a python function to sort a list"))
     assert routed.route.pool == "code"
     assert routed.route.reason == "code_markers"
     assert [pool for pool, _ in pools.calls] == ["code"]
@@ -136,7 +136,7 @@ async def test_auto_routes_code_to_code_pool() -> None:
 
 async def test_model_id_pins_pool() -> None:
     svc, pools = serving()
-    routed = await svc.chat(chat(model="big-chat", text="def f(): pass"))
+    routed = await svc.generate(chat(model="big-chat", text="def f(): pass"))
     assert (routed.route.pool, routed.route.reason) == ("large", "pinned_model")
     assert [(pool, request["model"]) for pool, request in pools.calls] == [("large", "big-chat")]
 
@@ -145,7 +145,7 @@ async def test_sampling_defaults_and_overrides_reach_the_engine() -> None:
     args = fake_app_args()
     args["models"][1].update(temperature=0.3, top_p=0.9)  # big-chat's defaults
     svc, pools = serving(args)
-    await svc.chat(chat(model="large", max_tokens=7, temperature=0, stop="END", seed=3))
+    await svc.generate(chat(model="large", max_tokens=7, temperature=0, stop="END", seed=3))
     sent = pools.calls[0][1]
     # chat requests carry the pool's cap as `max_completion_tokens` (vLLM's current field)
     assert (sent["max_completion_tokens"], "max_tokens" in sent) == (7, False)
@@ -157,14 +157,14 @@ async def test_sampling_defaults_and_overrides_reach_the_engine() -> None:
         3,
     )
     assert sent["top_p"] == 0.9  # not given: the catalog's default (greedy: vLLM ignores it)
-    await svc.chat(chat(model="large"))
+    await svc.generate(chat(model="large"))
     sampling = engine_request("chat", pools.calls[1][1]).to_sampling_params(256, {})
     assert (sampling.temperature, sampling.top_p) == (0.3, 0.9)
 
 
 async def test_max_tokens_truncates_with_length_finish() -> None:
     svc, _ = serving()
-    answer = body(await svc.chat(chat(model="large", max_tokens=2)))
+    answer = body(await svc.generate(chat(model="large", max_tokens=2)))
     assert answer["choices"][0]["message"]["content"] == "large answer"
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"]["completion_tokens"] == 2
@@ -173,7 +173,7 @@ async def test_max_tokens_truncates_with_length_finish() -> None:
 async def test_max_tokens_above_model_cap_is_400() -> None:
     svc, pools = serving()
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model="small", max_tokens=65))
+        await svc.generate(chat(model="small", max_tokens=65))
     api = to_api_error(err.value)
     assert (api.status, api.param) == (400, "max_tokens")
     assert "limit of 64 for model 'tiny-chat'" in api.message
@@ -182,20 +182,20 @@ async def test_max_tokens_above_model_cap_is_400() -> None:
 
 async def test_auto_routes_past_a_pool_whose_model_cannot_give_max_tokens() -> None:
     svc, pools = serving()
-    routed = await svc.chat(chat(max_tokens=65))  # small's model stops at 64
+    routed = await svc.generate(chat(max_tokens=65))  # small's model stops at 64
     assert routed.route.pool != "small"
     assert [p for p, _ in pools.calls] == [routed.route.pool]
 
 
 async def test_without_max_tokens_each_pool_uses_its_models_default() -> None:
     svc, pools = serving(small={"logprobs": [-3.0]})  # unsure: the cascade escalates
-    await svc.chat(chat(), Wishes(strategy="cascade"))
+    await svc.generate(chat(), Wishes(strategy="cascade"))
     assert [(p, r["max_completion_tokens"]) for p, r in pools.calls] == [
         ("small", 64),
         ("large", 256),
     ]
 
-    routed = await svc.completion(completion(model="small", prompt="hi", ignore_eos=True))
+    routed = await svc.generate(completion(model="small", prompt="hi", ignore_eos=True))
     assert pools.calls[-1][1]["max_tokens"] == 64  # the catalog default, not vLLM's 16
     assert body(routed)["usage"]["completion_tokens"] == 64
 
@@ -205,7 +205,7 @@ async def test_a_prompt_longer_than_the_context_is_refused_by_the_engine() -> No
     with OpenAI's code; another pool would refuse it too, so none is tried."""
     svc, pools = serving()
     with pytest.raises(EngineRefusedError) as err:
-        await svc.chat(chat(model="small", text="word " * 130))  # 131 tokens, context 128
+        await svc.generate(chat(model="small", text="word " * 130))  # 131 tokens, context 128
     api = to_api_error(err.value)
     assert (api.status, api.code, api.param) == (400, "context_length_exceeded", "input_tokens")
     assert "maximum context length is 128 tokens" in api.message
@@ -217,7 +217,7 @@ async def test_a_prompt_longer_than_the_context_is_refused_by_the_engine() -> No
 async def test_max_tokens_beyond_what_the_context_leaves_is_shrunk_as_vllm_does() -> None:
     svc, _ = serving()
     # 101 prompt tokens in a context of 128: of the default 64, only 27 fit
-    answer = body(await svc.chat(chat(model="small", text="word " * 100, ignore_eos=True)))
+    answer = body(await svc.generate(chat(model="small", text="word " * 100, ignore_eos=True)))
     assert answer["usage"]["completion_tokens"] == 27
     assert answer["choices"][0]["finish_reason"] == "length"
 
@@ -228,7 +228,7 @@ async def test_an_unknown_field_is_refused_by_the_pool_with_a_400_naming_it() ->
     svc, pools = serving()
     sink = svc.ledger = Sink()
     with pytest.raises(EngineRefusedError) as err:
-        await svc.chat(chat(temprature=0.5))
+        await svc.generate(chat(temprature=0.5))
     api = to_api_error(err.value)
     assert (api.status, api.code, api.param) == (400, "unsupported_parameter", "temprature")
     assert [p for p, _ in pools.calls] == ["small"]
@@ -243,7 +243,7 @@ async def test_a_body_vllms_validators_refuse_is_a_400_naming_the_parameter() ->
     svc, pools = serving()
     for _ in range(4):  # more than the failure threshold (3)
         with pytest.raises(EngineRefusedError) as err:
-            await svc.chat(chat(top_logprobs=2))  # top_logprobs needs logprobs
+            await svc.generate(chat(top_logprobs=2))  # top_logprobs needs logprobs
         api = to_api_error(err.value)
         assert (api.status, api.param) == (400, "top_logprobs")
     assert [p for p, _ in pools.calls] == ["small"] * 4  # no fallback: a client error
@@ -255,16 +255,16 @@ async def test_chat_to_completion_only_model_is_400() -> None:
     args["pools"]["small"]["model"] = "base-lm"
     svc, pools = serving(args)
     with pytest.raises(PromptError, match="completion-only") as err:
-        await svc.chat(chat(model="small"))
+        await svc.generate(chat(model="small"))
     assert (to_api_error(err.value).status, err.value.param) == (400, "model")
     assert pools.calls == []
-    routed = await svc.chat(chat())  # auto: the chat goes to a chat model
+    routed = await svc.generate(chat())  # auto: the chat goes to a chat model
     assert routed.route.pool != "small"
 
 
 async def test_stream_chunks_in_openai_format() -> None:
     svc, pools = serving()
-    routed = await svc.chat(chat(stream=True, stream_options={"include_usage": True}))
+    routed = await svc.generate(chat(stream=True, stream_options={"include_usage": True}))
     chunks = await events(routed)
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
@@ -288,7 +288,7 @@ async def test_stream_chunks_in_openai_format() -> None:
 async def test_stream_without_usage_has_no_usage_chunk_but_is_counted() -> None:
     svc, pools = serving()
     sink = svc.ledger = Sink()
-    chunks = await events(await svc.chat(chat(stream=True)))
+    chunks = await events(await svc.generate(chat(stream=True)))
     assert all(c.get("usage") is None for c in chunks)
     assert all(c["choices"] for c in chunks)
     assert text_of(chunks) == "small answer from tiny-chat"
@@ -300,7 +300,7 @@ async def test_stream_without_usage_has_no_usage_chunk_but_is_counted() -> None:
 
 async def test_stream_falls_back_before_the_first_token() -> None:
     svc, _ = serving(small={"fail_requests": True})
-    routed = await svc.chat(chat(stream=True))
+    routed = await svc.generate(chat(stream=True))
     assert (routed.route.pool, routed.route.pools_tried, routed.route.fallback) == (
         "large",
         ["small", "large"],
@@ -316,9 +316,9 @@ async def test_failure_of_the_whole_chain_is_an_http_error() -> None:
     with pytest.raises(
         AllPoolsFailedError, match=r"no pool could serve the request \(tried: small, large\)"
     ):
-        await svc.chat(chat(stream=True))
+        await svc.generate(chat(stream=True))
     with pytest.raises(EngineError, match="tried: small, large") as err:
-        await svc.chat(chat())
+        await svc.generate(chat())
     assert to_api_error(err.value).status == 503
 
 
@@ -326,7 +326,7 @@ async def test_failure_mid_stream_ends_with_the_pools_error_event() -> None:
     """After the first event there is no switching pools: the stream ends with the error
     event vLLM's server wrote (relayed as it is), then `[DONE]`."""
     svc, _ = serving(small={"fail_after_tokens": 2})
-    chunks = await events(await svc.chat(chat(stream=True)))
+    chunks = await events(await svc.generate(chat(stream=True)))
     assert text_of(chunks[:-1]) == "small answer"
     assert chunks[-1] == {
         "error": {
@@ -341,14 +341,14 @@ async def test_failure_mid_stream_ends_with_the_pools_error_event() -> None:
 
 async def test_completion_and_stream() -> None:
     svc, _ = serving()
-    answer = body(await svc.completion(completion(model="large", prompt="Once upon")))
+    answer = body(await svc.generate(completion(model="large", prompt="Once upon")))
     Completion.model_validate(answer)
     assert answer["object"] == "text_completion"
     assert re.fullmatch(r"cmpl-[0-9a-f]{32}", answer["id"])
     assert answer["choices"][0]["text"] == "large answer from big-chat"
     assert answer["usage"]["prompt_tokens"] == 2
     chunks = await events(
-        await svc.completion(completion(model="large", prompt=["Once"], stream=True))
+        await svc.generate(completion(model="large", prompt=["Once"], stream=True))
     )
     assert {c["object"] for c in chunks} == {"text_completion"}
     assert "".join(c["choices"][0]["text"] for c in chunks) == "large answer from big-chat"
@@ -388,7 +388,7 @@ async def test_logprobs_the_client_asked_for_are_relayed_as_the_pool_wrote_them(
     Switchyard owns is that the client's parameters reach the pool and the answer's
     logprobs reach the client."""
     svc, pools = serving()
-    routed = await svc.chat(chat(model="small", logprobs=True, top_logprobs=2))
+    routed = await svc.generate(chat(model="small", logprobs=True, top_logprobs=2))
     sent = pools.calls[-1][1]
     assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
     content = body(routed)["choices"][0]["logprobs"]["content"]
@@ -396,7 +396,7 @@ async def test_logprobs_the_client_asked_for_are_relayed_as_the_pool_wrote_them(
     assert content[0]["logprob"] == pytest.approx(-0.1)
     assert [t["token"] for t in content[0]["top_logprobs"]] == ["small", "small~1"]
 
-    routed = await svc.completion(completion(model="small", prompt="hi", logprobs=1))
+    routed = await svc.generate(completion(model="small", prompt="hi", logprobs=1))
     assert pools.calls[-1][1]["logprobs"] == 1
     lp = body(routed)["choices"][0]["logprobs"]
     assert lp["tokens"] == ["small", " answer", " from", " tiny-chat"]
@@ -405,9 +405,9 @@ async def test_logprobs_the_client_asked_for_are_relayed_as_the_pool_wrote_them(
 
 async def test_cascade_asks_the_engine_for_logprobs_route_does_not() -> None:
     svc, pools = serving()
-    await svc.chat(chat(model="small"))
+    await svc.generate(chat(model="small"))
     assert "logprobs" not in pools.calls[-1][1]
-    routed = await svc.chat(chat(), Wishes(strategy="cascade"))
+    routed = await svc.generate(chat(), Wishes(strategy="cascade"))
     assert routed.route.strategy == "cascade"
     assert [(p, r["logprobs"], r["top_logprobs"]) for p, r in pools.calls[1:]] == [
         ("small", True, 0)
@@ -415,14 +415,14 @@ async def test_cascade_asks_the_engine_for_logprobs_route_does_not() -> None:
     answer = body(routed)
     assert answer["switchyard"]["mean_logprob"] == pytest.approx(-0.1)
     assert answer["choices"][0]["logprobs"] is None  # only the strategy asked: stripped
-    routed = await svc.completion(completion(prompt="hi"), Wishes(strategy="cascade"))
+    routed = await svc.generate(completion(prompt="hi"), Wishes(strategy="cascade"))
     assert pools.calls[-1][1]["logprobs"] == 0
     assert body(routed)["choices"][0]["logprobs"] is None
 
 
 async def test_vllm_sampling_extensions_reach_the_engine() -> None:
     svc, pools = serving()
-    routed = await svc.completion(
+    routed = await svc.generate(
         completion(
             model="small", prompt="hi", max_tokens=10, ignore_eos=True, min_tokens=2,
             top_k=-1, repetition_penalty=1.2, stop_token_ids=[7],
@@ -441,7 +441,7 @@ async def test_vllm_sampling_extensions_reach_the_engine() -> None:
 async def test_min_tokens_above_max_tokens_is_refused() -> None:
     svc, pools = serving()
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model="small", max_tokens=4, min_tokens=5))
+        await svc.generate(chat(model="small", max_tokens=4, min_tokens=5))
     assert (to_api_error(err.value).status, err.value.param) == (400, "min_tokens")
     assert pools.calls == []
 
@@ -452,7 +452,7 @@ async def test_min_tokens_above_max_tokens_is_refused() -> None:
 async def test_n_choices_through_route() -> None:
     svc, pools = serving()
     sink = svc.ledger = Sink()
-    answer = body(await svc.chat(chat(n=2)))
+    answer = body(await svc.generate(chat(n=2)))
     assert [(c["index"], c["message"]["content"]) for c in answer["choices"]] == [
         (0, "small answer from tiny-chat"),
         (1, "small answer from tiny-chat"),
@@ -460,7 +460,7 @@ async def test_n_choices_through_route() -> None:
     assert (answer["usage"]["completion_tokens"], answer["usage"]["total_tokens"]) == (8, 11)
     assert [(p, r["n"]) for p, r in pools.calls] == [("small", 2)]  # one call, both answers
     assert sink.entries[0].completion_tokens == 8
-    chunks = await events(await svc.chat(chat(n=2, stream=True)))
+    chunks = await events(await svc.generate(chat(n=2, stream=True)))
     assert text_of(chunks, 0) == text_of(chunks, 1) == "small answer from tiny-chat"
 
 
@@ -468,10 +468,10 @@ async def test_n_choices_through_route() -> None:
 async def test_a_strategy_judging_one_answer_asked_for_n_2_is_400(strategy: str) -> None:
     svc, pools = serving()
     with pytest.raises(PromptError, match="judges one answer") as err:
-        await svc.chat(chat(n=2), Wishes(strategy=strategy))  # type: ignore[arg-type]
+        await svc.generate(chat(n=2), Wishes(strategy=strategy))  # type: ignore[arg-type]
     assert (to_api_error(err.value).status, err.value.param) == (400, "n")
     with pytest.raises(PromptError):  # two prompts are two answers too
-        await svc.completion(completion(prompt=["a", "b"]), Wishes(strategy=strategy))  # type: ignore[arg-type]
+        await svc.generate(completion(prompt=["a", "b"]), Wishes(strategy=strategy))  # type: ignore[arg-type]
     assert pools.calls == []
 
 
@@ -479,12 +479,12 @@ async def test_a_default_cascade_routes_a_request_for_n_2() -> None:
     args = fake_app_args(small={"logprobs": [-3.0]})  # a cascade would escalate
     args["routing"] = {"default_strategy": "cascade"}
     svc, pools = serving(args)
-    assert (await svc.chat(chat())).route.strategy == "cascade"  # the default is in force
+    assert (await svc.generate(chat())).route.strategy == "cascade"  # the default is in force
     assert [p for p, _ in pools.calls] == ["small", "large"]
-    routed = await svc.chat(chat(n=2))
+    routed = await svc.generate(chat(n=2))
     assert (routed.route.strategy, routed.route.pool) == ("route", "small")
     assert len(body(routed)["choices"]) == 2
-    routed = await svc.completion(completion(prompt=["a", "b"]))
+    routed = await svc.generate(completion(prompt=["a", "b"]))
     assert routed.route.strategy == "route"
     assert len(body(routed)["choices"]) == 2
     assert [p for p, _ in pools.calls[2:]] == ["small", "small"]
@@ -498,8 +498,8 @@ async def test_a_tools_request_is_never_planned_onto_a_pool_without_a_tool_parse
     the route, nor a fallback, nor a cascade's escalation may use it."""
     code_text = "Write a python function to sort a list"
     svc, pools = serving(tool_args())
-    assert (await svc.chat(chat(text=code_text))).route.pool == "code"  # without tools
-    routed = await svc.chat(chat(text=code_text, tools=[WEATHER]))
+    assert (await svc.generate(chat(text=code_text))).route.pool == "code"  # without tools
+    routed = await svc.generate(chat(text=code_text, tools=[WEATHER]))
     assert routed.route.pool == "small"
     assert "pool 'code' is not available to this request" in routed.route.detail
     call = body(routed)["choices"][0]["message"]["tool_calls"][0]
@@ -520,10 +520,10 @@ async def test_a_tools_request_is_never_planned_onto_a_pool_without_a_tool_parse
     assert cascade.target != "code"
 
     svc, pools = serving(tool_args(small={"fail_requests": True}))
-    routed = await svc.chat(chat(text=code_text, tools=[WEATHER]))
+    routed = await svc.generate(chat(text=code_text, tools=[WEATHER]))
     assert (routed.route.pool, routed.route.pools_tried) == ("large", ["small", "large"])
     # tool_choice none needs no parser: the code pool serves it
-    routed = await svc.chat(chat(text=code_text, tools=[WEATHER], tool_choice="none"))
+    routed = await svc.generate(chat(text=code_text, tools=[WEATHER], tool_choice="none"))
     assert routed.route.pool == "code"
     assert [p for p, _ in pools.calls] == ["small", "large", "code"]
 
@@ -532,10 +532,10 @@ async def test_a_tools_request_is_never_planned_onto_a_pool_without_a_tool_parse
 async def test_tools_pinned_to_a_pool_without_a_tool_parser_is_400(model: str) -> None:
     svc, pools = serving(tool_args())
     with pytest.raises(PromptError) as err:
-        await svc.chat(chat(model=model, tools=[WEATHER]))
+        await svc.generate(chat(model=model, tools=[WEATHER]))
     api = to_api_error(err.value)
     assert (api.status, api.param) == (400, "tools")
     assert api.message == "model 'coder' (pool 'code') does not support tools"
     assert pools.calls == []
-    routed = await svc.chat(chat(model="small", tools=[WEATHER]))  # a model with a parser
+    routed = await svc.generate(chat(model="small", tools=[WEATHER]))  # a model with a parser
     assert body(routed)["choices"][0]["finish_reason"] == "tool_calls"

@@ -73,7 +73,7 @@ async def until_called(pools: InProcessPools, count: int = 1) -> None:
 
 async def test_a_served_request_is_charged_what_it_used() -> None:
     svc, _, gate, sink = limited()
-    answer = body(await svc.chat(chat(model="small", max_tokens=8), ACME))
+    answer = body(await svc.generate(chat(model="small", max_tokens=8), ACME))
     usage = answer["usage"]
     assert charged(gate) == bill(usage["prompt_tokens"], usage["completion_tokens"])
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (3, 4)
@@ -85,7 +85,7 @@ async def test_a_served_request_is_charged_what_it_used() -> None:
 async def test_a_client_that_leaves_a_whole_answer_pays_its_worst_case() -> None:
     """`CancelledError` is not an `Exception`: it used to skip recording and charging."""
     svc, pools, gate, sink = limited(small={"token_latency_s": 0.05})
-    task = asyncio.ensure_future(svc.chat(chat(model="small", max_tokens=20), ACME))
+    task = asyncio.ensure_future(svc.generate(chat(model="small", max_tokens=20), ACME))
     await until_called(pools)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -101,7 +101,7 @@ async def test_a_client_that_leaves_a_whole_answer_pays_its_worst_case() -> None
 
 async def test_a_client_that_leaves_n_answers_pays_the_worst_case_of_each() -> None:
     svc, pools, gate, _ = limited(small={"token_latency_s": 0.05})
-    task = asyncio.ensure_future(svc.chat(chat(model="small", max_tokens=20, n=2), ACME))
+    task = asyncio.ensure_future(svc.generate(chat(model="small", max_tokens=20, n=2), ACME))
     await until_called(pools)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -111,7 +111,7 @@ async def test_a_client_that_leaves_n_answers_pays_the_worst_case_of_each() -> N
 
 async def test_a_pool_that_failed_mid_answer_is_charged_beside_the_fallback() -> None:
     svc, _, gate, sink = limited(small={"fail_after_tokens": 3})
-    routed = await svc.chat(chat(model="small", max_tokens=10), ACME)
+    routed = await svc.generate(chat(model="small", max_tokens=10), ACME)
     assert (routed.route.pool, routed.route.pools_tried) == ("large", ["small", "large"])
     usage = body(routed)["usage"]
     prompt, most = worst_case(svc, "hello there", 10)
@@ -131,7 +131,7 @@ async def test_a_timed_out_pool_is_charged_its_worst_case() -> None:
 
     pools.generate = timed_out  # type: ignore[method-assign]
     with pytest.raises(AllPoolsFailedError):  # every pool of the chain timed out
-        await svc.chat(chat(model="small", max_tokens=10), ACME)
+        await svc.generate(chat(model="small", max_tokens=10), ACME)
     assert timed == ["small", "large"]
     prompt, most = worst_case(svc, "hello there", 10)
     assert charged(gate) == bill(2 * prompt, 2 * most)
@@ -142,7 +142,7 @@ async def test_a_stream_whose_client_leaves_is_charged_its_worst_case() -> None:
     that leaves before it leaves the count unknown: the call is charged its worst case.
     (It used to be charged the tokens streamed so far, which Switchyard counted itself.)"""
     svc, pools, gate, sink = limited(small={"token_latency_s": 0.01})
-    routed = await svc.chat(chat(model="small", max_tokens=30, stream=True), ACME)
+    routed = await svc.generate(chat(model="small", max_tokens=30, stream=True), ACME)
     assert routed.stream is not None
     stream: AsyncIterator[str] = routed.stream
     first = await anext(stream)
@@ -160,7 +160,7 @@ async def test_a_speculative_loser_is_cancelled_and_charged_its_worst_case() -> 
     """The winner's tokens are known; the loser's partial answer is not (a whole-answer
     call reports nothing until it ends): it is charged its worst case."""
     svc, pools, gate, sink = limited(small={"logprobs": [-0.1]}, large={"token_latency_s": 0.05})
-    routed = await svc.chat(chat(), Wishes(tenant="acme", strategy="speculative"))
+    routed = await svc.generate(chat(), Wishes(tenant="acme", strategy="speculative"))
     assert (routed.route.pool, routed.route.speculative_winner) == ("small", "source")
     (loser,) = pools.requests("large")
     assert pools.engines["large"].aborted == [loser["request_id"]]
@@ -173,7 +173,7 @@ async def test_a_speculative_loser_is_cancelled_and_charged_its_worst_case() -> 
 
 async def test_a_stream_dropped_before_it_started_still_settles() -> None:
     svc, _, gate, sink = limited()
-    routed = await svc.chat(chat(model="small", max_tokens=5, stream=True), ACME)
+    routed = await svc.generate(chat(model="small", max_tokens=5, stream=True), ACME)
     del routed  # the client left before the response began: the generator never ran
     gc.collect()
     (entry,) = sink.entries
@@ -187,14 +187,14 @@ async def test_a_plan_whose_worst_case_does_not_fit_goes_frugal_before_a_429() -
     """This replica's view of the budget is a moment old; the keeper's refusal is not:
     a cascade that no longer fits becomes one cheap pool instead of a 429."""
     svc, _, gate, _ = limited()
-    await svc.chat(chat(max_tokens=10), ACME)  # this replica's view: ~0 used
+    await svc.generate(chat(max_tokens=10), ACME)  # this replica's view: ~0 used
     gate.clock.now += 2  # type: ignore[attr-defined]
     await gate.flush()  # idle: its allowance goes back
     other = QuotaGate(svc.config.quotas(), gate.keeper, holder="b", clock=gate.clock)
     await spend(other, "acme", 10, 9.96)  # another replica spends nearly all of it
     await other.flush()
-    routed = await svc.chat(chat(max_tokens=10), Wishes(tenant="acme", strategy="cascade"))
+    routed = await svc.generate(chat(max_tokens=10), Wishes(tenant="acme", strategy="cascade"))
     assert routed.route.strategy == "route"
     assert any("too little left" in note for note in routed.route.notes)
     with pytest.raises(QuotaExceededError):  # and when even that does not fit: the 429
-        await svc.chat(chat(max_tokens=20), ACME)
+        await svc.generate(chat(max_tokens=20), ACME)

@@ -134,7 +134,7 @@ async def test_prometheus_tenant_labels_stay_bounded(exported: dict[str, Recorde
     names = [f"user-{i}" for i in range(NAMES)] + ["acme", "bob", "initech"]
     for name in names:
         asked = wishes(BODY, config.routing, RoutingHeaders(tenant=name), GATEWAY, known)
-        await serving.chat(BODY, asked)
+        await serving.generate(BODY, asked)
     assert metrics.requests["ok"] == len(names)
     labels = tenant_labels(exported)
     assert labels == {"acme", "bob", "initech", OTHER_TENANT}  # known (3) + 1

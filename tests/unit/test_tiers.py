@@ -140,9 +140,9 @@ async def test_a_tier_routes_only_to_its_pools() -> None:
     svc, pools = serving()
     free = apply_tier(config(), Wishes(strategy="route"), "bob", None)
     complex_task = chat(text="Compare Rome and Athens in depth.")
-    everyone = await svc.chat(complex_task, Wishes(strategy="route"))
+    everyone = await svc.generate(complex_task, Wishes(strategy="route"))
     assert answer(everyone)["switchyard"]["pool"] == "large"
-    routed = await svc.chat(complex_task, free)
+    routed = await svc.generate(complex_task, free)
     assert answer(routed)["switchyard"]["pool"] in {"small", "code"}
     assert pools.calls[-1][0] != "large"
 
@@ -150,7 +150,7 @@ async def test_a_tier_routes_only_to_its_pools() -> None:
 async def test_a_cascade_without_its_target_in_the_tier_stays_on_the_cheap_pool() -> None:
     svc, pools = serving(small={"logprobs": [-3.0]})
     free = apply_tier(config(), Wishes(), "bob", None)  # cascade by tier default
-    routed = await svc.chat(chat(), free)
+    routed = await svc.generate(chat(), free)
     assert answer(routed)["switchyard"]["pool"] == "small"
     assert [p for p, _ in pools.calls] == ["small"]
 
@@ -158,7 +158,7 @@ async def test_a_cascade_without_its_target_in_the_tier_stays_on_the_cheap_pool(
 async def test_pinning_a_pool_outside_the_tier_is_a_403() -> None:
     svc, pools = serving()
     with pytest.raises(PoolNotAllowedError) as err:
-        await svc.chat(chat(model="large"), apply_tier(config(), Wishes(), "bob", None))
+        await svc.generate(chat(model="large"), apply_tier(config(), Wishes(), "bob", None))
     api = to_api_error(err.value)
     assert (api.status, api.type, api.code) == (403, "permission_error", "pool_not_allowed")
     assert pools.calls == []
