@@ -10,9 +10,11 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import openai
 import pytest
 
@@ -83,6 +85,20 @@ def run_app(args: dict[str, Any], name: str) -> None:
 
     builder = build_fake_app if "fake" in args else build_app
     serve.run(builder(args), name=name, route_prefix=f"/{name}")
+
+
+def wait_healthy(base: str) -> dict[str, Any]:
+    """/health's body once it is 200 (bounded: 60 s).
+
+    `serve.run` returns once every deployment runs, but the ingress reads replica counts
+    and stats by polling (every 2 s and 1 s): for a moment after start, or when a stats
+    call missed its deadline on a loaded machine, a pool is not `ok` there, and /health
+    a 503 until the next round."""
+    deadline = time.monotonic() + 60
+    while (health := httpx.get(f"{base}/health", timeout=30)).status_code != 200:
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.2)
+    return dict(health.json())
 
 
 def delete_app(name: str) -> None:

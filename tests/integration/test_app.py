@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import client, delete_app, fake_app_args, run_app
+from tests.conftest import client, delete_app, fake_app_args, run_app, wait_healthy
 
 APP = "fakeapp"
 
@@ -195,9 +195,7 @@ def wait_for_abort(port: int, pool: str, count: int) -> dict[str, Any]:
 
 
 def test_health(serve_port: int, api: openai.OpenAI) -> None:
-    resp = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health")
-    assert resp.status_code == 200
-    body = resp.json()
+    body = wait_healthy(f"http://127.0.0.1:{serve_port}/{APP}")
     assert body["ok"] is True
     assert set(body["pools"]) == {
         "small", "large", "code", "broken", "cutoff", "slow", "stuck", "plain", "merged",

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import delete_app, fake_app_args, run_app
+from tests.conftest import delete_app, fake_app_args, run_app, wait_healthy
 
 APP = "hardened"
 HIDDEN = "locked"
@@ -51,18 +51,6 @@ def base(serve_port: int) -> Iterator[str]:
     wait_healthy(f"http://127.0.0.1:{serve_port}/{APP}")
     yield f"http://127.0.0.1:{serve_port}/{APP}"
     delete_app(APP)
-
-
-def wait_healthy(base: str) -> None:
-    """Until the ingress has seen every pool's replica (bounded: 60 s).
-
-    `serve.run` returns once every deployment runs, but the ingress reads replica counts
-    and stats by polling (every 2 s and 1 s): for a moment after start a pool may still
-    be `pending` there, and /health a 503."""
-    deadline = time.monotonic() + 60
-    while (health := httpx.get(f"{base}/health", timeout=30)).status_code != 200:
-        assert time.monotonic() < deadline, health.text
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -354,13 +342,18 @@ def test_health_does_not_wait_for_a_busy_pool(base: str) -> None:
     threads = [threading.Thread(target=hold) for _ in range(MAX_ACTIVE)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
-    health = httpx.get(f"{base}/health", timeout=30)
+    deadline = time.monotonic() + 10
+    while True:  # until the poller has found the pool full (its stats call queued)
+        health = httpx.get(f"{base}/health", timeout=30)
+        slow_pool = health.json()["pools"]["slow"]
+        if slow_pool["state"] == "busy" or finished:
+            break
+        assert time.monotonic() < deadline, health.text
+        time.sleep(0.1)
     answered_before = len(finished)
     for t in threads:
         t.join()
     assert answered_before == 0  # not queued behind the pool's requests
     assert health.status_code == 200
-    slow_pool = health.json()["pools"]["slow"]
     assert slow_pool["ok"] is True and slow_pool["state"] in ("ok", "busy")
     assert finished == [200] * MAX_ACTIVE
