@@ -23,6 +23,9 @@ def embedded_args() -> dict[str, Any]:
     return args
 
 
+_RUNNING: list[str] = []  # the shared app, while it runs
+
+
 @pytest.fixture(scope="session")
 def api(serve_port: int) -> Iterator[openai.OpenAI]:
     from models.catalog import ModelSpec
@@ -32,5 +35,28 @@ def api(serve_port: int) -> Iterator[openai.OpenAI]:
         name = ModelSpec.model_validate(model).source_name
         assert is_prepared(name), f"run `make models` first: {name} is not prepared"
     run_app(embedded_args(), APP)
+    _RUNNING.append(APP)
     yield client(serve_port, APP)
-    delete_app(APP)
+    _stop_shared_app()
+
+
+def _stop_shared_app() -> None:
+    while _RUNNING:
+        delete_app(_RUNNING.pop())
+
+
+def _uses_app(item: pytest.Item) -> bool:
+    return "api" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """e2e tests that start their own engines run before the shared app starts, so this
+    machine never holds both (the app's three engines take ~16 GB)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("e2e") and not _uses_app(item) else 1)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """The shared app stops after its last test, not at the end of the session: the
+    Serve tiers that follow in the same run do not run beside three idle engines."""
+    if _uses_app(item) and (nextitem is None or not _uses_app(nextitem)):
+        _stop_shared_app()

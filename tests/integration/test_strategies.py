@@ -115,7 +115,9 @@ def test_fallback_and_breaker(serve_port: int, apps: dict[str, openai.OpenAI]) -
         assert info(raw)["pools_tried"] == ["small", "large"]
     assert health(serve_port, "flaky")["pools"]["small"]["circuit"] == "open"
     raw = apps["flaky"].chat.completions.with_raw_response.create(model="auto", messages=ask())
-    assert info(raw)["pools_tried"] == ["large"]
+    # small's circuit is open: not tried; the lowest score of the others (their live
+    # latency included, so either) serves
+    assert info(raw)["pools_tried"] in (["large"], ["code"])
     stream = apps["flaky"].chat.completions.create(model="small", messages=ask(), stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 

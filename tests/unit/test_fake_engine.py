@@ -105,12 +105,6 @@ TOOLS = [
 ]
 
 
-def test_importing_the_engine_starts_no_ray() -> None:
-    import ray
-
-    assert not ray.is_initialized()
-
-
 async def test_chat_answers_the_reply_word_for_word_with_usage() -> None:
     fake = engine(reply="{pool} model {model} says: " + REPLY)
     request = chat()

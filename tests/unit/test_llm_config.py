@@ -6,6 +6,8 @@ Building one starts nothing: the builder makes them for every pool before Serve 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +111,21 @@ def test_given_bundles_and_strategy_are_used_as_given() -> None:
 # --- the whole LLMConfig ----------------------------------------------------------------------
 
 
-def test_building_an_llm_config_starts_no_ray() -> None:
-    import ray
-
-    assert not ray.is_initialized()
-    config = pool_llm_config("small", pool(), spec(), "tiny")
-    assert config.model_id == "tiny-chat"
-    assert not ray.is_initialized()
+def test_importing_the_pool_layer_and_building_a_config_start_no_ray() -> None:
+    # In a fresh interpreter: the Serve tiers of the same pytest run have started Ray here.
+    check = (
+        "import ray\n"
+        "import deployments.fake_engine, deployments.pool\n"
+        "from deployments.llm_config import pool_llm_config\n"
+        "from deployments.config import PoolConfig\n"
+        "from models.catalog import ModelSpec\n"
+        "config = pool_llm_config('small', PoolConfig(model='tiny-chat'),"
+        " ModelSpec(id='tiny-chat', source='path://tiny'), 'tiny')\n"
+        "assert config.model_id == 'tiny-chat'\n"
+        "assert not ray.is_initialized()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_llm_config_of_a_cpu_pool() -> None:
