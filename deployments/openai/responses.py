@@ -161,7 +161,11 @@ async def relay(
                 elif event.startswith(ERROR_EVENT):
                     usage.ended = "error"
                 elif event == SSE_DONE:
+                    # NOTE: the answer is whole now: a client that leaves on reading
+                    # `[DONE]`, before the pool's stream has closed, did not cancel it.
                     finished = True
+                    if usage.ended == "cancelled":
+                        usage.ended = "ok"
                 out.append(event)
             if out:
                 yield "".join(out)

@@ -536,10 +536,9 @@ def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIte
 
 async def _released(events: list[str], done: StreamDone) -> AsyncIterator[str]:
     """An accepted whole answer's events; `done` once sent, or when the client left."""
-    usage = StreamUsage()
+    usage = StreamUsage(ended="ok")  # handed over whole: a client leaving now took it all
     try:
         yield "".join(events)
-        usage.ended = "ok"
     finally:
         done(usage)
 

@@ -8,6 +8,7 @@ error event) and its chat stream accumulator.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -390,6 +391,23 @@ async def test_done_is_called_once_when_the_client_leaves_early() -> None:
     assert done.calls == []
     await lines.aclose()
     assert done.once.ended == "cancelled"
+
+
+async def test_a_client_leaving_on_done_before_the_pool_closes_is_not_a_cancel() -> None:
+    """Regression: the `openai` client closes the connection on `[DONE]`; the pool's
+    stream had not ended yet, so a whole answer was counted `cancelled`."""
+    done = Done()
+    pool_closed = asyncio.Event()
+
+    async def rest() -> Any:
+        yield [USAGE, SSE_DONE]
+        await pool_closed.wait()  # the pool's end of stream, still on its way
+
+    lines = relay([chunk_event("Paris")], rest(), ROUTE, False, done)
+    await anext(lines)
+    assert (await anext(lines)).endswith(SSE_DONE)
+    await lines.aclose()  # the client left
+    assert (done.once.ended, done.once.prompt_tokens, done.once.completion_tokens) == ("ok", 7, 3)
 
 
 async def test_a_real_pool_stream_relays_to_what_the_openai_client_reads() -> None:
