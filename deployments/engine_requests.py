@@ -42,24 +42,17 @@ def parse(method: str, body: dict[str, Any]) -> tuple[Any, dict[str, Any] | None
 
     try:
         request = strict_model(method).model_validate(body)
-        _validate_lazy_parts(request)
-        return request, None
-    except _LazyPartError as exc:
-        return None, _refusal(exc.errors)
     except ValidationError as exc:
         return None, _refusal(exc.errors())
     except VLLMValidationError as exc:
         message = str(exc.args[0] if exc.args else exc)
         return None, _error(message, "BadRequestError", exc.parameter)
+    errors = _lazy_part_errors(request)
+    return (None, _refusal(errors)) if errors else (request, None)
 
 
-class _LazyPartError(Exception):
-    def __init__(self, errors: list[Any]) -> None:
-        self.errors = errors
-
-
-def _validate_lazy_parts(request: Any) -> None:
-    """Validate the message fields vLLM's model leaves lazy, here and once.
+def _lazy_part_errors(request: Any) -> list[Any]:
+    """Validate the message fields vLLM's model leaves lazy, here and once; their errors.
 
     vLLM types `content` parts as an `Iterable`, which pydantic validates only when the
     chat template is rendered (where vLLM turns a bad part into a 400 without naming it).
@@ -75,9 +68,8 @@ def _validate_lazy_parts(request: Any) -> None:
                     message[key] = list(value)
                 except ValidationError as exc:
                     where = ("messages", index, key)
-                    raise _LazyPartError(
-                        [{**e, "loc": (*where, *e["loc"])} for e in exc.errors()]
-                    ) from None
+                    return [{**e, "loc": (*where, *e["loc"])} for e in exc.errors()]
+    return []
 
 
 def _error(message: str, kind: str, param: str | None) -> dict[str, Any]:

@@ -381,8 +381,7 @@ class Ingress:
         caller: Authenticated,
     ) -> Response:
         asked = self._wishes(body, headers, caller)
-        key_id = caller.key_id if caller else None
-        return _respond(await self.serving.generate(body, asked, key_id))
+        return _respond(await self.serving.generate(body, asked, caller.key_id if caller else None))
 
     @api.post(
         "/v1/completions",
