@@ -541,11 +541,15 @@ def _render_chat(messages: Iterable[Any], tools: list[ChatCompletionToolsParam] 
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]] | None) -> list[str]:
-    """Completion prompts (and embedding inputs); token ids are written as words."""
+    """Completion prompts (and embedding inputs); token ids are written as words.
+
+    An empty list is refused with vLLM's own message (its renderer's ValueError, a 400)."""
     if prompt is None or isinstance(prompt, str):
         return [prompt or ""]
     items: list[Any] = prompt
-    if items and isinstance(items[0], int):
+    if not items:  # as vLLM's renderer refuses it
+        raise _Reject(400, "BadRequestError", "You must pass at least one prompt")
+    if isinstance(items[0], int):
         items = [items]
     return [p if isinstance(p, str) else " ".join(map(str, p)) for p in items]
 

@@ -403,6 +403,17 @@ async def test_failing_requests_and_unknown_models_are_refused() -> None:
     assert error.error.code == 400
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_empty_prompt_list_is_vllms_400_not_a_failure(stream: bool) -> None:
+    """vLLM's renderer refuses `prompt: []` ("You must pass at least one prompt"); the
+    fake once failed on it, and a fuzzer's few such requests opened a pool's circuit."""
+    error = await one(engine().completions(completion(prompt=[], stream=stream)))
+    assert (error.error.code, error.error.message) == (400, "You must pass at least one prompt")
+    request = EmbeddingCompletionRequest(model=MODEL, input=[])
+    error = await one(engine().embeddings(request))
+    assert error.error.code == 400
+
+
 async def test_a_stream_closed_early_is_aborted() -> None:
     fake = engine()
     request = chat(stream=True)
