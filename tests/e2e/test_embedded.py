@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.conftest import fresh_health
 from tests.e2e.conftest import APP
 
 pytestmark = pytest.mark.e2e
@@ -110,7 +111,8 @@ def test_speculative_aborts_the_loser(api: openai.OpenAI, serve_port: int) -> No
         pools = httpx.get(f"http://127.0.0.1:{serve_port}/{APP}/health").json()["pools"]
         return {name: pools[name]["aborted"] for name in ("small", "large")}
 
-    time.sleep(1.5)  # /health shows the stats poller's last sample (every second)
+    # `before` from stats samples taken now, not ones older than the tests before this one
+    fresh_health(f"http://127.0.0.1:{serve_port}/{APP}", "small", "large")
     before = aborted()
     raw = chat(
         api,

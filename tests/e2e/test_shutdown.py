@@ -87,7 +87,9 @@ def test_serve_run_answers_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
                     if r.status == 200:
                         break
             except OSError:
-                time.sleep(2)
+                time.sleep(2)  # the app is not up yet (its engine takes a while to load)
+        else:
+            pytest.fail("`serve run` did not answer /health within 600 s")
         body = json.dumps(
             {"model": "small", "prompt": "Hello", "max_tokens": 8, "ignore_eos": True}
         ).encode()

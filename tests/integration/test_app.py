@@ -175,8 +175,10 @@ def pool_health(port: int, pool: str) -> dict[str, Any]:
 
 
 def wait_for(port: int, pool: str, condition: Any) -> dict[str, Any] | None:
-    """Poll the pool's stats in /health (about a second old) until `condition` holds."""
-    for _ in range(50):
+    """Poll the pool's stats in /health (about a second old) until `condition` holds
+    (bounded: 30 s, a loaded machine's stats calls may miss a round or two)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         stats = pool_health(port, pool)
         if condition(stats):
             return stats
@@ -185,8 +187,8 @@ def wait_for(port: int, pool: str, condition: Any) -> dict[str, Any] | None:
 
 
 def wait_for_abort(port: int, pool: str, count: int) -> dict[str, Any]:
-    """Poll the pool's stats until the abort shows (bounded: 20 s)."""
-    for _ in range(100):
+    """Poll the pool's stats until the abort shows (bounded: 30 s)."""
+    for _ in range(150):
         stats = pool_health(port, pool)
         if stats["aborted"] >= count and stats["running"] == 0:
             return stats

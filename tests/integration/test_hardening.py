@@ -263,7 +263,11 @@ def test_beyond_max_active_requests_is_an_immediate_429(base: str, http: httpx.C
                 asyncio.create_task(client.post("/v1/chat/completions", json=slow))
                 for _ in range(MAX_ACTIVE - 1)
             ]
-            await asyncio.sleep(1.5)  # all MAX_ACTIVE are in the ingress, waiting on `slow`
+            deadline = time.monotonic() + 30
+            # until all MAX_ACTIVE are in the ingress, waiting on `slow` (4 s)
+            while (await client.get("/health")).json()["active_requests"] < MAX_ACTIVE:
+                assert time.monotonic() < deadline, "the held requests never all got in"
+                await asyncio.sleep(0.1)
             extra = [await client.post("/v1/chat/completions", json=chat()) for _ in range(3)]
             health = await client.get("/health")
             done = await asyncio.gather(*held)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import delete_app, fake_app_args, run_app
+from tests.conftest import delete_app, fake_app_args, run_app, wait_for
 from tests.integration.test_ledger import database_with_keys
 
 
@@ -28,6 +29,16 @@ def quota_app(url: str) -> dict[str, Any]:
         "spender": {"budget": {"usd_per_day": 1.5, "frugal_at": 0.5}},
     }
     return args
+
+
+def keeper_shows(app: str, account: str, usd: float) -> bool:
+    """Whether the quota keeper's book shows exactly `usd` used today: every request's
+    spend reported, and no allowance left with a replica (an idle one goes back after 1 s)."""
+    from ray import serve
+
+    keeper = serve.get_deployment_handle("quota", app)
+    grant = keeper.snapshot.remote(account).result(timeout_s=30)
+    return bool(grant.used["usd", "day"] == pytest.approx(usd))
 
 
 def ask(api: openai.OpenAI, **extra: Any) -> Any:
@@ -68,7 +79,10 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
                 spender, max_tokens=4, extra_body={"switchyard": {"strategy": "cascade"}}
             ).parse()
             notes.append(body.model_extra["switchyard"]["notes"])
-            time.sleep(2)  # spend reaches the keeper (0.5 s) and every replica's view (1 s)
+            # this request's spend is settled at the keeper: reported, allowances given back
+            usd = 0.4 * len(notes)
+            spent = partial(keeper_shows, name, "tenant:spender", usd)
+            wait_for(spent, 30, 0.2, f"${usd:.2f} spent at the keeper")
         assert not any("frugal" in n for n in notes[0])
         assert any("frugal routing" in n for n in notes[2])
         with pytest.raises(openai.RateLimitError) as exc:
@@ -101,15 +115,16 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
 def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: int) -> None:
     """The bound: what was admitted but not yet in the ledger when the keeper died. Here
     the ledger is written (0.2 s flushes) before the kill, so nothing is forgotten."""
-    from tests.integration.test_scaling import (
-        deployment_replicas,
-        kill_one_replica,
-        replica_actors,
-        wait_for,
-    )
+    from tests.integration.test_scaling import deployment_replicas, kill_one_replica, replica_actors
 
     url, store, (key,) = database_with_keys("sqlite", None, "limited")
     engine = store.engine
+
+    def recorded() -> dict[str, int]:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT outcome, COUNT(*) FROM requests GROUP BY 1")
+            return dict(rows.all())
+
     name = "quota-kill"
     api = openai.OpenAI(
         base_url=f"http://127.0.0.1:{serve_port}/{name}/v1", api_key=key, max_retries=0
@@ -120,7 +135,8 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
     try:
         for _ in range(6):
             ask(api)
-        time.sleep(1)  # the ingress replicas have written their ledger records
+        # the ingress replicas have written their ledger records (the keeper restores from them)
+        wait_for(lambda: recorded().get("ok", 0) >= 6, 30, 0.2, "6 answers in the ledger")
         victim = kill_one_replica(name, "quota")
 
         def replaced() -> bool:
@@ -146,12 +162,10 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
 
         # An ingress replica killed outright keeps what it flushed: records older than
         # database.flush_interval_s (0.2 s here) are in the database.
-        time.sleep(1)
+        answered = 6 + admitted
+        wait_for(lambda: recorded().get("ok", 0) >= answered, 30, 0.2, "every answer in the ledger")
         kill_one_replica(name, "ingress")
-        with engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT outcome, COUNT(*) FROM requests GROUP BY 1")
-            recorded = dict(rows.all())
-        assert recorded == {"ok": 6 + admitted}  # refusals are counted, not recorded
+        assert recorded() == {"ok": answered}  # refusals are counted, not recorded
     finally:
         delete_app(name)
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import METRICS_PORT, delete_app, fake_app_args, run_app
+from tests.conftest import METRICS_PORT, delete_app, fake_app_args, run_app, wait_for
 
 SLOW = {"token_latency_s": 0.1, "reply": "one two three four five six seven eight nine ten"}
 
@@ -25,16 +25,6 @@ def deployment_replicas(app: str, deployment: str) -> int:
 
     status = serve.status().applications[app].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))  # type: ignore[call-overload]
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, step_s: float = 0.5) -> float:
-    """Seconds until `check()` held; fails the test after `timeout_s`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout_s:
-            pytest.fail(f"condition not met within {timeout_s} s")
-        time.sleep(step_s)
-    return time.monotonic() - started
 
 
 class Load:
@@ -117,7 +107,8 @@ def test_overload_is_a_clean_429_with_retry_after(serve_port: int, app: Any, str
     name = app(f"overload-{stream}", args)  # small falls back to large, also full
     body = {**chat_body("small"), "stream": stream}
     with Load(url(serve_port, name), body, workers=6) as load:
-        time.sleep(6)
+        # overloaded until some requests were answered and some refused, several rounds
+        wait_for(lambda: min(load.codes[200], load.codes[429]) >= 6, 60, 0.2, "200s and 429s")
     assert load.codes[200] > 0 and load.codes[429] > 0, load.codes
     assert set(load.codes) == {200, 429}, load.errors[:3]
     status, error, headers = next(e for e in load.errors if e[0] == 429)
@@ -136,7 +127,12 @@ def test_a_pool_at_zero_falls_back_wakes_and_scales_back_to_zero(serve_port: int
     }  # fmt: skip
     name = app("zero", args)
     code = chat_body("auto", "fix this python bug: def f(: pass")
-    time.sleep(3)  # the ingress reads replica counts every 2 s
+
+    def ingress_sees_zero() -> bool:  # it reads replica counts every 2 s
+        pools = httpx.get(url(serve_port, name, "/health"), timeout=30).json()["pools"]
+        return bool(pools["code"]["replicas"] == 0)
+
+    wait_for(ingress_sees_zero, 30, 0.2, "the code pool at zero in /health")
     assert deployment_replicas(name, "pool-code") == 0
     first = httpx.post(url(serve_port, name), json=code, timeout=60)
     assert first.status_code == 200
@@ -217,9 +213,10 @@ def test_killing_a_replica_under_load(serve_port: int, app: Any, fallback: bool)
         args["routing"] = {"fallback": {"chains": {}}}
     name = app(f"drill-{'fb' if fallback else 'nofb'}", args)
     with Load(url(serve_port, name), chat_body("small"), workers=4) as load:
-        time.sleep(1.5)
+        # the load flows: answers come back, the workers' next requests are in flight
+        wait_for(lambda: load.codes[200] >= 4, 60, 0.2, "answers under load")
         victim = kill_one_replica(name, "pool-small")
-        time.sleep(3)
+        time.sleep(3)  # keep the load on while the victim is gone (load, not a wait)
 
     def replaced() -> bool:
         actors = replica_actors(name, "pool-small")

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import client, delete_app, fake_app_args, run_app
+from tests.conftest import client, delete_app, fake_app_args, fresh_health, run_app
 
 
 def ask(text: str = "hello there") -> list[dict[str, str]]:
@@ -19,8 +19,13 @@ def ask(text: str = "hello there") -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def apps(serve_port: int) -> Iterator[dict[str, openai.OpenAI]]:
+    # NOTE: small's first token waits 0.3 s so a speculative race's large request has
+    # reached its engine when small wins (one cancelled before it starts never ran, so
+    # there is nothing to abort); large takes ~2 s, so small still wins.
     confident = fake_app_args(
-        small={"logprobs": [-0.1]}, large={"token_latency_s": 0.05}, code={"token_latency_s": 0.05}
+        small={"logprobs": [-0.1], "first_token_latency_s": 0.3},
+        large={"token_latency_s": 0.5},
+        code={"token_latency_s": 0.05},
     )
     unsure = fake_app_args(small={"logprobs": [-0.3, -2.0]}, large={"token_latency_s": 0.01})
     flaky = fake_app_args(small={"fail_requests": True})
@@ -68,8 +73,9 @@ def test_cascade_escalates_low_confidence(apps: dict[str, openai.OpenAI]) -> Non
 def test_speculative_aborts_the_loser_in_its_engine(
     serve_port: int, apps: dict[str, openai.OpenAI]
 ) -> None:
-    time.sleep(1.5)  # /health shows the stats poller's last sample (every second)
-    before = health(serve_port, "confident")["pools"]["large"]["aborted"]
+    # `before` from a stats sample of `large` taken now, not one older than earlier tests
+    sampled = fresh_health(f"http://127.0.0.1:{serve_port}/confident", "large")
+    before = sampled["pools"]["large"]["aborted"]
     raw = apps["confident"].chat.completions.with_raw_response.create(
         model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "speculative"}}
     )
