@@ -114,6 +114,16 @@ def wait_for(
     return time.monotonic() - started
 
 
+def minute_left(needed_s: float) -> None:
+    """Wait, if need be, for the next clock minute so `needed_s` of it are left.
+
+    Per-minute limits count by clock minute: requests a test counts together must fall
+    in one. Call it once the app is up (its start time would eat the window)."""
+    left = 60 - time.time() % 60
+    if left < needed_s:
+        time.sleep(left + 0.5)
+
+
 def fresh_health(base: str, *pools: str, timeout_s: float = 30) -> dict[str, Any]:
     """/health's body once the stats poller (every 1 s) has sampled each of `pools` since
     this call: their counters (`running`, `aborted`) are current, not a sample taken

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import delete_app, fake_app_args, run_app, wait_for
+from tests.conftest import delete_app, fake_app_args, minute_left, run_app, wait_for
 from tests.integration.test_ledger import database_with_keys
 
 
@@ -57,10 +57,9 @@ def test_limits_and_budgets_hold_across_replicas_and_restarts(
     limited = openai.OpenAI(base_url=base, api_key=limited_key, max_retries=0)
     spender = openai.OpenAI(base_url=base, api_key=spender_key, max_retries=0)
     args = quota_app(url)
-    if time.time() % 60 > 45:  # the 20 requests below must fall in one minute window
-        time.sleep(61 - time.time() % 60)
     run_app(args, name)
     try:
+        minute_left(15)  # the 20 requests below fall in one minute window
         codes: dict[int, int] = {}
         for _ in range(20):
             try:
@@ -129,10 +128,9 @@ def test_a_killed_quota_keeper_restores_the_minute_from_the_ledger(serve_port: i
     api = openai.OpenAI(
         base_url=f"http://127.0.0.1:{serve_port}/{name}/v1", api_key=key, max_retries=0
     )
-    if time.time() % 60 > 20:  # the requests and the restart must fall in one minute
-        time.sleep(61 - time.time() % 60)
     run_app(quota_app(url), name)
     try:
+        minute_left(45)  # the requests and the restart fall in one minute window
         for _ in range(6):
             ask(api)
         # the ingress replicas have written their ledger records (the keeper restores from them)
@@ -197,10 +195,9 @@ def test_limits_hold_while_the_database_is_down(serve_port: int) -> None:
         base = f"http://127.0.0.1:{serve_port}/{name}/v1"
         known = openai.OpenAI(base_url=base, api_key=known_key, max_retries=0)
         newcomer = openai.OpenAI(base_url=base, api_key=new_key, max_retries=0)
-        if time.time() % 60 > 30:  # everything below must fall in one minute window
-            time.sleep(61 - time.time() % 60)
         run_app(args, name)
         try:
+            minute_left(35)  # everything below falls in one minute window
             ask(known)  # the keeper restores `known` from the ledger now
             server.pause()
             modes = set()
