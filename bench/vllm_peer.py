@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -193,6 +194,46 @@ def _group_members(pgid: int) -> list[str]:
     return [line.split(None, 1)[1] for line in out.splitlines() if line.split()[0] == str(pgid)]
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each user process on this machine, by process name.
+
+    Everything here shares two cores with the engine, so where a target's CPU goes
+    (engine core, its front end, Ray's proxy and replicas, the load generator) is what
+    explains a throughput gap. Kernel threads and this script are left out."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == "2" or pid == "2":  # kernel threads (children of kthreadd)
+            continue
+        if comm.startswith("python") and len(argv) > 1:
+            tail = [a.decode(errors="replace") for a in argv[1:3] if a]
+            comm = " ".join(Path(t).name if "/" in t else t[:24] for t in tail)
+        used[comm] = used.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this script's finished children (the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Cores used per process name between two snapshots (0.5 = half a core)."""
+    split = {k: (v - before.get(k, 0.0)) / wall_s for k, v in after.items()}
+    return dict(sorted(((k, round(v, 2)) for k, v in split.items() if v >= 0.01),
+                       key=lambda kv: -kv[1]))  # fmt: skip
+
+
 def run_bench(
     label: str,
     port: int,
@@ -217,10 +258,15 @@ def run_bench(
         "--percentile-metrics", "ttft,tpot,itl",
         "--save-result", "--result-dir", str(REPORTS), "--result-filename", name,
     ]  # fmt: skip
+    before, started, client = cpu_seconds(), time.monotonic(), _children_cpu_s()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    wall_s = time.monotonic() - started
+    cores = cpu_split(before, cpu_seconds(), wall_s)
+    cores["load generator"] = round((_children_cpu_s() - client) / wall_s, 2)
     result = json.loads((REPORTS / name).read_text())
     return {key: result.get(key) for key in KEYS} | {
-        "total_output_tokens": result.get("total_output_tokens")
+        "total_output_tokens": result.get("total_output_tokens"),
+        "cores": cores,
     }
 
 
@@ -287,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                         f" failed {r['failed']}",
                         flush=True,
                     )
+                    top = list(r["cores"].items())[:6]
+                    print("    cores: " + ", ".join(f"{k} {v:.2f}" for k, v in top), flush=True)
 
     servers: list[dict[str, Any]] = []
     for target in args.targets:

@@ -6,7 +6,9 @@ shaped exactly as vLLM's server would. This subclass adds only what routing, adm
 and autoscaling need from a replica:
 
 - load stats (`stats`): requests in flight, split into running and waiting by the
-  engine's batch size (`max_num_seqs`), and requests abandoned before they finished;
+  engine's batch size (`max_num_seqs`), requests abandoned before they finished, and
+  the engine time spent (busy seconds; request-seconds): what a benchmark charges a
+  pool for the answers it gave;
 - the escalation forecast an ingress broadcasts (`anticipate`), reported with the
   engine queue as custom autoscaling metrics (`deployments/autoscaling.py`);
 - stream batching whose first event never waits (`deployments/coalesce.py`).
@@ -50,6 +52,8 @@ class PoolServer(LLMServer):
         self.pool = pool
         self._in_flight = 0
         self._aborted = 0
+        self._busy_s = self._request_s = 0.0
+        self._busy_since = 0.0  # when `_in_flight` last went from 0 to 1
         self._batch = int(llm_config.engine_kwargs.get("max_num_seqs") or 256)
         self._interval_s = float(
             llm_config.experimental_configs.get("stream_batching_interval_ms", 50.0) / 1000
@@ -84,6 +88,9 @@ class PoolServer(LLMServer):
         return self._counted(stream)
 
     async def _counted(self, stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        started = time.monotonic()
+        if self._in_flight == 0:
+            self._busy_since = started
         self._in_flight += 1
         finished = False
         try:
@@ -92,6 +99,10 @@ class PoolServer(LLMServer):
             finished = True
         finally:
             self._in_flight -= 1
+            now = time.monotonic()
+            self._request_s += now - started
+            if self._in_flight == 0:
+                self._busy_s += now - self._busy_since
             # NOTE: vLLM answers a cancelled whole-answer request with an error response
             # instead of raising (it aborts the engine request either way): the task
             # still says it was cancelled.
@@ -103,7 +114,12 @@ class PoolServer(LLMServer):
         """Load as routing reads it. vLLM runs up to `max_num_seqs` requests at once;
         the rest wait in its scheduler (a full KV cache makes more wait: not seen here)."""
         running = min(self._in_flight, self._batch)
-        return EngineStats(running, self._in_flight - running, self._aborted)
+        busy_s = self._busy_s
+        if self._in_flight:
+            busy_s += time.monotonic() - self._busy_since
+        return EngineStats(
+            running, self._in_flight - running, self._aborted, busy_s, self._request_s
+        )
 
     def anticipate(self, sender: str, requests: float) -> None:
         """An ingress expects `requests` to arrive soon (escalations of running cascades).

@@ -26,6 +26,10 @@ class EngineStats:
     running: int
     waiting: int
     aborted: int = 0  # requests stopped before they finished, since start
+    # Engine time since start: seconds with at least one request in the engine (what a
+    # replica costs while it works) and the sum of every request's time in it.
+    busy_s: float = 0.0
+    request_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,8 @@ class PoolMonitor:
                 entry = {"ok": ok, "state": state.polled}
                 entry.update(running=state.stats.running, waiting=state.stats.waiting)
                 entry.update(aborted=state.stats.aborted)
+                entry.update(busy_s=round(state.stats.busy_s, 3))
+                entry.update(request_s=round(state.stats.request_s, 3))
                 if state.stats_at is not None:
                     entry["stats_age_s"] = round(now - state.stats_at, 2)
             entry["replicas"] = state.replicas

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -204,6 +205,7 @@ def test_health(serve_port: int, api: openai.OpenAI) -> None:
     }  # fmt: skip
     small = body["pools"]["small"]
     assert 0 <= small.pop("stats_age_s") < 5  # from the poller, never a call on this path
+    assert small.pop("busy_s") >= 0 and small.pop("request_s") >= 0  # engine time so far
     assert small == {
         "ok": True,
         "state": "ok",
@@ -213,6 +215,21 @@ def test_health(serve_port: int, api: openai.OpenAI) -> None:
         "replicas": 1,
         "circuit": "closed",
     }
+
+
+def test_pools_account_engine_time(serve_port: int, api: openai.OpenAI) -> None:
+    """Two overlapping 60-token answers at 5 ms a token: each spends >= 0.3 s in the
+    engine; the pool is busy at least that long and at most their sum."""
+    before = wait_for(serve_port, "merged", lambda stats: stats["running"] == 0)
+    assert before is not None
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: api.chat.completions.create(
+            model="merged", messages=ask("hi")), range(2)))  # fmt: skip
+    assert [a.usage.completion_tokens for a in answers if a.usage] == [60, 60]
+    after = wait_for(serve_port, "merged", lambda s: s["request_s"] >= before["request_s"] + 0.6)
+    assert after is not None, "both requests' engine time shows in /health"
+    busy = after["busy_s"] - before["busy_s"]
+    assert 0.3 <= busy <= after["request_s"] - before["request_s"]
 
 
 def test_client_disconnect_aborts_the_engine_request(serve_port: int, http: httpx.Client) -> None:

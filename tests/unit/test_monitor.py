@@ -32,10 +32,11 @@ def test_health_reads_the_last_samples_without_calling_pools() -> None:
     assert (report["code"]["ok"], report["code"]["state"]) == (True, "unknown")
     m.record_replicas("small", 1)
     m.record_replicas("code", 0)
-    m.record_stats("small", EngineStats(running=2, waiting=1))
+    m.record_stats("small", EngineStats(running=2, waiting=1, busy_s=1.23456, request_s=2.5))
     report = m.health()
     assert report["small"] | {"stats_age_s": 0} == {
         "ok": True, "state": "ok", "running": 2, "waiting": 1, "aborted": 0,
+        "busy_s": 1.235, "request_s": 2.5,
         "stats_age_s": 0, "replicas": 1, "circuit": "closed",
     }  # fmt: skip
     assert (report["code"]["ok"], report["code"]["state"]) == (True, "scaled_to_zero")
