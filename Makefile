@@ -9,7 +9,7 @@ CONFIG ?= serve_config.yaml
 STAMP := $(VENV)/.switchyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install models serve test test-unit test-integration test-e2e postgres-check check clean bench-vllm
+.PHONY: install models serve test test-unit test-integration test-e2e postgres-check check clean bench-vllm bench-quality
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ postgres-check: install
 BENCH_ARGS ?=
 bench-vllm: models
 	$(PY) bench/vllm_peer.py $(BENCH_ARGS)
+
+# What routing saves and at what accuracy: a graded workload through the running app
+# under each policy; table, JSON and a PNG under reports/bench-quality/.
+bench-quality: models
+	$(PY) bench/quality.py $(BENCH_ARGS)
 
 check: install
 	$(VENV)/bin/ruff check core models routing execution tenancy deployments tests bench cluster

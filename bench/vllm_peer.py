@@ -132,9 +132,16 @@ def _with_port(config_path: Path, port: int) -> dict[str, Any]:
 class Server:
     """A server process group: started, waited for, stopped (and checked) cleanly."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready_url: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        ready_url: str,
+        log_dir: Path = REPORTS,
+    ) -> None:
         self.name, self.argv, self.env, self.ready_url = name, argv, env, ready_url
-        self.log = REPORTS / f"{name}.log"
+        self.log = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.startup_s = self.shutdown_s = 0.0
 

@@ -1,0 +1,321 @@
+"""What routing saves, and at what accuracy: a graded workload through the running app.
+
+Routing exists to spend less of the expensive pool at the same answer quality, so each
+policy is judged on both, through the running app: the same graded, mixed workload
+(`routing.training.quality_tasks`, seeded; 7 kinds from easy to hard, answers checked by
+a program) replayed at a fixed concurrency under each policy, streaming, temperature 0.
+Per policy: accuracy, the `large` pool's engine time from the pools' own accounting
+(`busy_s`, `request_s` in `/health`), share of answers per pool, escalations, p50/p95
+latency and time to first token; then each policy against always-large (accuracy kept,
+large engine time saved). Writes JSON, Markdown and a PNG (accuracy vs large
+engine-seconds) under reports/bench-quality/.
+
+    make bench-quality                                  # starts the embedded app itself
+    python bench/quality.py --url http://127.0.0.1:8000 --tasks 100 --policies small large
+
+Policies: `small` and `large` (pinned), `auto` (the rules), `cascade` and `speculative`
+(strategies on `auto`). Other policies (learned, adaptive, verifier, ensemble) are added as
+they exist. Numbers only; nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from routing.training.quality_tasks import Task, grade, tasks  # noqa: E402
+
+REPORTS = ROOT / "reports" / "bench-quality"
+PORT = 8103
+
+# name -> (model, strategy header or None)
+POLICIES: dict[str, tuple[str, str | None]] = {
+    "small": ("small", None),
+    "large": ("large", None),
+    "auto": ("auto", "route"),
+    "cascade": ("auto", "cascade"),
+    "speculative": ("auto", "speculative"),
+}
+
+
+@dataclass
+class Answer:
+    task_id: str
+    kind: str
+    difficulty: str
+    correct: bool
+    pool: str | None
+    escalated: bool
+    latency_s: float
+    ttft_s: float | None
+    error: str | None = None
+
+
+@dataclass
+class PolicyResult:
+    policy: str
+    answers: list[Answer] = field(default_factory=list)
+    engine: dict[str, dict[str, float]] = field(default_factory=dict)  # pool -> busy/request s
+    wall_s: float = 0.0
+
+
+async def ask(
+    client: httpx.AsyncClient, task: Task, model: str, strategy: str | None, max_tokens: int
+) -> Answer:
+    """One streamed chat request; the answer's text, who served it, and its timings."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": task.prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    headers = {"x-switchyard-strategy": strategy} if strategy else {}
+    started = time.monotonic()
+    ttft: float | None = None
+    text: list[str] = []
+    route: dict[str, Any] = {}
+    try:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers=headers
+        ) as resp:
+            if resp.status_code != 200:
+                await resp.aread()
+                return _failed(task, started, f"{resp.status_code}: {resp.text[:200]}")
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return _failed(task, started, str(event["error"])[:200])
+                route = event.get("switchyard") or route
+                for choice in event.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        ttft = ttft if ttft is not None else time.monotonic() - started
+                        text.append(piece)
+    except httpx.HTTPError as exc:
+        return _failed(task, started, repr(exc)[:200])
+    return Answer(
+        task.id,
+        task.kind,
+        task.difficulty,
+        grade(task, "".join(text)),
+        route.get("pool"),
+        bool(route.get("escalated")),
+        time.monotonic() - started,
+        ttft,
+    )
+
+
+def _failed(task: Task, started: float, why: str) -> Answer:
+    return Answer(
+        task.id, task.kind, task.difficulty, False, None, False,
+        time.monotonic() - started, None, why,
+    )  # fmt: skip
+
+
+async def engine_time(client: httpx.AsyncClient, after: float | None = None) -> dict[str, Any]:
+    """Per pool `busy_s` / `request_s` from `/health`, once every pool is idle and its
+    sample is newer than `after` (a monotonic time here; stats are about a second old)."""
+    deadline = time.monotonic() + 60
+    while True:
+        pools = (await client.get("/health")).json()["pools"]
+        idle = all(p.get("running", 0) == 0 for p in pools.values())
+        fresh = after is None or all(
+            time.monotonic() - p.get("stats_age_s", 1e9) > after for p in pools.values()
+        )
+        if (idle and fresh) or time.monotonic() > deadline:
+            return {
+                name: {"busy_s": p.get("busy_s", 0.0), "request_s": p.get("request_s", 0.0)}
+                for name, p in pools.items()
+            }
+        await asyncio.sleep(0.5)
+
+
+async def run_policy(
+    url: str, policy: str, workload: list[Task], concurrency: int, max_tokens: int
+) -> PolicyResult:
+    model, strategy = POLICIES[policy]
+    result = PolicyResult(policy)
+    limits = httpx.Limits(max_connections=concurrency)
+    timeout = httpx.Timeout(600, connect=10)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        before = await engine_time(client)
+        queue: asyncio.Queue[Task] = asyncio.Queue()
+        for task in workload:
+            queue.put_nowait(task)
+
+        async def worker() -> None:
+            while not queue.empty():
+                task = queue.get_nowait()
+                result.answers.append(await ask(client, task, model, strategy, max_tokens))
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.wall_s = time.monotonic() - started
+        after = await engine_time(client, after=time.monotonic())
+    result.engine = {
+        pool: {k: round(after[pool][k] - before.get(pool, {}).get(k, 0.0), 2) for k in after[pool]}
+        for pool in after
+    }
+    return result
+
+
+def summarise(result: PolicyResult, expensive: str) -> dict[str, Any]:
+    answers = result.answers
+    latencies = sorted(a.latency_s for a in answers)
+    ttfts = sorted(a.ttft_s for a in answers if a.ttft_s is not None)
+    pools: dict[str, int] = {}
+    for a in answers:
+        pools[a.pool or "error"] = pools.get(a.pool or "error", 0) + 1
+    return {
+        "policy": result.policy,
+        "requests": len(answers),
+        "accuracy": sum(a.correct for a in answers) / max(1, len(answers)),
+        "errors": sum(a.error is not None for a in answers),
+        "escalated": sum(a.escalated for a in answers),
+        "served_by": pools,
+        "large_busy_s": result.engine.get(expensive, {}).get("busy_s", 0.0),
+        "large_request_s": result.engine.get(expensive, {}).get("request_s", 0.0),
+        "engine": result.engine,
+        "p50_s": _pct(latencies, 0.5),
+        "p95_s": _pct(latencies, 0.95),
+        "ttft_p50_s": _pct(ttfts, 0.5),
+        "ttft_p95_s": _pct(ttfts, 0.95),
+        "wall_s": round(result.wall_s, 1),
+        "by_kind": _by_kind(answers),
+    }
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+
+def _by_kind(answers: list[Answer]) -> dict[str, float]:
+    kinds: dict[str, list[bool]] = {}
+    for a in answers:
+        kinds.setdefault(a.kind, []).append(a.correct)
+    return {k: round(statistics.fmean(v), 3) for k, v in sorted(kinds.items())}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = next((r for r in rows if r["policy"] == "large"), None)
+    lines = [
+        "| policy | accuracy | vs always-large | large request-s | saved vs always-large "
+        "| other pools request-s | served by | escalated | p50 s | p95 s | TTFT p50 s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        kept = saved = ""
+        if base and base["accuracy"]:
+            kept = f"{r['accuracy'] / base['accuracy']:.0%}"
+        if base and base["large_request_s"]:
+            saved = f"{1 - r['large_request_s'] / base['large_request_s']:.0%}"
+        served = ", ".join(f"{k} {v}" for k, v in sorted(r["served_by"].items()))
+        other = sum(e["request_s"] for e in r["engine"].values()) - r["large_request_s"]
+        lines.append(
+            f"| {r['policy']} | {r['accuracy']:.1%} | {kept} | {r['large_request_s']:.1f} | "
+            f"{saved} | {other:.1f} | {served} | {r['escalated']} | {r['p50_s']} | {r['p95_s']} | "
+            f"{r['ttft_p50_s']} | {r['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["large_request_s"], r["accuracy"])
+        ax.annotate(r["policy"], (r["large_request_s"], r["accuracy"]))
+    ax.set_xlabel("large pool engine request-seconds")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs large-pool engine time")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--url", help="a running app (default: start the embedded profile)")
+    p.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+    p.add_argument("--tasks", type=int, default=210)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    p.add_argument("--expensive-pool", default="large")
+    args = p.parse_args(argv)
+
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    workload = tasks(args.tasks, seed=args.seed)
+    server = None
+    url = args.url
+    if url is None:
+        from bench.vllm_peer import BIN, Server
+
+        raw = yaml.safe_load(args.config.read_text())
+        raw["http_options"]["port"] = PORT
+        path = REPORTS / "serve_quality.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        url = f"http://127.0.0.1:{PORT}"
+        argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
+        env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}
+        server = Server("quality", argv_, env, f"{url}/health", log_dir=REPORTS)
+        print("starting the app ...", flush=True)
+        server.start()
+    rows: list[dict[str, Any]] = []
+    raw_answers: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for policy in args.policies:
+            result = asyncio.run(
+                run_policy(url, policy, workload, args.concurrency, args.max_tokens)
+            )
+            row = summarise(result, args.expensive_pool)
+            rows.append(row)
+            raw_answers[policy] = [asdict(a) for a in result.answers]
+            print(
+                f"  {policy:12} accuracy {row['accuracy']:.1%}  large request-s "
+                f"{row['large_request_s']:.1f}  served {row['served_by']}  "
+                f"p50 {row['p50_s']} s  errors {row['errors']}",
+                flush=True,
+            )
+    finally:
+        if server is not None:
+            server.stop()
+    text = table(rows)
+    print("\n" + text)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    settings = vars(args) | {"config": args.config.name}
+    out = REPORTS / f"quality-{stamp}.json"
+    out.write_text(
+        json.dumps({"settings": settings, "rows": rows, "answers": raw_answers}, indent=1,
+                   default=str)
+    )  # fmt: skip
+    (REPORTS / f"quality-{stamp}.md").write_text(text + "\n")
+    plot(rows, REPORTS / f"quality-{stamp}.png")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
