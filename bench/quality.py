@@ -62,6 +62,7 @@ class Answer:
     latency_s: float
     ttft_s: float | None
     error: str | None = None
+    text: str = ""  # the answer as the client saw it, kept in the JSON for reading
 
 
 @dataclass
@@ -109,15 +110,17 @@ async def ask(
                         text.append(piece)
     except httpx.HTTPError as exc:
         return _failed(task, started, repr(exc)[:200])
+    answer = "".join(text)
     return Answer(
         task.id,
         task.kind,
         task.difficulty,
-        grade(task, "".join(text)),
+        grade(task, answer),
         route.get("pool"),
         bool(route.get("escalated")),
         time.monotonic() - started,
         ttft,
+        text=answer[:2000],
     )
 
 
