@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,16 +183,14 @@ def summarise(result: PolicyResult, expensive: str) -> dict[str, Any]:
     answers = result.answers
     latencies = sorted(a.latency_s for a in answers)
     ttfts = sorted(a.ttft_s for a in answers if a.ttft_s is not None)
-    pools: dict[str, int] = {}
-    for a in answers:
-        pools[a.pool or "error"] = pools.get(a.pool or "error", 0) + 1
+    pools = Counter(a.pool or "error" for a in answers)
     return {
         "policy": result.policy,
         "requests": len(answers),
         "accuracy": sum(a.correct for a in answers) / max(1, len(answers)),
         "errors": sum(a.error is not None for a in answers),
         "escalated": sum(a.escalated for a in answers),
-        "served_by": pools,
+        "served_by": dict(pools),
         "large_busy_s": result.engine.get(expensive, {}).get("busy_s", 0.0),
         "large_request_s": result.engine.get(expensive, {}).get("request_s", 0.0),
         "engine": result.engine,
@@ -274,12 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.url
     if url is None:
-        from bench.vllm_peer import BIN, Server
+        from bench.vllm_peer import BIN, Server, _with_port
 
-        raw = yaml.safe_load(args.config.read_text())
-        raw["http_options"]["port"] = PORT
         path = REPORTS / "serve_quality.yaml"
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        path.write_text(yaml.safe_dump(_with_port(args.config, PORT), sort_keys=False))
         url = f"http://127.0.0.1:{PORT}"
         argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
         env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}

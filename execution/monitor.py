@@ -182,9 +182,11 @@ class PoolMonitor:
                 ok = state.polled == "ok" or (state.polled == "busy" and bool(state.replicas))
                 entry = {"ok": ok, "state": state.polled}
                 entry.update(running=state.stats.running, waiting=state.stats.waiting)
-                entry.update(aborted=state.stats.aborted)
-                entry.update(busy_s=round(state.stats.busy_s, 3))
-                entry.update(request_s=round(state.stats.request_s, 3))
+                entry.update(
+                    aborted=state.stats.aborted,
+                    busy_s=round(state.stats.busy_s, 3),
+                    request_s=round(state.stats.request_s, 3),
+                )
                 if state.stats_at is not None:
                     entry["stats_age_s"] = round(now - state.stats_at, 2)
             entry["replicas"] = state.replicas
