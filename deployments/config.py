@@ -345,6 +345,12 @@ class AppConfig(StrictConfig):
                 f"routing names pools that are not configured: {listed}; "
                 f"configured: {', '.join(self.pools)}"
             )
+        judge = self.routing.verifier.judge_pool
+        if judge is not None and not self.model(self.pools[judge].model).chat:
+            raise ValueError(
+                f"routing.verifier.judge_pool {judge!r} serves a completion-only model; the "
+                "judge is asked in chat"
+            )
         return self
 
     def model(self, model_id: str) -> ModelSpec:

@@ -110,6 +110,17 @@ class RequestMetrics:
             tags = {"pool": outcome.discarded_pool, "strategy": outcome.strategy}
             self._inc("discarded_tokens", outcome.discarded_tokens, tags)
             self._inc("discarded_engine_s", outcome.discarded_engine_s, tags)
+        for pool, tokens in outcome.losers:  # ensemble: every answer not kept
+            c["discarded_tokens"] += tokens
+            self._inc("discarded_tokens", tokens, {"pool": pool, "strategy": outcome.strategy})
+        if outcome.judge_pool is not None:  # verify: the judge's last verdict
+            verdict = "rejected" if outcome.escalated else "accepted"
+            c[f"verify.{verdict}"] += 1
+            self._inc("verdicts", 1, {"judge": outcome.judge_pool, "verdict": verdict})
+        if outcome.votes is not None:
+            agreed = "majority" if outcome.votes * 2 > (outcome.answers or 0) else "none"
+            c[f"ensemble.{agreed}"] += 1
+            self._inc("ensemble_picks", 1, {"pool": outcome.pool, "agreement": agreed})
 
     def fell_back(self, from_pool: str, to_pool: str, reason: str) -> None:
         self._inc("fallbacks", 1, {"from_pool": from_pool, "to_pool": to_pool, "reason": reason})
@@ -210,6 +221,10 @@ def _ray_metrics() -> dict[str, Any]:
         ),
         "discarded_engine_s": counter(
             "discarded_engine_seconds", "Engine time of thrown-away answers", "pool", "strategy"
+        ),
+        "verdicts": counter("verify_verdicts", "Verify: the judge's verdicts", "judge", "verdict"),
+        "ensemble_picks": counter(
+            "ensemble_picks", "Ensemble: answers kept, by majority or none", "pool", "agreement"
         ),
         "fallbacks": counter(
             "fallbacks", "Moves to the next pool", "from_pool", "to_pool", "reason"

@@ -1,4 +1,5 @@
-"""Carrying out a routing `Plan`: route, cascade, speculative, each with fallbacks.
+"""Carrying out a routing `Plan`: route, cascade (whole or mid-stream), speculative,
+verify and ensemble, each with fallbacks.
 
 Pools are reached through `PoolClient` (the ingress backs it with Serve handles, tests
 with fake engines). Live pool state is read from and reported to the `PoolMonitor`.
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from core.errors import (
@@ -29,9 +30,13 @@ from core.errors import (
     SwitchyardError,
 )
 from execution.monitor import PoolMonitor
+from execution.sse import TokenReader
 from routing.confidence import confidence
-from routing.config import ConfidenceRule
+from routing.config import ConfidenceRule, EnsembleConfig, VerifierConfig
+from routing.judge import answer_key, decided_majority, pick, verdict
 from routing.planner import Plan
+
+JUDGE_TOKENS = 1  # the judge answers one word; its logprobs are the verdict
 
 
 @dataclass
@@ -105,6 +110,11 @@ class Outcome:
     winner: str | None = None  # speculative: "source" or "target"
     notes: list[str] = field(default_factory=list)
     invalid: str | None = None  # why the cheap answer was unusable (it escalated)
+    judge_score: float | None = None  # verify: the judge's P(right) of the last answer judged
+    judge_pool: str | None = None
+    votes: int | None = None  # ensemble: how many answers agreed with the one kept
+    answers: int | None = None  # ensemble: how many answers were in when it was decided
+    losers: list[tuple[str, int]] = field(default_factory=list)  # ensemble: (pool, tokens)
 
 
 @dataclass
@@ -139,12 +149,18 @@ class Job:
     # Why an answer is unusable as asked (routing/validity.py), None when it is usable;
     # set when the request carries tools or a JSON schema.
     invalid: Callable[[Answer], str | None] | None = None
+    # `verify`: the judge pool's request grading an answer.
+    judge: Callable[[str, Answer], Any] | None = None
+    # Another sample of the same request from a pool (ensemble members that repeat a pool,
+    # verify's retries): its own seed, and `temperature` when given.
+    sample: Callable[[str, int, float | None], Any] | None = None
+    prompt_estimate: int = 0  # the prompt's tokens, for a call cut off mid-stream
 
     def why_invalid(self, answer: Answer) -> str | None:
         return self.invalid(answer) if self.invalid is not None else None
 
-    def call(self, pool: str) -> Call:
-        made = Call(pool, self.max_tokens[pool])
+    def call(self, pool: str, max_tokens: int | None = None) -> Call:
+        made = Call(pool, self.max_tokens[pool] if max_tokens is None else max_tokens)
         self.calls.append(made)
         return made
 
@@ -170,11 +186,18 @@ class _Race:
 
 class Executor:
     def __init__(
-        self, pools: PoolClient, monitor: PoolMonitor, events: ExecutionEvents | None = None
+        self,
+        pools: PoolClient,
+        monitor: PoolMonitor,
+        events: ExecutionEvents | None = None,
+        verifier: VerifierConfig | None = None,
+        ensemble: EnsembleConfig | None = None,
     ) -> None:
         self.pools = pools
         self.monitor = monitor
         self.events: ExecutionEvents = events or _NoEvents()
+        self.verifier = verifier or VerifierConfig()
+        self.ensemble = ensemble or EnsembleConfig()
 
     async def _warm(self, pool: str, can_fall_back: bool) -> None:
         """A pool scaled to zero: wake it, then fall back at once or wait a bounded time.
@@ -203,14 +226,25 @@ class Executor:
     # --- single calls -------------------------------------------------------------
 
     async def _call(
-        self, pool: str, job: Job, tried: list[str], can_fall_back: bool = False
+        self,
+        pool: str,
+        job: Job,
+        tried: list[str],
+        can_fall_back: bool = False,
+        request: Any = None,
+        max_tokens: int | None = None,
+        method: str | None = None,
     ) -> Answer:
+        """One whole-answer call: the job's request for `pool`, or `request` (a judge's,
+        a sample's) with its own `max_tokens` for the bill."""
         await self._enter(pool, can_fall_back)
         tried.append(pool)
-        call = job.call(pool)
+        call = job.call(pool, max_tokens)
         started = time.monotonic()
+        if request is None:
+            request = job.for_pool(pool)
         try:
-            result = await self.pools.generate(pool, job.method, job.for_pool(pool))
+            result = await self.pools.generate(pool, method or job.method, request)
         except BaseException as exc:
             call.ended(exc)
             if not isinstance(exc, asyncio.CancelledError) and counts_against_circuit(exc):
@@ -280,6 +314,10 @@ class Executor:
             return await self._cascade(plan, job)
         if plan.strategy == "speculative":
             return await self._speculative(plan, job)
+        if plan.strategy == "verify":
+            return await self._verify(plan, job)
+        if plan.strategy == "ensemble":
+            return await self._ensemble(plan, job)
         tried: list[str] = []
         pool, result = await self._with_fallback([plan.pool, *plan.fallbacks], job, tried)
         return Outcome(result, pool, "route", tried)
@@ -322,6 +360,211 @@ class Executor:
             discarded_tokens=first.completion_tokens, discarded_engine_s=round(spent, 4),
             discarded_pool=source, invalid=invalid,
         )  # fmt: skip
+
+    async def _verify(self, plan: Plan, job: Job) -> Outcome:
+        """The cheap pool answers; the judge grades it (`routing.judge`); a rejected
+        answer is asked again (`verifier.retries`) or escalated. A judge that fails or
+        says neither yes nor no rejects: an ungraded answer is not a checked one."""
+        assert plan.target is not None and plan.judge is not None and job.judge is not None
+        cfg = self.verifier
+        tried: list[str] = []
+        started = time.monotonic()
+        forecast = self.monitor.forecast
+        forecast.started(plan.target)
+        escalated: bool | None = None
+        score: float | None = None
+        invalid: str | None = None
+        notes: list[str] = []
+        answer: Answer | None = None
+        try:
+            answer = await self._call(plan.pool, job, tried, True)
+            for attempt in range(cfg.retries + 1):
+                invalid = job.why_invalid(answer)
+                score = None if invalid else await self._judged(plan.judge, job, answer, notes)
+                if score is not None and score >= cfg.threshold:
+                    escalated = False
+                    return Outcome(
+                        answer, plan.pool, "verify", tried, judge_score=score,
+                        judge_pool=plan.judge, notes=notes,
+                    )  # fmt: skip
+                if attempt < cfg.retries:
+                    assert job.sample is not None
+                    again = job.sample(plan.pool, attempt + 1, cfg.retry_temperature)
+                    answer = await self._call(plan.pool, job, tried, True, request=again)
+            escalated = True
+        except BaseException as exc:
+            if not moves_on(exc):
+                raise
+            escalated = True
+            self._fell_back(plan.pool, [plan.target], exc)
+            if answer is None:
+                pool, result = await self._with_fallback(
+                    [plan.target, *plan.target_fallbacks], job, tried
+                )
+                return Outcome(result, pool, "verify", tried, escalated=True, notes=notes)
+        finally:
+            forecast.finished(plan.target, escalated)
+        assert answer is not None
+        if self.monitor.saturated(plan.target):
+            self.events.downgraded("verify", "target_saturated")
+            notes.append(f"escalation skipped: pool {plan.target!r} is saturated")
+            return Outcome(
+                answer, plan.pool, "verify", tried, judge_score=score, judge_pool=plan.judge,
+                notes=notes, invalid=invalid,
+            )  # fmt: skip
+        spent = time.monotonic() - started
+        pool, result = await self._with_fallback([plan.target, *plan.target_fallbacks], job, tried)
+        return Outcome(
+            result, pool, "verify", tried, escalated=True, judge_score=score,
+            judge_pool=plan.judge, discarded_tokens=answer.completion_tokens,
+            discarded_engine_s=round(spent, 4), discarded_pool=plan.pool, notes=notes,
+            invalid=invalid,
+        )  # fmt: skip
+
+    async def _judged(self, judge: str, job: Job, answer: Answer, notes: list[str]) -> float | None:
+        """The judge's P(the answer is right), None when it could not tell."""
+        assert job.judge is not None
+        try:
+            graded = await self._call(
+                judge, job, [], request=job.judge(judge, answer), max_tokens=JUDGE_TOKENS,
+                method="chat",
+            )  # fmt: skip
+        except BaseException as exc:
+            if not moves_on(exc):
+                raise
+            notes.append(f"judge {judge!r} failed: the answer counts as rejected")
+            return None
+        score = verdict(graded.body)
+        if score is None:
+            notes.append(f"judge {judge!r} said neither yes nor no: the answer counts as rejected")
+        return score
+
+    async def _ensemble(self, plan: Plan, job: Job) -> Outcome:
+        """Every member answers at once; `majority` stops as soon as more than half agree
+        (the rest are aborted: Serve cancels their calls, vLLM frees the slots), `logprob`
+        waits for all and keeps the most confident."""
+        members = plan.members
+        by = self.ensemble.pick
+        seen: dict[str, int] = {}
+        tasks: dict[asyncio.Task[Answer], int] = {}
+        for i, pool in enumerate(members):
+            seen[pool] = seen.get(pool, 0) + 1
+            request = None
+            if seen[pool] > 1:  # a repeat of a pool: another sample, with its own seed
+                assert job.sample is not None
+                request = job.sample(pool, seen[pool] - 1, None)
+            call = self._call(pool, job, [], can_fall_back=True, request=request)
+            tasks[asyncio.create_task(call)] = i
+        started = time.monotonic()
+        results: dict[int, Answer] = {}
+        failures: list[BaseException] = []
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        failures.append(task.exception())  # type: ignore[arg-type]
+                    else:
+                        results[tasks[task]] = task.result()
+                keys = [answer_key(r.body) for r in results.values()]
+                if by == "majority" and decided_majority(keys, len(members)) is not None:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if not results:
+            for failure in failures:
+                if not moves_on(failure):
+                    raise failure  # the request itself was refused (a 400)
+            raise AllPoolsFailedError(list(members))
+        order = sorted(results)
+        keys = [answer_key(results[i].body) for i in order]
+        chosen = order[pick(keys, [_mean(results[i]) for i in order], by)]
+        kept = results[chosen]
+        key = answer_key(kept.body)
+        losers = [(members[i], results[i].completion_tokens) for i in order if i != chosen]
+        losers += [(members[i], 0) for t, i in tasks.items() if i not in results]
+        notes = []
+        if len(results) < len(members):
+            notes.append(f"{len(members) - len(results)} of {len(members)} answers not awaited")
+        return Outcome(
+            kept, members[chosen], "ensemble", list(members), confidence=_mean(kept),
+            votes=sum(k == key for k in keys) if key else 1, answers=len(results),
+            discarded_tokens=sum(t for _, t in losers),
+            discarded_engine_s=round(time.monotonic() - started, 4), losers=losers, notes=notes,
+        )  # fmt: skip
+
+    async def open_cascade_stream(
+        self, plan: Plan, job: Job, decide_after: int
+    ) -> tuple[str, list[str] | None, AsyncIterator[list[str]], list[str], Outcome]:
+        """A streaming cascade that decides mid-stream: the cheap pool's first
+        `decide_after` tokens are held back and judged by their logprobs; confident, they
+        are released and the rest streams on; not, the cheap stream is aborted and the
+        target's streams instead. The client's first token waits for those tokens only.
+
+        Returns what `open_stream` does, and the decision as an `Outcome` (its `result`
+        is empty: the answer is the stream)."""
+        assert plan.target is not None and plan.rule is not None
+        forecast = self.monitor.forecast
+        forecast.started(plan.target)
+        escalated: bool | None = None
+        started = time.monotonic()
+        reader = TokenReader()
+        held: list[str] = []
+        score: float | None = None
+        tried: list[str] = []
+        try:
+            try:
+                source = replace(plan, fallbacks=())
+                pool, first, chunks, tried = await self.open_stream(source, job)
+            except BaseException as exc:
+                if not moves_on(exc):
+                    raise
+                escalated = True
+                self._fell_back(plan.pool, [plan.target], exc)
+                return await self._escalated_stream(plan, job, tried, None)
+            batch = first
+            while batch is not None:
+                held.extend(batch)
+                reader.read(batch)
+                if reader.ended or len(reader.logprobs) >= decide_after:
+                    break
+                batch = await anext(chunks, None)
+            score = confidence(reader.logprobs[:decide_after], plan.rule.method, plan.rule.quantile)
+            escalated = reader.failed or score < plan.rule.threshold
+        finally:
+            forecast.finished(plan.target, escalated)
+        outcome = Outcome(Answer(None, 0, 0), pool, "cascade", tried, confidence=score)
+        if not escalated:
+            return pool, held, chunks, tried, outcome
+        if self.monitor.saturated(plan.target):
+            self.events.downgraded("cascade", "target_saturated")
+            outcome.notes.append(f"escalation skipped: pool {plan.target!r} is saturated")
+            return pool, held, chunks, tried, outcome
+        # NOTE: closing the cheap stream cancels its call: vLLM aborts it in the engine.
+        await chunks.aclose()  # type: ignore[attr-defined]
+        call = job.calls[-1]
+        call.prompt_tokens, call.completion_tokens = job.prompt_estimate, len(reader.logprobs)
+        spent = time.monotonic() - started
+        cut = Outcome(
+            Answer(None, 0, 0), pool, "cascade", tried, escalated=True, confidence=score,
+            discarded_tokens=len(reader.logprobs), discarded_engine_s=round(spent, 4),
+            discarded_pool=pool,
+        )  # fmt: skip
+        return await self._escalated_stream(plan, job, tried, cut)
+
+    async def _escalated_stream(
+        self, plan: Plan, job: Job, tried: list[str], cut: Outcome | None
+    ) -> tuple[str, list[str] | None, AsyncIterator[list[str]], list[str], Outcome]:
+        assert plan.target is not None
+        target = replace(plan, pool=plan.target, fallbacks=plan.target_fallbacks)
+        pool, first, chunks, more = await self.open_stream(target, job)
+        tried = [*tried, *more]
+        outcome = cut or Outcome(Answer(None, 0, 0), pool, "cascade", tried, escalated=True)
+        outcome.pool, outcome.tried, outcome.escalated = pool, tried, True
+        return pool, first, chunks, tried, outcome
 
     async def _speculative(self, plan: Plan, job: Job) -> Outcome:
         """Race the cheap and the strong pool; keep the cheap answer only if confident
@@ -396,6 +639,10 @@ class Executor:
             discarded_engine_s=round(time.monotonic() - race.started, 4),
             discarded_pool=loser, winner=race.which(winner),
         )  # fmt: skip
+
+
+def _mean(result: Answer) -> float | None:
+    return result.mean_logprob
 
 
 def _confidence(rule: ConfidenceRule, result: Answer) -> float:

@@ -15,8 +15,8 @@ from core.config import StrictConfig
 from routing.confidence import ConfidenceMethod
 from routing.rules import RulesConfig
 
-Strategy = Literal["route", "cascade", "speculative"]
-STRATEGIES: tuple[Strategy, ...] = ("route", "cascade", "speculative")
+Strategy = Literal["route", "cascade", "speculative", "verify", "ensemble"]
+STRATEGIES: tuple[Strategy, ...] = ("route", "cascade", "speculative", "verify", "ensemble")
 
 # Reserved tenant name: requests a trusted gateway sends for a tenant nobody configured or
 # gave a key are this tenant's, so that made-up names cannot multiply quota accounts and
@@ -50,12 +50,88 @@ class CascadeConfig(StrictConfig):
         description="Confidence method and threshold per (source, target) pool pair; a pair "
         "without a rule uses ConfidenceRule's defaults.",
     )
+    stream_decide_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Streaming cascades: judge the cheap answer on its first this-many tokens "
+        "and stream it on at once when confident, else abort it and stream the target's "
+        "(mid-stream escalation; the client's first token waits for these tokens only). "
+        "0 holds the whole cheap answer back until it is judged.",
+    )
 
     def rule(self, source: str, target: str) -> ConfidenceRule:
         for rule in self.rules:
             if (rule.source, rule.target) == (source, target):
                 return rule
         return ConfidenceRule(source=source, target=target)
+
+
+JUDGE_PROMPT = (
+    "You grade answers. Reply with one word: Yes if the answer is correct and complete, "
+    "No otherwise.\n\nQuestion:\n{question}\n\nAnswer:\n{answer}\n\nIs the answer correct?"
+)
+
+
+class VerifierConfig(StrictConfig):
+    """Strategy `verify`: the cheap pool answers, a judge pool grades that answer with a
+    bounded prompt, and a rejected answer is retried or escalated."""
+
+    judge_pool: str | None = Field(
+        default=None,
+        description="Pool that grades the answer; None: the cheap pool itself (a second, "
+        "short call with the grading prompt).",
+    )
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Accept the answer when the judge's P(Yes) / (P(Yes) + P(No)) >= this.",
+    )
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=2,
+        description="A rejected answer is asked again from the cheap pool this many times "
+        "(at retry_temperature, judged again) before escalating.",
+    )
+    retry_temperature: float = Field(default=0.7, ge=0, le=2)
+    prompt: str = Field(
+        default=JUDGE_PROMPT,
+        max_length=4000,
+        description="The judge's instruction, with {question} and {answer} in it.",
+    )
+    max_question_chars: int = Field(
+        default=4000, ge=100, le=100_000, description="The question is cut to this (its end)."
+    )
+    max_answer_chars: int = Field(
+        default=2000, ge=100, le=100_000, description="The answer is cut to this (its start)."
+    )
+
+    @model_validator(mode="after")
+    def _has_slots(self) -> VerifierConfig:
+        for slot in ("{question}", "{answer}"):
+            if slot not in self.prompt:
+                raise ValueError(f"verifier.prompt must contain {slot}")
+        return self
+
+
+class EnsembleConfig(StrictConfig):
+    """Strategy `ensemble`: several answers at once, one picked; the rest aborted as soon
+    as the pick is decided."""
+
+    members: list[str] = Field(
+        default_factory=lambda: ["small", "small", "small"],
+        min_length=2,
+        max_length=8,
+        description="One answer per entry, all at once; a pool may repeat (samples, each "
+        "with its own seed: at temperature 0 repeats answer alike).",
+    )
+    pick: Literal["majority", "logprob"] = Field(
+        default="majority",
+        description="majority: the answer most members agree on (normalised text), ties "
+        "and no agreement by mean logprob; logprob: the most confident answer.",
+    )
 
 
 class FallbackConfig(StrictConfig):
@@ -208,6 +284,8 @@ class RoutingConfig(StrictConfig):
         default_factory=AdaptiveConfig, description="Feedback-driven pool choice (a bandit)."
     )
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     tiers: dict[str, TierConfig] = Field(
         default_factory=dict, description="Client tiers by name (`switchyard.tier`)."
@@ -268,6 +346,12 @@ class RoutingConfig(StrictConfig):
         # absent), while a name someone wrote down is meant to exist and a typo must fail.
         if "source_pool" in self.cascade.model_fields_set:
             add(self.cascade.source_pool, "cascade.source_pool")
+        if self.verifier.judge_pool is not None:
+            add(self.verifier.judge_pool, "verifier.judge_pool")
+        # NOTE: like source_pool, the default members are checked only when written down.
+        if "members" in self.ensemble.model_fields_set:
+            for i, pool in enumerate(self.ensemble.members):
+                add(pool, f"ensemble.members[{i}]")
         for i, rule in enumerate(self.cascade.rules):
             add(rule.source, f"cascade.rules[{i}].source")
             add(rule.target, f"cascade.rules[{i}].target")

@@ -11,6 +11,9 @@ reason so the response can explain it.
                  request's constraints
     cascade      the cheap pool first; escalate when its confidence is low
     speculative  cheap and strong pool at once; keep the cheap answer when confident
+    verify       the cheap pool first; a judge pool grades its answer; escalate when the
+                 judge rejects it
+    ensemble     several pools (or samples) at once; a vote or confidence picks one
 """
 
 from __future__ import annotations
@@ -81,6 +84,18 @@ class Plan:
     # `route` only: the pools that meet the request's constraints, best J first; the
     # adaptive router (routing.bandit) may choose another of these, never anything else.
     candidates: tuple[str, ...] = ()
+    judge: str | None = None  # `verify`: the pool that grades the cheap answer
+    members: tuple[str, ...] = ()  # `ensemble`: one answer per entry, all at once
+
+    def answer_chains(self) -> tuple[tuple[str, ...], ...]:
+        """The chains of pools that may answer: at most one pool of each chain runs, and
+        the chains add up (for the bill's worst case; a judge's call is not an answer)."""
+        if self.strategy == "ensemble":
+            return tuple((m,) for m in self.members)
+        first = (self.pool, *self.fallbacks)
+        if self.strategy == "route" or self.target is None:
+            return (first,)
+        return (first, (self.target, *self.target_fallbacks))
 
 
 def match_scores(
@@ -186,6 +201,8 @@ def plan(
         return _frugal(strategy, decision, views, config, wishes, profile)
     if strategy == "route":
         decided = _route(decision, views, config, wishes, profile.similarities)
+    elif strategy == "ensemble":
+        decided = _ensemble(decision, views, config, wishes, profile)
     else:
         decided = _escalating(strategy, decision, views, config, wishes, profile)
     return replace(decided, max_tokens=profile.max_tokens)
@@ -280,6 +297,33 @@ def adapt(
     )  # fmt: skip
 
 
+def _ensemble(
+    decision: RouteDecision,
+    views: Mapping[str, PoolView],
+    config: RoutingConfig,
+    wishes: Wishes,
+    profile: RequestProfile,
+) -> Plan:
+    """The configured members this request may use and that are up; fewer than two is
+    no ensemble: the request is routed."""
+    members = tuple(m for m in config.ensemble.members if m in views and views[m].available)
+    skipped = ""
+    if len(members) < 2:
+        skipped = "ensemble skipped: fewer than 2 of its members are available to this request"
+    elif wishes.max_cost_usd is not None and (
+        sum(views[m].cost_per_request for m in members) > wishes.max_cost_usd
+    ):
+        skipped = "ensemble skipped: its members together exceed max_cost_usd"
+    if skipped:
+        routed = _route(decision, views, config, wishes, profile.similarities)
+        return replace(routed, notes=(*routed.notes, skipped))
+    detail = f"{len(members)} answers ({', '.join(members)}), picked by {config.ensemble.pick}"
+    return Plan(
+        "ensemble", members[0], decision.reason, detail, members=members,
+        fallbacks=_fallbacks(members[0], views, config),
+    )  # fmt: skip
+
+
 def _escalating(
     strategy: Strategy,
     decision: RouteDecision,
@@ -317,9 +361,16 @@ def _escalating(
         return direct(target, f"{strategy} skipped: pool {source!r} is unavailable")
     if wishes.min_quality is not None and views[source].quality < wishes.min_quality:
         return direct(target, f"{strategy} skipped: {source!r} is below min_quality")
+    judge = None
+    if strategy == "verify":
+        wanted_judge = config.verifier.judge_pool or source
+        judge = wanted_judge if wanted_judge in views else source
+        detail = f"{detail}; judged by {judge!r}"
     # NOTE: a cascade may pay for both pools, a speculation always does: the cap holds
-    # for their sum, the request's worst case.
+    # for their sum (and the judge's call), the request's worst case.
     both = views[source].cost_per_request + views[target].cost_per_request
+    if judge is not None:
+        both += views[judge].cost_per_request
     if wishes.max_cost_usd is not None and both > wishes.max_cost_usd:
         return direct(source, f"{strategy} skipped: {source!r} + {target!r} exceed max_cost_usd")
     notes: tuple[str, ...] = ()
@@ -334,4 +385,5 @@ def _escalating(
         target=target, rule=config.cascade.rule(source, target),
         fallbacks=_fallbacks(source, views, config),
         target_fallbacks=_fallbacks(target, views, config), notes=notes, downgrade=downgrade,
+        judge=judge,
     )  # fmt: skip

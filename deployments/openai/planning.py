@@ -171,6 +171,13 @@ class Planning:
             confidence_method=decided.rule.method if decided.rule else None,
             threshold=decided.rule.threshold if decided.rule else None,
             fallbacks=list(decided.fallbacks),
+            judge=decided.judge,
+            members=list(decided.members),
+            stream_decide_tokens=(
+                self.config.routing.cascade.stream_decide_tokens
+                if decided.strategy == "cascade"
+                else None
+            ),
             scores=decided.scores,
             similarities=dict(profile.similarities),
             notes=list(decided.notes),

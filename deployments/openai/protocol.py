@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from routing.config import Strategy
 from routing.planner import AUTO_MODEL
 from routing.validity import Expectation
 
@@ -56,7 +57,7 @@ class SwitchyardOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    strategy: Literal["route", "cascade", "speculative"] | None = None
+    strategy: Strategy | None = None
     min_quality: float | None = Field(default=None, ge=0, le=1)
     max_cost_usd: float | None = Field(default=None, ge=0)
     latency_budget_ms: float | None = Field(default=None, gt=0)
@@ -353,6 +354,16 @@ class RouteInfo(BaseModel):
     invalid: str | None = Field(
         default=None, description="Why the cheap answer was unusable (validity cascade)."
     )
+    judge_pool: str | None = Field(default=None, description="verify: who graded the answer.")
+    judge_score: float | None = Field(
+        default=None, description="verify: the judge's P(the answer is right), 0..1."
+    )
+    votes: int | None = Field(
+        default=None, description="ensemble: answers that agreed with the one kept."
+    )
+    answers: int | None = Field(
+        default=None, description="ensemble: answers in when the pick was decided."
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -369,6 +380,14 @@ class RoutePlanResponse(BaseModel):
     confidence_method: str | None
     threshold: float | None
     fallbacks: list[str]
+    judge: str | None = Field(default=None, description="verify: the pool that grades.")
+    members: list[str] = Field(
+        default_factory=list, description="ensemble: one answer per entry, all at once."
+    )
+    stream_decide_tokens: int | None = Field(
+        default=None,
+        description="cascade: a stream is judged on this many first tokens (0: held whole).",
+    )
     scores: dict[str, float]
     similarities: dict[str, float]
     notes: list[str]

@@ -9,7 +9,9 @@ info and otherwise leaves the bytes alone:
   unless the client asked for it too, and a failure after the first event ends the
   stream with an OpenAI error event and `[DONE]`;
 - a cascade or speculative answer, accepted only once whole, is released to a streaming
-  client as the events vLLM would have streamed for it (`whole_as_events`).
+  client as the events vLLM would have streamed for it (`whole_as_events`);
+- a cascade decided on its first tokens is relayed like a `route` stream, its events
+  re-encoded without the logprobs the cascade asked for (`without_logprobs`).
 
 Logprobs that only a strategy asked for (to judge the cheap answer) are removed first.
 """
@@ -45,6 +47,22 @@ def whole_body(response: dict[str, Any], route: RouteInfo, keep_logprobs: bool) 
         body["choices"] = [{**c, "logprobs": None} for c in body.get("choices") or []]
     body["switchyard"] = route.model_dump(mode="json")
     return json.dumps(body, separators=(",", ":"))
+
+
+def without_logprobs(events: list[str] | None) -> list[str] | None:
+    """Stream events with every choice's logprobs set to None (one parse per event that
+    has any)."""
+    if events is None:
+        return None
+    out = []
+    for event in events:
+        if '"logprobs":{' in event and event.startswith(DATA) and not event.startswith(SSE_DONE):
+            payload = json.loads(event[len(DATA) :])
+            for choice in payload.get("choices") or []:
+                choice["logprobs"] = None
+            event = _event(payload)
+        out.append(event)
+    return out
 
 
 def whole_as_events(

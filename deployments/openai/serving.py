@@ -9,9 +9,11 @@ pools) -> response.
 Pools are Ray Serve LLM servers: a request is vLLM's own request model, sent to each
 pool with that pool's model and limits, and the answer is vLLM's (responses.py adds the
 `switchyard` route info). Streaming: `route` relays the pool's events as they come
-(falling back to the next pool only before the first); `cascade` and `speculative`
-stream once an answer is accepted, as the events of that whole answer; a cheap answer
-that gets rejected is never shown.
+(falling back to the next pool only before the first); `speculative`, `verify`,
+`ensemble` and a `cascade` that holds back stream once an answer is accepted, as the
+events of that whole answer; a cheap answer that gets rejected is never shown. A
+`cascade` with `stream_decide_tokens` judges the cheap stream's first tokens, then relays
+it or the target's stream (`Executor.open_cascade_stream`).
 """
 
 from __future__ import annotations
@@ -49,9 +51,11 @@ from deployments.openai.responses import (
     relay,
     whole_as_events,
     whole_body,
+    without_logprobs,
 )
-from execution.executor import Answer, Executor, Job, Outcome, PoolClient
+from execution.executor import JUDGE_TOKENS, Answer, Executor, Job, Outcome, PoolClient
 from execution.monitor import PoolLimits, PoolMonitor
+from routing.judge import answer_text, judge_messages
 from routing.learned import LearnedRouter, PoolRouter
 from routing.planner import AUTO_MODEL, Plan, Wishes
 from routing.semantic import SemanticClassifier
@@ -101,6 +105,10 @@ class LedgerSink(Protocol):
     def record(self, entry: LedgerEntry) -> None: ...
 
 
+JUDGE_PROMPT_TOKENS = 200  # the judge's instruction, over the question and the answer
+JUDGE_TOP_LOGPROBS = 5  # enough to find both "Yes" and "No" among the judge's candidates
+
+
 class OpenAIServing:
     def __init__(
         self,
@@ -127,7 +135,10 @@ class OpenAIServing:
             config.routing.fallback.cooldown_s,
         )
         self.planning = Planning(config, self.monitor, semantic, learned, adaptive)
-        self.executor = Executor(pools, self.monitor, self.metrics)
+        routing = config.routing
+        self.executor = Executor(
+            pools, self.monitor, self.metrics, routing.verifier, routing.ensemble
+        )
         large = config.pools.get(config.routing.rules.large_pool)
         self._large_model = config.model(large.model) if large else None
 
@@ -192,7 +203,7 @@ class OpenAIServing:
         default."""
         if body.choices == 1:
             return wishes
-        if wishes.strategy in ("cascade", "speculative"):
+        if wishes.strategy not in (None, "route"):
             raise PromptError(
                 f"strategy {wishes.strategy!r} judges one answer; with n > 1 or several "
                 "prompts use strategy `route`",
@@ -265,10 +276,20 @@ class OpenAIServing:
             ]
             return max(t for t, _ in costs), max(u for _, u in costs)
 
-        tokens, usd = most([plan.pool, *plan.fallbacks])
-        if plan.strategy != "route" and plan.target is not None:
-            more_tokens, more_usd = most([plan.target, *plan.target_fallbacks])
+        tokens = usd = 0.0
+        for chain in plan.answer_chains():
+            more_tokens, more_usd = most(list(chain))
             tokens, usd = tokens + more_tokens, usd + more_usd
+        if plan.strategy == "verify" and plan.judge is not None:
+            # Each answer of the cheap pool (the first and every retry) may be judged; a
+            # retry answers up to max_tokens again. The judge reads the question and the
+            # answer (both bounded) and writes one token.
+            retries = self.config.routing.verifier.retries
+            answer_cap = self._cap(plan, plan.pool) * choices
+            more_tokens, more_usd = self._price(plan.pool, prompt_tokens, answer_cap)
+            judged = self._price(plan.judge, prompt_tokens + answer_cap + JUDGE_PROMPT_TOKENS, 1)
+            tokens += retries * more_tokens + (retries + 1) * judged[0]
+            usd += retries * more_usd + (retries + 1) * judged[1]
         return tokens, usd
 
     def _cap(self, plan: Plan, pool: str) -> int:
@@ -350,6 +371,7 @@ class OpenAIServing:
             fixed.pop("stream_options", None)
         if plan.strategy != "route" and not body.asked_logprobs:
             fixed.update({"logprobs": True, "top_logprobs": 0} if chat else {"logprobs": 0})
+        base_id = fixed["request_id"]
 
         def for_pool(pool: str) -> dict[str, Any]:
             spec = self._pool_specs[pool]
@@ -366,13 +388,46 @@ class OpenAIServing:
                 request["top_p"] = spec.top_p
             return request
 
+        def sample(pool: str, i: int, temperature: float | None) -> dict[str, Any]:
+            # Another draw of the same request: its own id (vLLM's ids must differ) and
+            # seed, so that a sampled answer differs from the first.
+            request = for_pool(pool)
+            request["request_id"] = f"{base_id}-s{i}"
+            request["seed"] = (request.get("seed") or 0) + i
+            if temperature is not None:
+                request["temperature"] = temperature
+            return request
+
+        verifier = self.config.routing.verifier
+        judged = 0
+
+        def judge(pool: str, answer: Answer) -> dict[str, Any]:
+            nonlocal judged
+            judged += 1
+            messages = judge_messages(
+                verifier.prompt, body.text, answer_text(answer.body),
+                verifier.max_question_chars, verifier.max_answer_chars,
+            )  # fmt: skip
+            return {
+                "model": self._pool_specs[pool].id,
+                "messages": messages,
+                "request_id": f"{base_id}-j{judged}",
+                "max_completion_tokens": JUDGE_TOKENS,
+                "temperature": 0,
+                "logprobs": True,
+                "top_logprobs": JUDGE_TOP_LOGPROBS,
+            }
+
         method = "chat" if chat else "completions"
         expected = body.expectation()
         invalid = None
         checks = self.config.routing.cascade.check_validity
         if plan.strategy != "route" and checks and expected.checks_anything:
             invalid = partial(_why_invalid, expected)
-        return Job(method, for_pool, plan.max_tokens, flight.calls, invalid)
+        return Job(
+            method, for_pool, plan.max_tokens, flight.calls, invalid, judge=judge,
+            sample=sample, prompt_estimate=round(flight.prompt_estimate),
+        )  # fmt: skip
 
     async def _serve(self, body: GenerationRequest, flight: InFlight) -> Routed:
         decided = flight.plan
@@ -381,6 +436,11 @@ class OpenAIServing:
         if decided.downgrade:
             self.metrics.downgraded(decided.downgrade[0], decided.downgrade[1])
         include_usage = body.include_usage
+        decide_after = self.config.routing.cascade.stream_decide_tokens
+        if body.stream and decided.strategy == "cascade" and decide_after:
+            job = self._job(body, flight, stream=True)
+            if job.invalid is None:  # tools or a schema: only a whole answer can be checked
+                return await self._cascade_stream(body, flight, job, decide_after)
         if body.stream and decided.strategy == "route":
             job = self._job(body, flight, stream=True)
             pool, first, batches, tried = await self.executor.open_stream(decided, job)
@@ -410,6 +470,27 @@ class OpenAIServing:
         return Routed(
             route, body=whole_body(result.body, route, shown), extra_headers=flight.headers
         )
+
+    async def _cascade_stream(
+        self, body: GenerationRequest, flight: InFlight, job: Job, decide_after: int
+    ) -> Routed:
+        """A streaming cascade decided on its first tokens (`open_cascade_stream`): the
+        chosen stream is relayed like a `route` stream, without the logprobs only the
+        cascade asked for."""
+        decided = flight.plan
+        assert decided is not None
+        pool, first, batches, tried, outcome = await self.executor.open_cascade_stream(
+            decided, job, decide_after
+        )
+        self.metrics.answered(outcome)
+        flight.pool, flight.tried, flight.outcome = pool, tried, outcome
+        flight.ttft_s = time.monotonic() - flight.started
+        route = self._route_info(decided, pool, tried, outcome)
+        if not body.asked_logprobs:
+            first, batches = without_logprobs(first), _without_logprobs(batches)
+        done = partial(self._stream_ended, flight)
+        lines = relay(first, batches, route, body.include_usage, done)
+        return Routed(route, stream=_settled_if_dropped(lines, done), extra_headers=flight.headers)
 
     def _stream_ended(self, flight: InFlight, usage: StreamUsage) -> None:
         """A `route` stream ended (or its client left): its call's tokens are what the
@@ -505,6 +586,10 @@ class OpenAIServing:
             discarded_tokens=outcome.discarded_tokens if outcome else 0,
             discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
             speculative_winner=outcome.winner if outcome else None,
+            judge_pool=outcome.judge_pool if outcome else None,
+            judge_score=outcome.judge_score if outcome else None,
+            votes=outcome.votes if outcome else None,
+            answers=outcome.answers if outcome else None,
             notes=[*decided.notes, *(outcome.notes if outcome else [])],
         )
 
@@ -525,6 +610,16 @@ def _why_invalid(expected: Expectation, answer: Answer) -> str | None:
         for f in (c.get("function") or {} for c in message.get("tool_calls") or [])
     ]
     return why_invalid(expected, message.get("content"), calls)
+
+
+async def _without_logprobs(batches: AsyncIterator[list[str]]) -> AsyncIterator[list[str]]:
+    try:
+        async for batch in batches:
+            yield without_logprobs(batch) or []
+    finally:
+        close = getattr(batches, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def _settled_if_dropped(lines: AsyncIterator[str], done: StreamDone) -> AsyncIterator[str]:

@@ -157,6 +157,33 @@ def broken(mutate: Any) -> dict[str, Any]:
             lambda a: a.update(routing={"tiers": {"free": {"pools": ["tiny"]}}}),
             "not configured: 'tiny' (routing.tiers.free.pools)",
         ),
+        (
+            lambda a: a.update(routing={"verifier": {"judge_pool": "jugde"}}),
+            "not configured: 'jugde' (routing.verifier.judge_pool)",
+        ),
+        (
+            lambda a: a.update(routing={"ensemble": {"members": ["small", "lrage"]}}),
+            "not configured: 'lrage' (routing.ensemble.members[1])",
+        ),
+        (
+            lambda a: a.update(routing={"ensemble": {"members": ["small"]}}),
+            "routing.ensemble.members: List should have at least 2 items",
+        ),
+        (
+            lambda a: a.update(routing={"verifier": {"prompt": "Is {answer} right?"}}),
+            "verifier.prompt must contain {question}",
+        ),
+        (
+            lambda a: (
+                a["pools"].update(base={"model": "base-lm"}),
+                a.update(routing={"verifier": {"judge_pool": "base"}}),
+            ),
+            "judge_pool 'base' serves a completion-only model",
+        ),
+        (
+            lambda a: a.update(routing={"cascade": {"stream_decide_tokens": -1}}),
+            "stream_decide_tokens: Input should be greater than or equal to 0",
+        ),
         (lambda a: a.update(request_timeout_s="300"), "request_timeout_s: Input should be"),
         (lambda a: a["models"][0].update(id=7), "models.0.id: Input should be a valid string"),
         (lambda a: a.update(api={"docs": "true"}), "api.docs: Input should be a valid boolean"),

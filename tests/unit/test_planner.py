@@ -283,3 +283,49 @@ def test_cascade_and_speculation_fit_max_cost_with_both_pools() -> None:
         tight = auto("hi", wishes=Wishes(strategy=strategy, max_cost_usd=0.00105))  # type: ignore[arg-type]
         assert (tight.strategy, tight.pool) == ("route", "small")
         assert "exceed max_cost_usd" in tight.notes[0]
+
+
+# --- verify and ensemble --------------------------------------------------------------
+
+
+def test_verify_plans_the_judge_the_target_and_the_bill_chains() -> None:
+    decided = auto("What is the capital of France?", wishes=Wishes(strategy="verify"))
+    assert (decided.strategy, decided.pool, decided.target, decided.judge) == (
+        "verify", "small", "large", "small",
+    )  # fmt: skip
+    assert "judged by 'small'" in decided.detail
+    assert decided.answer_chains() == (("small", "large"), ("large", "small"))
+    judged = RoutingConfig.model_validate({"verifier": {"judge_pool": "code"}})
+    assert auto("Hi", wishes=Wishes(strategy="verify"), config=judged).judge == "code"
+    # a judge outside the request's tier: the cheap pool judges itself
+    tier = Wishes(strategy="verify", pools=frozenset({"small", "large"}))
+    assert auto("Hi", wishes=tier, config=judged).judge == "small"
+
+
+def test_verify_counts_the_judge_against_max_cost() -> None:
+    # small 0.0001 + large 0.001 fit 0.00115; with the judge (small again) they do not
+    wishes = Wishes(strategy="verify", max_cost_usd=0.00115)
+    decided = auto("Hi", wishes=wishes)
+    assert (decided.strategy, decided.pool) == ("route", "small")
+    assert "exceed max_cost_usd" in decided.notes[0]
+    cascade = auto("Hi", wishes=Wishes(strategy="cascade", max_cost_usd=0.00115))
+    assert cascade.strategy == "cascade"
+
+
+def test_ensemble_plans_its_available_members() -> None:
+    config = RoutingConfig.model_validate({"ensemble": {"members": ["small", "large", "code"]}})
+    decided = auto("Hi", wishes=Wishes(strategy="ensemble"), config=config)
+    assert (decided.strategy, decided.members, decided.pool) == (
+        "ensemble", ("small", "large", "code"), "small",
+    )  # fmt: skip
+    assert decided.answer_chains() == (("small",), ("large",), ("code",))
+    down = views(large={"available": False})
+    decided = auto("Hi", wishes=Wishes(strategy="ensemble"), config=config, views=down)
+    assert decided.members == ("small", "code")
+    tier = Wishes(strategy="ensemble", pools=frozenset({"small"}))
+    decided = auto("Hi", wishes=tier, config=config)
+    assert (decided.strategy, decided.pool) == ("route", "small")
+    assert "fewer than 2" in decided.notes[-1]
+    cheap = Wishes(strategy="ensemble", max_cost_usd=0.001)
+    decided = auto("Hi", wishes=cheap, config=config)
+    assert decided.strategy == "route" and "exceed max_cost_usd" in decided.notes[-1]
