@@ -1,4 +1,5 @@
-"""Cascade, speculative and fallback on Ray Serve with fake engines, via the openai client."""
+"""Cascade (whole and mid-stream), speculative, verify, ensemble and fallback on Ray Serve
+with fake engines, via the openai client."""
 
 from __future__ import annotations
 
@@ -27,10 +28,24 @@ def apps(serve_port: int) -> Iterator[dict[str, openai.OpenAI]]:
         large={"token_latency_s": 0.5},
         code={"token_latency_s": 0.05},
     )
-    unsure = fake_app_args(small={"logprobs": [-0.3, -2.0]}, large={"token_latency_s": 0.01})
+    unsure = fake_app_args(
+        small={"logprobs": [-0.3, -2.0], "token_latency_s": 0.2},
+        large={"token_latency_s": 0.01},
+    )
+    unsure["routing"] = {"cascade": {"stream_decide_tokens": 2}}
     flaky = fake_app_args(small={"fail_requests": True})
     flaky["routing"] = {"fallback": {"failure_threshold": 2, "cooldown_s": 600}}
-    names = {"confident": confident, "unsure": unsure, "flaky": flaky}
+    # verify: code judges and says No; ensemble: two small samples agree before large ends
+    judged = fake_app_args(
+        small={"logprobs": [-0.1], "first_token_latency_s": 0.3},
+        large={"token_latency_s": 0.5},
+        code={"reply": "No"},
+    )
+    judged["routing"] = {
+        "verifier": {"judge_pool": "code"},
+        "ensemble": {"members": ["small", "small", "large"]},
+    }
+    names = {"confident": confident, "unsure": unsure, "flaky": flaky, "judged": judged}
     for name, args in names.items():
         run_app(args, name)
     yield {name: client(serve_port, name) for name in names}
@@ -153,3 +168,66 @@ def test_bad_extension_is_400(serve_port: int, apps: dict[str, openai.OpenAI]) -
         apps["confident"].chat.completions.create(
             model="auto", messages=ask(), extra_headers={"x-switchyard-strategy": "yolo"}
         )
+
+
+def test_verify_escalates_what_the_judge_rejects_and_accounts_the_judge(
+    serve_port: int, apps: dict[str, openai.OpenAI]
+) -> None:
+    base = f"http://127.0.0.1:{serve_port}/judged"
+    before = fresh_health(base, "code")["pools"]["code"]["request_s"]
+    raw = apps["judged"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_headers={"x-switchyard-strategy": "verify"}
+    )
+    sy = info(raw)
+    assert (sy["strategy"], sy["pool"], sy["escalated"]) == ("verify", "large", True)
+    assert (sy["judge_pool"], sy["judge_score"]) == ("code", 0.0)
+    assert raw.parse().choices[0].message.content == "large answer from big-chat"
+    assert health(serve_port, "judged")["counters"]["verify.rejected"] >= 1
+    # the judge's call ran on the code pool's engine and is in its engine time
+    assert fresh_health(base, "code")["pools"]["code"]["request_s"] > before
+
+
+def test_ensemble_majority_aborts_the_slow_member_in_its_engine(
+    serve_port: int, apps: dict[str, openai.OpenAI]
+) -> None:
+    base = f"http://127.0.0.1:{serve_port}/judged"
+    before = fresh_health(base, "large")["pools"]["large"]["aborted"]
+    raw = apps["judged"].chat.completions.with_raw_response.create(
+        model="auto", messages=ask(), extra_body={"switchyard": {"strategy": "ensemble"}}
+    )
+    sy = info(raw)
+    assert (sy["strategy"], sy["pool"], sy["votes"], sy["answers"]) == ("ensemble", "small", 2, 2)
+    assert raw.parse().choices[0].message.content == "small answer from tiny-chat"
+    for _ in range(50):  # the abort reaches the replica asynchronously (bounded wait)
+        pools = health(serve_port, "judged")["pools"]
+        if pools["large"]["aborted"] > before and pools["large"]["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert pools["large"]["aborted"] == before + 1
+
+
+def test_midstream_cascade_aborts_an_unsure_start(
+    serve_port: int, apps: dict[str, openai.OpenAI]
+) -> None:
+    """The unsure app judges a cascade stream on its first 2 tokens (mean -1.15): the
+    small stream is aborted in its engine after them, and large's answer streams."""
+    base = f"http://127.0.0.1:{serve_port}/unsure"
+    before = fresh_health(base, "small")["pools"]["small"]["aborted"]
+    stream = apps["unsure"].chat.completions.create(
+        model="auto",
+        messages=ask(),
+        stream=True,
+        extra_body={"switchyard": {"strategy": "cascade"}},
+    )
+    chunks = list(stream)
+    sy = chunks[0].model_extra["switchyard"]
+    assert (sy["pool"], sy["escalated"], sy["discarded_tokens"]) == ("large", True, 2)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "large answer from big-chat"
+    )
+    for _ in range(50):
+        pools = health(serve_port, "unsure")["pools"]
+        if pools["small"]["aborted"] > before and pools["small"]["running"] == 0:
+            break
+        time.sleep(0.2)
+    assert pools["small"]["aborted"] == before + 1
