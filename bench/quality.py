@@ -13,9 +13,14 @@ engine-seconds) under reports/bench-quality/.
     make bench-quality                                  # starts the embedded app itself
     python bench/quality.py --url http://127.0.0.1:8000 --tasks 100 --policies small large
 
-Policies: `small` and `large` (pinned), `auto` (the rules), `cascade` and `speculative`
-(strategies on `auto`). Other policies (learned, adaptive, verifier, ensemble) are added as
-they exist. Numbers only; nothing here asserts.
+Policies: `small` and `large` (pinned), `auto` (the rules), and the strategies on
+`auto`: `cascade` (the whole cheap answer judged; asked unstreamed, since a held-back
+stream releases the whole answer at its end, so its TTFT is its latency),
+`cascade-stream` (streamed, judged on its first `--decide-tokens` tokens: mid-stream
+escalation), `speculative`, `verify` (the judge is `--judge-pool`) and `ensemble` (the
+members are `--ensemble`, sampled at `--ensemble-temperature`: self-consistency when a
+pool repeats). The generated app config (reports/bench-quality/serve_quality.yaml)
+carries these settings. Numbers only; nothing here asserts.
 """
 
 from __future__ import annotations
@@ -42,13 +47,24 @@ from routing.training.quality_tasks import Task, grade, tasks  # noqa: E402
 REPORTS = ROOT / "reports" / "bench-quality"
 PORT = 8103
 
-# name -> (model, strategy header or None)
-POLICIES: dict[str, tuple[str, str | None]] = {
-    "small": ("small", None),
-    "large": ("large", None),
-    "auto": ("auto", "route"),
-    "cascade": ("auto", "cascade"),
-    "speculative": ("auto", "speculative"),
+
+@dataclass(frozen=True)
+class Policy:
+    model: str
+    strategy: str | None = None  # the x-switchyard-strategy header
+    stream: bool = True
+    temperature: float | None = None  # None: the bench's (0)
+
+
+POLICIES: dict[str, Policy] = {
+    "small": Policy("small"),
+    "large": Policy("large"),
+    "auto": Policy("auto", "route"),
+    "cascade": Policy("auto", "cascade", stream=False),
+    "cascade-stream": Policy("auto", "cascade"),
+    "speculative": Policy("auto", "speculative"),
+    "verify": Policy("auto", "verify"),
+    "ensemble": Policy("auto", "ensemble"),
 }
 
 
@@ -74,22 +90,23 @@ class PolicyResult:
     wall_s: float = 0.0
 
 
-async def ask(
-    client: httpx.AsyncClient, task: Task, model: str, strategy: str | None, max_tokens: int
-) -> Answer:
-    """One streamed chat request; the answer's text, who served it, and its timings."""
+async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens: int) -> Answer:
+    """One chat request (streamed unless the policy says not); the answer's text, who
+    served it, and its timings (unstreamed: TTFT is the latency)."""
     body = {
-        "model": model,
+        "model": policy.model,
         "messages": [{"role": "user", "content": task.prompt}],
         "max_tokens": max_tokens,
-        "temperature": 0,
-        "stream": True,
+        "temperature": policy.temperature or 0,
+        "stream": policy.stream,
     }
-    headers = {"x-switchyard-strategy": strategy} if strategy else {}
+    headers = {"x-switchyard-strategy": policy.strategy} if policy.strategy else {}
     started = time.monotonic()
     ttft: float | None = None
     text: list[str] = []
     route: dict[str, Any] = {}
+    if not policy.stream:
+        return await _ask_whole(client, task, body, headers, started)
     try:
         async with client.stream(
             "POST", "/v1/chat/completions", json=body, headers=headers
@@ -125,6 +142,29 @@ async def ask(
     )
 
 
+async def _ask_whole(
+    client: httpx.AsyncClient,
+    task: Task,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    started: float,
+) -> Answer:
+    try:
+        resp = await client.post("/v1/chat/completions", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return _failed(task, started, repr(exc)[:200])
+    if resp.status_code != 200:
+        return _failed(task, started, f"{resp.status_code}: {resp.text[:200]}")
+    answer = resp.json()
+    route = answer.get("switchyard") or {}
+    text = answer["choices"][0]["message"].get("content") or ""
+    latency = time.monotonic() - started
+    return Answer(
+        task.id, task.kind, task.difficulty, grade(task, text), route.get("pool"),
+        bool(route.get("escalated")), latency, latency, text=text[:2000],
+    )  # fmt: skip
+
+
 def _failed(task: Task, started: float, why: str) -> Answer:
     return Answer(
         task.id, task.kind, task.difficulty, False, None, False,
@@ -151,10 +191,9 @@ async def engine_time(client: httpx.AsyncClient, after: float | None = None) -> 
 
 
 async def run_policy(
-    url: str, policy: str, workload: list[Task], concurrency: int, max_tokens: int
+    url: str, name: str, policy: Policy, workload: list[Task], concurrency: int, max_tokens: int
 ) -> PolicyResult:
-    model, strategy = POLICIES[policy]
-    result = PolicyResult(policy)
+    result = PolicyResult(name)
     limits = httpx.Limits(max_connections=concurrency)
     timeout = httpx.Timeout(600, connect=10)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
@@ -166,7 +205,7 @@ async def run_policy(
         async def worker() -> None:
             while not queue.empty():
                 task = queue.get_nowait()
-                result.answers.append(await ask(client, task, model, strategy, max_tokens))
+                result.answers.append(await ask(client, task, policy, max_tokens))
 
         started = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -179,7 +218,7 @@ async def run_policy(
     return result
 
 
-def summarise(result: PolicyResult, expensive: str) -> dict[str, Any]:
+def summarise(result: PolicyResult, expensive: list[str]) -> dict[str, Any]:
     answers = result.answers
     latencies = sorted(a.latency_s for a in answers)
     ttfts = sorted(a.ttft_s for a in answers if a.ttft_s is not None)
@@ -191,8 +230,12 @@ def summarise(result: PolicyResult, expensive: str) -> dict[str, Any]:
         "errors": sum(a.error is not None for a in answers),
         "escalated": sum(a.escalated for a in answers),
         "served_by": dict(pools),
-        "large_busy_s": result.engine.get(expensive, {}).get("busy_s", 0.0),
-        "large_request_s": result.engine.get(expensive, {}).get("request_s", 0.0),
+        "large_busy_s": round(
+            sum(result.engine.get(p, {}).get("busy_s", 0.0) for p in expensive), 2
+        ),
+        "large_request_s": round(
+            sum(result.engine.get(p, {}).get("request_s", 0.0) for p in expensive), 2
+        ),
         "engine": result.engine,
         "p50_s": _pct(latencies, 0.5),
         "p95_s": _pct(latencies, 0.95),
@@ -200,6 +243,40 @@ def summarise(result: PolicyResult, expensive: str) -> dict[str, Any]:
         "ttft_p95_s": _pct(ttfts, 0.95),
         "wall_s": round(result.wall_s, 1),
         "by_kind": _by_kind(answers),
+    }
+
+
+def oracle(
+    rows: list[dict[str, Any]], answers: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """The per-question best of always-small and always-large: `large` only where small
+    is wrong and large right. Its large engine time is always-large's times that share
+    (an estimate: questions differ in length). What a perfect router would reach."""
+    by = {r["policy"]: r for r in rows}
+    if "small" not in by or "large" not in by:
+        return None
+    small = {a["task_id"]: a["correct"] for a in answers["small"]}
+    large = {a["task_id"]: a["correct"] for a in answers["large"]}
+    needed = sum(1 for t, ok in large.items() if ok and not small.get(t, False))
+    right = sum(1 for t in large if large[t] or small.get(t, False))
+    n = max(1, len(large))
+    share = needed / n
+    return {
+        "policy": "oracle (per-question best, estimated)",
+        "requests": n,
+        "accuracy": right / n,
+        "errors": 0,
+        "escalated": 0,
+        "served_by": {"small": n - needed, "large": needed},
+        "large_busy_s": round(by["large"]["large_busy_s"] * share, 2),
+        "large_request_s": round(by["large"]["large_request_s"] * share, 2),
+        "engine": {"large": {"request_s": round(by["large"]["large_request_s"] * share, 2)}},
+        "p50_s": None,
+        "p95_s": None,
+        "ttft_p50_s": None,
+        "ttft_p95_s": None,
+        "wall_s": None,
+        "by_kind": {},
     }
 
 
@@ -265,8 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    p.add_argument("--expensive-pool", default="large")
+    p.add_argument(
+        "--expensive-pools",
+        nargs="+",
+        default=["large", "code"],
+        help="pools whose engine time is the cost (the embedded code pool runs large's model)",
+    )
+    p.add_argument("--decide-tokens", type=int, default=8, help="cascade-stream's first tokens")
+    p.add_argument("--judge-pool", default="large", help="verify's judge")
+    p.add_argument("--ensemble", nargs="+", default=["small", "small", "small"])
+    p.add_argument("--ensemble-pick", default="majority", choices=["majority", "logprob"])
+    p.add_argument("--ensemble-temperature", type=float, default=0.7)
     args = p.parse_args(argv)
+    policies = dict(POLICIES)
+    policies["ensemble"] = Policy("auto", "ensemble", temperature=args.ensemble_temperature)
 
     REPORTS.mkdir(parents=True, exist_ok=True)
     workload = tasks(args.tasks, seed=args.seed)
@@ -276,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.vllm_peer import BIN, Server, _with_port
 
         path = REPORTS / "serve_quality.yaml"
-        path.write_text(yaml.safe_dump(_with_port(args.config, PORT), sort_keys=False))
+        config = _with_port(args.config, PORT)
+        routing = config["applications"][0]["args"].setdefault("routing", {})
+        routing.setdefault("cascade", {})["stream_decide_tokens"] = args.decide_tokens
+        routing["verifier"] = {**routing.get("verifier", {}), "judge_pool": args.judge_pool}
+        routing["ensemble"] = {"members": args.ensemble, "pick": args.ensemble_pick}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
         url = f"http://127.0.0.1:{PORT}"
         argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
         env = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "deployments.proxy:middlewares"}
@@ -288,9 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for policy in args.policies:
             result = asyncio.run(
-                run_policy(url, policy, workload, args.concurrency, args.max_tokens)
+                run_policy(
+                    url, policy, policies[policy], workload, args.concurrency, args.max_tokens
+                )
             )
-            row = summarise(result, args.expensive_pool)
+            row = summarise(result, args.expensive_pools)
             rows.append(row)
             raw_answers[policy] = [asdict(a) for a in result.answers]
             print(
@@ -302,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+    best = oracle(rows, raw_answers)
+    if best is not None:
+        rows.append(best)
     text = table(rows)
     print("\n" + text)
     stamp = time.strftime("%Y%m%d-%H%M%S")
