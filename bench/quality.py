@@ -4,10 +4,12 @@ Routing exists to spend less of the expensive pool at the same answer quality, s
 policy is judged on both, through the running app: the same graded, mixed workload
 (`routing.training.quality_tasks`, seeded; 7 kinds from easy to hard, answers checked by
 a program) replayed at a fixed concurrency under each policy, streaming, temperature 0.
-Per policy: accuracy, the `large` pool's engine time from the pools' own accounting
-(`busy_s`, `request_s` in `/health`), share of answers per pool, escalations, p50/p95
-latency and time to first token; then each policy against always-large (accuracy kept,
-large engine time saved). Writes JSON, Markdown and a PNG (accuracy vs large
+Per policy: accuracy, the large model's engine time from the pools' own accounting
+(`busy_s`, `request_s` in `/health`, summed over `--expensive-pools`: the embedded
+`code` pool runs the same model as `large`), share of answers per pool, escalations,
+p50/p95 latency and time to first token; then each policy against always-large
+(accuracy kept, large busy-seconds saved), and the per-question oracle: what a perfect
+router would reach on the same answers. Writes JSON, Markdown and a PNG (accuracy vs large
 engine-seconds) under reports/bench-quality/.
 
     make bench-quality                                  # starts the embedded app itself
@@ -270,7 +272,7 @@ def oracle(
         "served_by": {"small": n - needed, "large": needed},
         "large_busy_s": round(by["large"]["large_busy_s"] * share, 2),
         "large_request_s": round(by["large"]["large_request_s"] * share, 2),
-        "engine": {"large": {"request_s": round(by["large"]["large_request_s"] * share, 2)}},
+        "engine": {"large": {"busy_s": round(by["large"]["large_busy_s"] * share, 2)}},
         "p50_s": None,
         "p95_s": None,
         "ttft_p50_s": None,
@@ -294,24 +296,30 @@ def _by_kind(answers: list[Answer]) -> dict[str, float]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """Per policy, against always-large. Cost is the large model's engine time: `busy_s`
+    (seconds its engines had at least one request: what the hardware was held for) and
+    `request_s` (the sum of requests' seconds in them, queueing included, so it grows
+    with concurrency)."""
     base = next((r for r in rows if r["policy"] == "large"), None)
     lines = [
-        "| policy | accuracy | vs always-large | large request-s | saved vs always-large "
-        "| other pools request-s | served by | escalated | p50 s | p95 s | TTFT p50 s | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | accuracy | vs always-large | large busy-s | saved vs always-large "
+        "| large request-s | other pools busy-s | served by | escalated | p50 s | p95 s "
+        "| TTFT p50 s | TTFT p95 s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         kept = saved = ""
         if base and base["accuracy"]:
             kept = f"{r['accuracy'] / base['accuracy']:.0%}"
-        if base and base["large_request_s"]:
-            saved = f"{1 - r['large_request_s'] / base['large_request_s']:.0%}"
+        if base and base["large_busy_s"]:
+            saved = f"{1 - r['large_busy_s'] / base['large_busy_s']:.0%}"
         served = ", ".join(f"{k} {v}" for k, v in sorted(r["served_by"].items()))
-        other = sum(e["request_s"] for e in r["engine"].values()) - r["large_request_s"]
+        other = sum(e.get("busy_s", 0.0) for e in r["engine"].values()) - r["large_busy_s"]
         lines.append(
-            f"| {r['policy']} | {r['accuracy']:.1%} | {kept} | {r['large_request_s']:.1f} | "
-            f"{saved} | {other:.1f} | {served} | {r['escalated']} | {r['p50_s']} | {r['p95_s']} | "
-            f"{r['ttft_p50_s']} | {r['errors']} |"
+            f"| {r['policy']} | {r['accuracy']:.1%} | {kept} | {r['large_busy_s']:.1f} | "
+            f"{saved} | {r['large_request_s']:.1f} | {max(other, 0.0):.1f} | {served} | "
+            f"{r['escalated']} | {r['p50_s']} | {r['p95_s']} | {r['ttft_p50_s']} | "
+            f"{r['ttft_p95_s']} | {r['errors']} |"
         )
     return "\n".join(lines)
 
@@ -324,9 +332,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.scatter(r["large_request_s"], r["accuracy"])
-        ax.annotate(r["policy"], (r["large_request_s"], r["accuracy"]))
-    ax.set_xlabel("large pool engine request-seconds")
+        ax.scatter(r["large_busy_s"], r["accuracy"])
+        ax.annotate(r["policy"].split(" ")[0], (r["large_busy_s"], r["accuracy"]))
+    ax.set_xlabel("large model's engine busy-seconds")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy vs large-pool engine time")
     fig.tight_layout()
@@ -390,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             raw_answers[policy] = [asdict(a) for a in result.answers]
             print(
-                f"  {policy:12} accuracy {row['accuracy']:.1%}  large request-s "
-                f"{row['large_request_s']:.1f}  served {row['served_by']}  "
+                f"  {policy:14} accuracy {row['accuracy']:.1%}  large busy-s "
+                f"{row['large_busy_s']:.1f}  served {row['served_by']}  "
                 f"p50 {row['p50_s']} s  errors {row['errors']}",
                 flush=True,
             )

@@ -524,26 +524,36 @@ class Executor:
                     raise
                 escalated = True
                 self._fell_back(plan.pool, [plan.target], exc)
-                return await self._escalated_stream(plan, job, tried, None)
-            batch = first
-            while batch is not None:
-                held.extend(batch)
-                reader.read(batch)
-                if reader.ended or len(reader.logprobs) >= decide_after:
-                    break
-                batch = await anext(chunks, None)
-            score = confidence(reader.logprobs[:decide_after], plan.rule.method, plan.rule.quantile)
-            escalated = reader.failed or score < plan.rule.threshold
+                return await self._escalated_stream(plan, job, [plan.pool], None)
+            try:
+                batch = first
+                while batch is not None:
+                    held.extend(batch)
+                    reader.read(batch)
+                    if reader.ended or len(reader.logprobs) >= decide_after:
+                        break
+                    batch = await anext(chunks, None)
+            except BaseException as exc:
+                # The client left, or the cheap pool failed before the decision: its
+                # stream is closed (vLLM aborts it); a pool failure escalates.
+                await chunks.aclose()  # type: ignore[attr-defined]
+                if not moves_on(exc):
+                    raise
+                reader.failed = True
+            rule = plan.rule
+            score = confidence(reader.logprobs[:decide_after], rule.method, rule.quantile)
+            escalated = reader.failed or score < rule.threshold
         finally:
             forecast.finished(plan.target, escalated)
         outcome = Outcome(Answer(None, 0, 0), pool, "cascade", tried, confidence=score)
         if not escalated:
             return pool, held, chunks, tried, outcome
-        if self.monitor.saturated(plan.target):
+        if self.monitor.saturated(plan.target) and not reader.failed:
             self.events.downgraded("cascade", "target_saturated")
             outcome.notes.append(f"escalation skipped: pool {plan.target!r} is saturated")
             return pool, held, chunks, tried, outcome
-        # NOTE: closing the cheap stream cancels its call: vLLM aborts it in the engine.
+        # NOTE: closing the cheap stream cancels its call: vLLM aborts it in the engine
+        # (closing it twice, after a failure above, is a no-op).
         await chunks.aclose()  # type: ignore[attr-defined]
         call = job.calls[-1]
         call.prompt_tokens, call.completion_tokens = job.prompt_estimate, len(reader.logprobs)

@@ -134,6 +134,66 @@ def test_speculative_aborts_the_loser(api: openai.OpenAI, serve_port: int) -> No
     assert info["discarded_engine_s"] > 0
 
 
+def test_verify_asks_the_judge_and_acts_on_its_verdict(api: openai.OpenAI) -> None:
+    raw = chat(
+        api,
+        "auto",
+        "What is the capital of France?",
+        extra_headers={"x-switchyard-strategy": "verify"},
+    )
+    info = raw.parse().model_extra["switchyard"]
+    assert info["strategy"] == "verify"
+    assert info["judge_pool"] in ("small", "large")
+    score = info["judge_score"]
+    # a verdict it could not read rejects; one it could is held to the threshold (0.5)
+    expected_escalation = score is None or score < 0.5
+    assert info["escalated"] is expected_escalation
+    assert info["pool"] == ("large" if expected_escalation else "small")
+    assert raw.parse().choices[0].message.content
+
+
+def test_ensemble_stops_at_a_majority_of_samples(api: openai.OpenAI) -> None:
+    """Three samples of the small pool at temperature 0 agree: the pick is decided by
+    the first two, and the answer is the one they agree on."""
+    raw = chat(
+        api, "auto", "What is the capital of France?",
+        extra_body={"switchyard": {"strategy": "ensemble"}},
+    )  # fmt: skip
+    info = raw.parse().model_extra["switchyard"]
+    assert (info["strategy"], info["pool"]) == ("ensemble", "small")
+    assert info["votes"] >= 2 and info["answers"] in (2, 3)
+    assert info["pools_tried"] == ["small", "small", "small"]
+    assert "Paris" in raw.parse().choices[0].message.content
+
+
+def test_a_streaming_cascade_decides_on_its_first_tokens(api: openai.OpenAI) -> None:
+    """serve_config.yaml judges a cascade stream on its first 8 tokens: a confident
+    start streams on from the small pool; an escalation throws away at most 8 tokens."""
+    cascade = {"switchyard": {"strategy": "cascade"}}
+    for text in ("What is the capital of France?", "Tell me a short story about a cat."):
+        stream = api.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": text}],
+            temperature=0,
+            max_tokens=48,
+            stream=True,
+            extra_body=cascade,
+        )
+        chunks = list(stream)
+        info = chunks[0].model_extra["switchyard"]
+        assert info["strategy"] == "cascade"
+        assert info["escalated"] is (info["confidence"] < info["threshold"])
+        if info["escalated"]:
+            assert info["pool"] == "large" and 0 < info["discarded_tokens"] <= 8
+        else:
+            assert info["pool"] == "small" and info["discarded_tokens"] == 0
+        answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert answer
+        assert all(c.choices[0].logprobs is None for c in chunks if c.choices)  # not asked
+        if text.startswith("What is the capital"):
+            assert (info["pool"], "Paris" in answer) == ("small", True)
+
+
 def test_vllm_parameters_on_the_real_engine(api: openai.OpenAI) -> None:
     """ignore_eos, min_tokens, top_k, repetition_penalty, stop_token_ids, logprobs."""
     raw = chat(

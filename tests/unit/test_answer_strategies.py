@@ -210,6 +210,23 @@ async def test_midstream_cascade_aborts_an_unsure_start_and_streams_the_target()
     assert pools.engines["small"].aborted == [small["request_id"]]
 
 
+async def test_midstream_cascade_escalates_a_cheap_stream_that_fails_before_the_decision() -> None:
+    svc, pools = serving(midstream(small={"logprobs": [-0.1], "fail_after_tokens": 1}))
+    chunks = await events(await svc.generate(chat(stream=True), CASCADE))
+    got = chunks[0]["switchyard"]
+    assert (got["pool"], got["escalated"]) == ("large", True)
+    assert text_of(chunks) == "large answer from big-chat"
+    assert [p for p, _ in pools.calls] == ["small", "large"]
+
+
+async def test_midstream_cascade_decides_an_answer_shorter_than_its_window() -> None:
+    svc, _ = serving(midstream(small={"reply": "Paris", "logprobs": [-0.1]}))
+    chunks = await events(await svc.generate(chat(stream=True), CASCADE))
+    got = chunks[0]["switchyard"]
+    assert (got["pool"], got["escalated"], got["confidence"]) == ("small", False, -0.1)
+    assert text_of(chunks) == "Paris"
+
+
 async def test_midstream_cascade_keeps_logprobs_the_client_asked_for() -> None:
     svc, _ = serving(midstream(small={"logprobs": [-0.1]}))
     routed = await svc.generate(chat(stream=True, logprobs=True), CASCADE)
