@@ -82,6 +82,7 @@ class Answer:
     ttft_s: float | None
     error: str | None = None
     text: str = ""  # the answer as the client saw it, kept in the JSON for reading
+    confidence: float | None = None  # what a cascade judged (for calibrating its threshold)
 
 
 @dataclass
@@ -141,6 +142,7 @@ async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens:
         time.monotonic() - started,
         ttft,
         text=answer[:2000],
+        confidence=route.get("confidence"),
     )
 
 
@@ -164,6 +166,7 @@ async def _ask_whole(
     return Answer(
         task.id, task.kind, task.difficulty, grade(task, text), route.get("pool"),
         bool(route.get("escalated")), latency, latency, text=text[:2000],
+        confidence=route.get("confidence"),
     )  # fmt: skip
 
 

@@ -115,6 +115,7 @@ class Outcome:
     votes: int | None = None  # ensemble: how many answers agreed with the one kept
     answers: int | None = None  # ensemble: how many answers were in when it was decided
     losers: list[tuple[str, int]] = field(default_factory=list)  # ensemble: (pool, tokens)
+    streamed: bool = False  # a cascade decided on a stream's first tokens
 
 
 @dataclass
@@ -542,10 +543,12 @@ class Executor:
                 reader.failed = True
             rule = plan.rule
             score = confidence(reader.logprobs[:decide_after], rule.method, rule.quantile)
-            escalated = reader.failed or score < rule.threshold
+            escalated = reader.failed or score < rule.threshold_for(streamed=True)
         finally:
             forecast.finished(plan.target, escalated)
-        outcome = Outcome(Answer(None, 0, 0), pool, "cascade", tried, confidence=score)
+        outcome = Outcome(
+            Answer(None, 0, 0), pool, "cascade", tried, confidence=score, streamed=True
+        )
         if not escalated:
             return pool, held, chunks, tried, outcome
         if self.monitor.saturated(plan.target) and not reader.failed:
@@ -561,7 +564,7 @@ class Executor:
         cut = Outcome(
             Answer(None, 0, 0), pool, "cascade", tried, escalated=True, confidence=score,
             discarded_tokens=len(reader.logprobs), discarded_engine_s=round(spent, 4),
-            discarded_pool=pool,
+            discarded_pool=pool, streamed=True,
         )  # fmt: skip
         return await self._escalated_stream(plan, job, tried, cut)
 
@@ -572,7 +575,9 @@ class Executor:
         target = replace(plan, pool=plan.target, fallbacks=plan.target_fallbacks)
         pool, first, chunks, more = await self.open_stream(target, job)
         tried = [*tried, *more]
-        outcome = cut or Outcome(Answer(None, 0, 0), pool, "cascade", tried, escalated=True)
+        outcome = cut or Outcome(
+            Answer(None, 0, 0), pool, "cascade", tried, escalated=True, streamed=True
+        )
         outcome.pool, outcome.tried, outcome.escalated = pool, tried, True
         return pool, first, chunks, tried, outcome
 

@@ -34,6 +34,17 @@ class ConfidenceRule(StrictConfig):
         default=-0.6, description="Accept the source answer when confidence >= threshold."
     )
     quantile: float = Field(default=0.1, ge=0, le=1, description="For method `quantile`.")
+    stream_threshold: float | None = Field(
+        default=None,
+        description="The threshold a streaming cascade holds its first "
+        "`cascade.stream_decide_tokens` tokens to (a start is scored differently from a "
+        "whole answer); None uses `threshold`.",
+    )
+
+    def threshold_for(self, streamed: bool) -> float:
+        if streamed and self.stream_threshold is not None:
+            return self.stream_threshold
+        return self.threshold
 
 
 class CascadeConfig(StrictConfig):

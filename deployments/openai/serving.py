@@ -566,6 +566,7 @@ class OpenAIServing:
         self, decided: Plan, pool: str, tried: list[str], outcome: Outcome | None = None
     ) -> RouteInfo:
         rule = decided.rule
+        streamed = outcome is not None and outcome.streamed
         detail = decided.detail
         if outcome is not None and outcome.invalid is not None:
             detail = f"{detail}; the cheap answer was unusable: {outcome.invalid}"
@@ -581,7 +582,7 @@ class OpenAIServing:
             escalated=outcome.escalated if outcome else False,
             confidence=outcome.confidence if outcome else None,
             confidence_method=rule.method if rule else None,
-            threshold=rule.threshold if rule else None,
+            threshold=rule.threshold_for(streamed) if rule else None,
             mean_logprob=outcome.result.mean_logprob if outcome else None,
             discarded_tokens=outcome.discarded_tokens if outcome else 0,
             discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,

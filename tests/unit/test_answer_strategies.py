@@ -274,3 +274,20 @@ async def test_ensemble_losers_are_counted_per_pool() -> None:
     assert svc.metrics.counts["strategy.ensemble"] == 1
     assert svc.metrics.counts["served.large"] == 1
     assert svc.metrics.counts["discarded_tokens"] == 4
+
+
+async def test_midstream_cascade_holds_the_start_to_its_own_threshold() -> None:
+    """A start scored -0.8 escalates under the whole-answer threshold (-0.6) and streams
+    on under a stream threshold of -1.0."""
+    rules = [{"source": "small", "target": "large", "stream_threshold": -1.0}]
+    fakes = {"small": {"logprobs": [-0.8]}}
+    for routing, pool, threshold in [
+        ({"cascade": {"stream_decide_tokens": 2}}, "large", -0.6),
+        ({"cascade": {"stream_decide_tokens": 2, "rules": rules}}, "small", -1.0),
+    ]:
+        svc, _ = serving(args(routing, **fakes))
+        chunks = await events(await svc.generate(chat(stream=True), CASCADE))
+        got = chunks[0]["switchyard"]
+        assert (got["pool"], got["threshold"]) == (pool, threshold)
+        # a whole (unstreamed) answer keeps the whole-answer threshold
+        assert info(await svc.generate(chat(), CASCADE))["threshold"] == -0.6
