@@ -21,8 +21,11 @@ stream releases the whole answer at its end, so its TTFT is its latency),
 `cascade-stream` (streamed, judged on its first `--decide-tokens` tokens: mid-stream
 escalation), `speculative`, `verify` (the judge is `--judge-pool`) and `ensemble` (the
 members are `--ensemble`, sampled at `--ensemble-temperature`: self-consistency when a
-pool repeats). The generated app config (reports/bench-quality/serve_quality.yaml)
-carries these settings. Numbers only; nothing here asserts.
+pool repeats), and `adaptive`: the feedback-driven router (routing/bandit.py) on a tier
+of its own, after a warm-up of `--warmup` tasks of another seed, every answer rated by
+its grade through `POST /v1/feedback` (during the measured pass too). The generated app
+config (reports/bench-quality/serve_quality.yaml) carries these settings. Numbers only;
+nothing here asserts.
 """
 
 from __future__ import annotations
@@ -50,12 +53,17 @@ REPORTS = ROOT / "reports" / "bench-quality"
 PORT = 8103
 
 
+ADAPTIVE_TIER = "adaptive"  # the tier the generated config has the bandit route
+
+
 @dataclass(frozen=True)
 class Policy:
     model: str
     strategy: str | None = None  # the x-switchyard-strategy header
     stream: bool = True
     temperature: float | None = None  # None: the bench's (0)
+    tier: str | None = None  # the x-switchyard-tier header
+    warmup: bool = False  # first a disjoint workload, with feedback on every answer
 
 
 POLICIES: dict[str, Policy] = {
@@ -67,6 +75,7 @@ POLICIES: dict[str, Policy] = {
     "speculative": Policy("auto", "speculative"),
     "verify": Policy("auto", "verify"),
     "ensemble": Policy("auto", "ensemble"),
+    "adaptive": Policy("auto", "route", tier=ADAPTIVE_TIER, warmup=True),
 }
 
 
@@ -83,6 +92,7 @@ class Answer:
     error: str | None = None
     text: str = ""  # the answer as the client saw it, kept in the JSON for reading
     confidence: float | None = None  # what a cascade judged (for calibrating its threshold)
+    response_id: str | None = None  # for feedback
 
 
 @dataclass
@@ -104,6 +114,9 @@ async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens:
         "stream": policy.stream,
     }
     headers = {"x-switchyard-strategy": policy.strategy} if policy.strategy else {}
+    if policy.tier:
+        headers["x-switchyard-tier"] = policy.tier
+    response_id: str | None = None
     started = time.monotonic()
     ttft: float | None = None
     text: list[str] = []
@@ -124,6 +137,7 @@ async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens:
                 if "error" in event:
                     return _failed(task, started, str(event["error"])[:200])
                 route = event.get("switchyard") or route
+                response_id = response_id or event.get("id")
                 for choice in event.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content")
                     if piece:
@@ -143,6 +157,7 @@ async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens:
         ttft,
         text=answer[:2000],
         confidence=route.get("confidence"),
+        response_id=response_id,
     )
 
 
@@ -166,7 +181,7 @@ async def _ask_whole(
     return Answer(
         task.id, task.kind, task.difficulty, grade(task, text), route.get("pool"),
         bool(route.get("escalated")), latency, latency, text=text[:2000],
-        confidence=route.get("confidence"),
+        confidence=route.get("confidence"), response_id=answer.get("id"),
     )  # fmt: skip
 
 
@@ -195,25 +210,60 @@ async def engine_time(client: httpx.AsyncClient, after: float | None = None) -> 
         await asyncio.sleep(0.5)
 
 
+async def feedback(client: httpx.AsyncClient, answer: Answer) -> None:
+    """The answer's grade as the client's verdict (`POST /v1/feedback`): what the
+    adaptive router learns from."""
+    if answer.response_id is None:
+        return
+    body = {"id": answer.response_id, "score": 1.0 if answer.correct else 0.0}
+    await client.post("/v1/feedback", json=body)
+
+
+async def replay(
+    client: httpx.AsyncClient,
+    policy: Policy,
+    workload: list[Task],
+    concurrency: int,
+    max_tokens: int,
+    answers: list[Answer],
+) -> None:
+    """The workload at `concurrency`; with feedback on each answer for a learning policy."""
+    queue: asyncio.Queue[Task] = asyncio.Queue()
+    for task in workload:
+        queue.put_nowait(task)
+
+    async def worker() -> None:
+        while not queue.empty():
+            task = queue.get_nowait()
+            answer = await ask(client, task, policy, max_tokens)
+            answers.append(answer)
+            if policy.warmup:
+                await feedback(client, answer)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
 async def run_policy(
-    url: str, name: str, policy: Policy, workload: list[Task], concurrency: int, max_tokens: int
+    url: str,
+    name: str,
+    policy: Policy,
+    workload: list[Task],
+    concurrency: int,
+    max_tokens: int,
+    warmup: list[Task] | None = None,
 ) -> PolicyResult:
     result = PolicyResult(name)
     limits = httpx.Limits(max_connections=concurrency)
     timeout = httpx.Timeout(600, connect=10)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+        if policy.warmup and warmup:
+            learned: list[Answer] = []
+            await replay(client, policy, warmup, concurrency, max_tokens, learned)
+            right = sum(a.correct for a in learned) / max(1, len(learned))
+            print(f"  {name:14} warm-up: {len(learned)} answers, {right:.1%} right", flush=True)
         before = await engine_time(client)
-        queue: asyncio.Queue[Task] = asyncio.Queue()
-        for task in workload:
-            queue.put_nowait(task)
-
-        async def worker() -> None:
-            while not queue.empty():
-                task = queue.get_nowait()
-                result.answers.append(await ask(client, task, policy, max_tokens))
-
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await replay(client, policy, workload, concurrency, max_tokens, result.answers)
         result.wall_s = time.monotonic() - started
         after = await engine_time(client, after=time.monotonic())
     result.engine = {
@@ -364,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ensemble", nargs="+", default=["small", "small", "small"])
     p.add_argument("--ensemble-pick", default="majority", choices=["majority", "logprob"])
     p.add_argument("--ensemble-temperature", type=float, default=0.7)
+    p.add_argument(
+        "--warmup", type=int, default=140, help="adaptive: tasks of another seed, with feedback"
+    )
     args = p.parse_args(argv)
     policies = dict(POLICIES)
     policies["ensemble"] = Policy("auto", "ensemble", temperature=args.ensemble_temperature)
@@ -381,6 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         routing.setdefault("cascade", {})["stream_decide_tokens"] = args.decide_tokens
         routing["verifier"] = {**routing.get("verifier", {}), "judge_pool": args.judge_pool}
         routing["ensemble"] = {"members": args.ensemble, "pick": args.ensemble_pick}
+        # The bandit routes one selectable tier only, so it never touches the other
+        # policies; its evidence lives in a database of this run's own.
+        tiers = routing.setdefault("tiers", {})
+        tiers[ADAPTIVE_TIER] = {"selectable": True}
+        routing["adaptive"] = {"tiers": [ADAPTIVE_TIER], "refresh_s": 1}
+        state = REPORTS / "quality-state.sqlite"
+        state.unlink(missing_ok=True)
+        config["applications"][0]["args"]["database"] = {"url": f"sqlite:///{state}"}
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         url = f"http://127.0.0.1:{PORT}"
         argv_ = [str(BIN / "serve"), "run", "--address", "local", str(path)]
@@ -392,11 +453,13 @@ def main(argv: list[str] | None = None) -> int:
     raw_answers: dict[str, list[dict[str, Any]]] = {}
     try:
         for policy in args.policies:
+            warm = tasks(args.warmup, seed=args.seed + 1000) if args.warmup else None
             result = asyncio.run(
                 run_policy(
-                    url, policy, policies[policy], workload, args.concurrency, args.max_tokens
+                    url, policy, policies[policy], workload, args.concurrency, args.max_tokens,
+                    warm,
                 )
-            )
+            )  # fmt: skip
             row = summarise(result, args.expensive_pools)
             rows.append(row)
             raw_answers[policy] = [asdict(a) for a in result.answers]

@@ -9,9 +9,11 @@ Prints numbers and ratios; asserts nothing (machines are shared and noisy).
 1. Decision latency p50/p99: rules only, and rules + the MiniLM semantic classifier on
    each embedding backend (torch, ONNX fp32, ONNX int8); then the whole decision with a
    learned N-pool router of each family (lr, knn, mf, mlp) on the int8 embedding.
-2. End-to-end latency and engine-seconds of route / cascade / speculative, in-process on
-   fake engines with set latencies (small 20 ms/token, large 60 ms/token, 16 tokens), for
-   a confident and an unsure small model.
+2. End-to-end latency and engine-seconds of route / cascade / speculative / verify /
+   ensemble, in-process on fake engines with set latencies (small 20 ms/token, large
+   60 ms/token, 16 tokens), for a confident and an unsure small model (verify's judge is
+   the small fake, whose answer is no verdict: it escalates; the ensemble is three small
+   samples).
 """
 
 from __future__ import annotations
@@ -71,6 +73,19 @@ def decisions(embed: bool, router_file: Path | None = None, n: int = 2000) -> No
     print(
         f"decision, rules only:       p50 {pct(times, 0.5):.3f} ms  p99 {pct(times, 0.99):.3f} ms"
     )
+    from routing.planner import Wishes
+
+    for strategy in ("cascade", "speculative", "verify", "ensemble"):
+        wishes = Wishes(strategy=strategy)
+        times = []
+        for i in range(n):
+            t = time.perf_counter()
+            plan(profile(PROMPTS[i % len(PROMPTS)]), VIEWS, POOLS, config, wishes)
+            times.append((time.perf_counter() - t) * 1000)
+        print(
+            f"decision, rules + {strategy + ':':12}p50 {pct(times, 0.5):.3f} ms  "
+            f"p99 {pct(times, 0.99):.3f} ms"
+        )
     if not embed:
         return
     from routing.embedding import MiniLMEmbedder
@@ -163,17 +178,17 @@ def learned_decisions(embedder: Any, semantic: Any) -> None:
 
 
 async def strategies() -> None:
-    from deployments.openai.protocol import ChatCompletionRequest
+    from deployments.openai.protocol import ChatRequest
     from routing.planner import Wishes
     from tests.unit.test_serving import serving
 
     words = " ".join(f"w{i}" for i in range(16))
-    req = ChatCompletionRequest.model_validate(
+    req = ChatRequest.model_validate(
         {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
     )
     print("\nstrategy     small      e2e ms  engine-s  discarded  served  (fake engines)")
     for label, small_lp in (("confident", -0.1), ("unsure", -2.0)):
-        for strategy in ("route", "cascade", "speculative"):
+        for strategy in ("route", "cascade", "speculative", "verify", "ensemble"):
             svc, pools = serving(
                 small={"reply": words, "token_latency_s": 0.02, "logprobs": [small_lp]},
                 large={"reply": words, "token_latency_s": 0.06},
@@ -181,7 +196,7 @@ async def strategies() -> None:
             runs: list[tuple[float, Any]] = []
             for _ in range(5):
                 t = time.perf_counter()
-                routed = await svc.generate(req, Wishes(strategy=strategy))  # type: ignore[arg-type]
+                routed = await svc.generate(req, Wishes(strategy=strategy))
                 runs.append(((time.perf_counter() - t) * 1000, routed.route))
             e2e = statistics.median(r[0] for r in runs)
             route = runs[-1][1]
