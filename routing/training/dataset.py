@@ -134,7 +134,11 @@ class Question:
     answer: str  # "A".."D"
     group: str = ""  # the domain, for questions not from MMLU (MMLU's: from `DOMAINS`)
     topic: str = ""  # what the prompt says the question is about (default: the subject)
-    style: str = "choice"  # "open": asked without options, the model writes the answer
+    # "open": asked without options, the model writes the number; "task": the prompt is
+    # `question` as written (it says the answer's form), its set's `grade` scores it
+    style: str = "choice"
+    expected: str = ""  # "task" style: the answer a program checks, and its type
+    expected_type: str = ""
 
     @property
     def domain(self) -> str:
@@ -150,6 +154,10 @@ class GeneratedSet:
     licence: str
     generate: Callable[[int | None, int], list[Question]]
     style: str = "choice"  # its questions' style: "open" ones are graded by `answer`
+    # Sets whose answers a program checks ("task" style): is this answer right? And how
+    # many tokens an answer may take.
+    grade: Callable[[Question, str | None], bool] | None = None
+    max_tokens: int | None = None
 
 
 def parse_questions(lines: Iterable[str]) -> list[Question]:
@@ -186,6 +194,8 @@ def sample(questions: Sequence[Question], limit: int | None, seed: int = 0) -> l
 def prompt_text(question: Question) -> str:
     """The user message: what the model answers and what a router would see (an "open"
     question: the question alone, and to answer with the number)."""
+    if question.style == "task":
+        return question.question
     if question.style == "open":
         return f"{question.question.strip()}\nAnswer with the number only."
     options = "\n".join(f"{x}. {c}" for x, c in zip(LETTERS, question.choices, strict=True))
@@ -300,11 +310,21 @@ def make_dataset(
     by_model: dict[str, dict[str, str]] = {}
     raw: dict[str, dict[str, str]] = {}
     seconds: dict[str, float] = {}
-    open_answers = isinstance(question_set, GeneratedSet) and question_set.style == "open"
+    generated = question_set if isinstance(question_set, GeneratedSet) else None
+    open_answers = generated is not None and generated.style in ("open", "task")
     for model in dict.fromkeys(pools.values()):  # a model serving two pools is graded once
         path = cache / "grades" / f"{model}.{question_set.name}.p{PROMPT_VERSION}.jsonl"
         if open_answers:  # the option its answer names: no letter scored, none to calibrate
-            answers, seconds[model] = answer(model, questions, path, batch=batch)
+            assert generated is not None
+            answers, seconds[model] = answer(
+                model, questions, path, batch=batch, max_tokens=generated.max_tokens
+            )
+            if generated.grade is not None:  # right: its key letter; wrong: none
+                checked = generated.grade
+                by_model[model] = raw[model] = {
+                    q.id: q.answer if checked(q, answers.get(q.id)) else "-" for q in questions
+                }
+                continue
             by_model[model] = raw[model] = match(answers, questions)
             continue
         grades, seconds[model] = grade(model, questions, path, batch=batch)
@@ -351,11 +371,18 @@ def _arithmetic(style: str) -> Callable[[], GeneratedSet]:
     return load
 
 
+def _tasks() -> GeneratedSet:
+    from routing.training import quality_tasks  # NOTE: it imports this module
+
+    return quality_tasks.TASK_SET
+
+
 # --questions NAME -> the set (a function: generated sets live in modules of their own)
 QUESTION_SETS: dict[str, Callable[[], QuestionSet | GeneratedSet]] = {
     MMLU.name: lambda: MMLU,
     "arithmetic": _arithmetic("choice"),
     "arithmetic-open": _arithmetic("open"),
+    "tasks": _tasks,
 }
 
 
@@ -380,7 +407,8 @@ def main(
     parser.add_argument(
         "--questions", choices=list(QUESTION_SETS), default=MMLU.name,
         help="question set: mmlu (default), arithmetic (generated from --seed, four "
-        "options) or arithmetic-open (the same problems; the model writes the number)",
+        "options), arithmetic-open (the same problems; the model writes the number) or "
+        "tasks (bench-quality's graded workload: seven kinds, the domain is the kind)",
     )  # fmt: skip
     parser.add_argument(
         "--model", action="append", type=_pool_model, metavar="POOL=MODEL",

@@ -149,7 +149,13 @@ def _batches(items: Sequence[Question], size: int) -> Iterator[Sequence[Question
 
 
 def _grade(
-    model: str, model_path: str, todo: list[Question], out: str, batch: int, open_answers: bool
+    model: str,
+    model_path: str,
+    todo: list[Question],
+    out: str,
+    batch: int,
+    open_answers: bool,
+    max_tokens: int = OPEN_TOKENS,
 ) -> None:
     """In its own process group: load `model` in vLLM, append the letters' log-probs (or,
     `open_answers`, what it writes).
@@ -174,7 +180,7 @@ def _grade(
         raise RuntimeError(f"{model}: an option letter is not one token: {letters}")
     ids = [t[0] for t in letters]
     if open_answers:
-        params = SamplingParams(temperature=0.0, max_tokens=OPEN_TOKENS)
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     else:
         params = SamplingParams(temperature=0.0, max_tokens=1, logprob_token_ids=ids)
     llm = LLM(
@@ -236,17 +242,28 @@ def grade(
 
 
 def answer(
-    model: str, questions: Sequence[Question], path: Path, *, batch: int = 32
+    model: str,
+    questions: Sequence[Question],
+    path: Path,
+    *,
+    batch: int = 32,
+    max_tokens: int | None = None,
 ) -> tuple[dict[str, str | None], float]:
     """What `model` writes for each question (cached ones reused), and the seconds spent
-    grading now."""
-    seconds = _run(model, questions, path, batch, open_answers=True)
+    grading now; at most `max_tokens` (default `OPEN_TOKENS`) tokens each."""
+    seconds = _run(model, questions, path, batch, open_answers=True, max_tokens=max_tokens)
     wanted = {q.id for q in questions}
     return {qid: v for qid, v in read_answers(path).items() if qid in wanted}, seconds
 
 
 def _run(
-    model: str, questions: Sequence[Question], path: Path, batch: int, *, open_answers: bool
+    model: str,
+    questions: Sequence[Question],
+    path: Path,
+    batch: int,
+    *,
+    open_answers: bool,
+    max_tokens: int | None = None,
 ) -> float:
     """Grade the questions the cache file lacks; the seconds it took (0.0: none)."""
     from models.prepare import is_prepared, model_dir
@@ -262,7 +279,15 @@ def _run(
         # process ending is what gives the model's memory back before the next one loads.
         child = multiprocessing.get_context("spawn").Process(
             target=_grade,
-            args=(model, str(model_dir(model)), todo, str(path), batch, open_answers),
+            args=(
+                model,
+                str(model_dir(model)),
+                todo,
+                str(path),
+                batch,
+                open_answers,
+                max_tokens or OPEN_TOKENS,
+            ),  # fmt: skip
         )
         child.start()
         try:

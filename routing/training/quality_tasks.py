@@ -66,10 +66,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from routing.training.arithmetic import generate_open
-from routing.training.dataset import Question, prompt_text
+from routing.training.dataset import GeneratedSet, Question, prompt_text
 from routing.training.grading import LETTERS, number
 
 __all__ = [
+    "TASK_SET",
+    "as_question",
+    "grade_question",
     "ARITHMETIC_DIFFICULTY",
     "KINDS",
     "SUBJECTS",
@@ -641,3 +644,44 @@ def grade(task: Task, text: str | None) -> bool:
 def summary(workload: Iterable[Task]) -> dict[str, int]:
     """How many tasks per "kind/difficulty", e.g. {"sort/easy": 25, ...}."""
     return dict(Counter(f"{t.kind}/{t.difficulty}" for t in workload))
+
+
+# --- as router training data (`switchyard make-data --questions tasks`) -------------------
+
+TASK_TOKENS = 48  # room for a sorted list of 12 four-digit numbers
+
+
+def as_question(task: Task) -> Question:
+    """A task as `routing.training.dataset` grades it: the prompt as written (style
+    "task"), the kind as its domain, its answer where `grade_question` reads it back,
+    and "A" as the key a right answer gets."""
+    return Question(
+        id=task.id, subject=task.subject, question=task.prompt, choices=("", "", "", ""),
+        answer="A", group=task.kind, style="task", expected=task.answer,
+        expected_type=task.answer_type,
+    )  # fmt: skip
+
+
+def grade_question(question: Question, text: str | None) -> bool:
+    """`grade` for a task made into a question by `as_question`."""
+    kind = question.group
+    answer_type: AnswerType = "number" if question.expected_type == "number" else "text"
+    task = Task(
+        question.id, kind, question.subject, "easy", question.question, question.expected,
+        answer_type,
+    )  # fmt: skip
+    return grade(task, text)
+
+
+def _task_questions(limit: int | None, seed: int) -> list[Question]:
+    return [as_question(t) for t in tasks(limit or 1000, seed)]
+
+
+TASK_SET = GeneratedSet(
+    name="tasks",
+    licence="generated here (routing/training/quality_tasks.py)",
+    generate=_task_questions,
+    style="task",
+    grade=grade_question,
+    max_tokens=TASK_TOKENS,
+)

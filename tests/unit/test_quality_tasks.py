@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import csv
 import dataclasses
 import io
 import json
@@ -343,3 +344,58 @@ def test_a_hundred_thousand_tasks_are_made_with_unique_ids_and_equal_kinds() -> 
     assert len(many) == len({t.id for t in many}) == 100_000
     counts = collections.Counter(t.kind for t in many)
     assert max(counts.values()) - min(counts.values()) <= 1
+
+
+# --- as router training data (`switchyard make-data --questions tasks`) -----------------
+
+
+def test_tasks_become_questions_graded_by_the_same_rule() -> None:
+    from routing.training.dataset import QUESTION_SETS, prompt_text
+    from routing.training.quality_tasks import TASK_SET, as_question, grade_question
+
+    assert QUESTION_SETS["tasks"]() is TASK_SET
+    for task in tasks(70, seed=3):
+        question = as_question(task)
+        assert prompt_text(question) == task.prompt  # the prompt as the bench asks it
+        assert (question.domain, question.subject, question.id) == (
+            task.kind, task.subject, task.id,
+        )  # fmt: skip
+        assert grade_question(question, f"The answer is {task.answer}.") is True
+        assert grade_question(question, None) is False
+        assert grade_question(question, "I do not know") is False
+    assert [q.id for q in TASK_SET.generate(14, 3)] == [t.id for t in tasks(14, seed=3)]
+
+
+def test_make_data_on_tasks_labels_each_pool_by_its_graded_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CSV the trainer reads, without vLLM: `answer` replaced by a model that is right
+    on every other task (`large`) or never (`small`)."""
+    from routing.training import dataset
+    from routing.training.quality_tasks import TASK_SET, TASK_TOKENS
+    from routing.training.train import read_router_csv
+
+    workload = tasks(21, seed=5)
+    asked: list[tuple[str, int | None]] = []
+
+    def fake_answer(model: str, questions: list, path: Path, **kw: object) -> tuple[dict, float]:
+        asked.append((model, kw.get("max_tokens")))  # type: ignore[arg-type]
+        right = model == "big"
+        return {
+            q.id: (q.expected if right and i % 2 == 0 else "no idea")
+            for i, q in enumerate(questions)
+        }, 0.0
+
+    monkeypatch.setattr(dataset, "answer", fake_answer)
+    out = tmp_path / "tasks.csv"
+    summary = dataset.make_dataset(
+        out, {"small": "tiny", "large": "big"}, limit=21, seed=5, cache=tmp_path,
+        question_set=TASK_SET,
+    )  # fmt: skip
+    assert asked == [("tiny", TASK_TOKENS), ("big", TASK_TOKENS)]
+    assert summary.accuracy == {"small": 0.0, "large": 11 / 21}
+    rows = list(csv.DictReader(out.open()))
+    assert [r["prompt"] for r in rows] == [t.prompt for t in workload]
+    assert [r["domain"] for r in rows] == [t.kind for t in workload]
+    assert [int(r["large"]) for r in rows] == [int(i % 2 == 0) for i in range(21)]
+    read_router_csv(out)  # the trainer reads it
