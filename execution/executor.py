@@ -458,6 +458,7 @@ class Executor:
             tasks[asyncio.create_task(call)] = i
         started = time.monotonic()
         results: dict[int, Answer] = {}
+        keys: dict[int, str] = {}  # each answer's `answer_key`, read once
         failures: list[BaseException] = []
         pending = set(tasks)
         try:
@@ -467,9 +468,10 @@ class Executor:
                     if task.exception() is not None:
                         failures.append(task.exception())  # type: ignore[arg-type]
                     else:
-                        results[tasks[task]] = task.result()
-                keys = [answer_key(r.body) for r in results.values()]
-                if by == "majority" and decided_majority(keys, len(members)) is not None:
+                        i = tasks[task]
+                        results[i] = task.result()
+                        keys[i] = answer_key(results[i].body)
+                if by == "majority" and decided_majority(list(keys.values()), len(members)):
                     break
         finally:
             for task in pending:
@@ -481,10 +483,10 @@ class Executor:
                     raise failure  # the request itself was refused (a 400)
             raise AllPoolsFailedError(list(members))
         order = sorted(results)
-        keys = [answer_key(results[i].body) for i in order]
-        chosen = order[pick(keys, [_mean(results[i]) for i in order], by)]
+        ordered = [keys[i] for i in order]
+        chosen = order[pick(ordered, [_mean(results[i]) for i in order], by)]
         kept = results[chosen]
-        key = answer_key(kept.body)
+        key = keys[chosen]
         losers = [(members[i], results[i].completion_tokens) for i in order if i != chosen]
         losers += [(members[i], 0) for t, i in tasks.items() if i not in results]
         notes = []
@@ -492,7 +494,7 @@ class Executor:
             notes.append(f"{len(members) - len(results)} of {len(members)} answers not awaited")
         return Outcome(
             kept, members[chosen], "ensemble", list(members), confidence=_mean(kept),
-            votes=sum(k == key for k in keys) if key else 1, answers=len(results),
+            votes=sum(k == key for k in ordered) if key else 1, answers=len(results),
             discarded_tokens=sum(t for _, t in losers),
             discarded_engine_s=round(time.monotonic() - started, 4), losers=losers, notes=notes,
         )  # fmt: skip

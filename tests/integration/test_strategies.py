@@ -58,6 +58,17 @@ def health(port: int, app: str) -> dict[str, Any]:
     return body
 
 
+def after_abort(port: int, app: str, pool: str, before: int) -> dict[str, Any]:
+    """`pool`'s /health entry once its abort count passed `before` and nothing runs: the
+    abort reaches the replica asynchronously (a bounded wait)."""
+    for _ in range(50):
+        stats: dict[str, Any] = health(port, app)["pools"][pool]
+        if stats["aborted"] > before and stats["running"] == 0:
+            break
+        time.sleep(0.2)
+    return stats
+
+
 def info(raw: Any) -> dict[str, Any]:
     extra: dict[str, Any] = raw.parse().model_extra["switchyard"]
     return extra
@@ -97,13 +108,9 @@ def test_speculative_aborts_the_loser_in_its_engine(
     sy = info(raw)
     assert (sy["pool"], sy["speculative_winner"]) == ("small", "source")
     assert sy["discarded_engine_s"] > 0
-    for _ in range(50):  # the abort reaches the replica asynchronously (bounded wait)
-        pools = health(serve_port, "confident")["pools"]
-        if pools["large"]["aborted"] > before and pools["large"]["running"] == 0:
-            break
-        time.sleep(0.2)
-    assert pools["large"]["aborted"] == before + 1
-    assert pools["large"]["running"] == 0
+    large = after_abort(serve_port, "confident", "large", before)
+    assert large["aborted"] == before + 1
+    assert large["running"] == 0
 
 
 def test_speculative_unsure_small_returns_large(apps: dict[str, openai.OpenAI]) -> None:
@@ -198,12 +205,7 @@ def test_ensemble_majority_aborts_the_slow_member_in_its_engine(
     sy = info(raw)
     assert (sy["strategy"], sy["pool"], sy["votes"], sy["answers"]) == ("ensemble", "small", 2, 2)
     assert raw.parse().choices[0].message.content == "small answer from tiny-chat"
-    for _ in range(50):  # the abort reaches the replica asynchronously (bounded wait)
-        pools = health(serve_port, "judged")["pools"]
-        if pools["large"]["aborted"] > before and pools["large"]["running"] == 0:
-            break
-        time.sleep(0.2)
-    assert pools["large"]["aborted"] == before + 1
+    assert after_abort(serve_port, "judged", "large", before)["aborted"] == before + 1
 
 
 def test_midstream_cascade_aborts_an_unsure_start(
@@ -225,9 +227,4 @@ def test_midstream_cascade_aborts_an_unsure_start(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
         "large answer from big-chat"
     )
-    for _ in range(50):
-        pools = health(serve_port, "unsure")["pools"]
-        if pools["small"]["aborted"] > before and pools["small"]["running"] == 0:
-            break
-        time.sleep(0.2)
-    assert pools["small"]["aborted"] == before + 1
+    assert after_abort(serve_port, "unsure", "small", before)["aborted"] == before + 1
