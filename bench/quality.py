@@ -23,7 +23,11 @@ escalation), `speculative`, `verify` (the judge is `--judge-pool`) and `ensemble
 members are `--ensemble`, sampled at `--ensemble-temperature`: self-consistency when a
 pool repeats), and `adaptive`: the feedback-driven router (routing/bandit.py) on a tier
 of its own, after a warm-up of `--warmup` tasks of another seed, every answer rated by
-its grade through `POST /v1/feedback` (during the measured pass too). The generated app
+its grade through `POST /v1/feedback` (during the measured pass too). `learned`: the
+rules, then the router file `--router` (`switchyard train-router`; the app routes every
+`auto` request with it, so run it apart from the other auto policies); `random`: each
+task pinned to `large` with probability `--random-large-share` (seeded by the task),
+the baseline a router must beat at the same share. The generated app
 config (reports/bench-quality/serve_quality.yaml) carries these settings. Numbers only;
 nothing here asserts.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
@@ -64,6 +69,7 @@ class Policy:
     temperature: float | None = None  # None: the bench's (0)
     tier: str | None = None  # the x-switchyard-tier header
     warmup: bool = False  # first a disjoint workload, with feedback on every answer
+    large_share: float | None = None  # random: pin this share of tasks (seeded) to large
 
 
 POLICIES: dict[str, Policy] = {
@@ -76,6 +82,8 @@ POLICIES: dict[str, Policy] = {
     "verify": Policy("auto", "verify"),
     "ensemble": Policy("auto", "ensemble"),
     "adaptive": Policy("auto", "route", tier=ADAPTIVE_TIER, warmup=True),
+    "learned": Policy("auto", "route"),  # needs --router: the app routes with it
+    "random": Policy("auto", large_share=0.5),  # --random-large-share
 }
 
 
@@ -106,8 +114,11 @@ class PolicyResult:
 async def ask(client: httpx.AsyncClient, task: Task, policy: Policy, max_tokens: int) -> Answer:
     """One chat request (streamed unless the policy says not); the answer's text, who
     served it, and its timings (unstreamed: TTFT is the latency)."""
+    model = policy.model
+    if policy.large_share is not None:  # the same pin for a task in every run
+        model = "large" if random.Random(task.id).random() < policy.large_share else "small"
     body = {
-        "model": policy.model,
+        "model": model,
         "messages": [{"role": "user", "content": task.prompt}],
         "max_tokens": max_tokens,
         "temperature": policy.temperature or 0,
@@ -417,9 +428,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--warmup", type=int, default=140, help="adaptive: tasks of another seed, with feedback"
     )
+    p.add_argument(
+        "--router",
+        type=Path,
+        help="learned: a router file (switchyard train-router); the app routes every "
+        "auto request with it, so give it in a run of its own",
+    )
+    p.add_argument("--random-large-share", type=float, default=0.5, help="random: share to large")
     args = p.parse_args(argv)
+    if "learned" in args.policies and args.router is None:
+        p.error("the learned policy needs --router FILE")
+    if args.router is not None and args.url is not None:
+        p.error("--router configures the app this script starts; not with --url")
     policies = dict(POLICIES)
     policies["ensemble"] = Policy("auto", "ensemble", temperature=args.ensemble_temperature)
+    policies["random"] = Policy("auto", large_share=args.random_large_share)
 
     REPORTS.mkdir(parents=True, exist_ok=True)
     workload = tasks(args.tasks, seed=args.seed)
@@ -439,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         tiers = routing.setdefault("tiers", {})
         tiers[ADAPTIVE_TIER] = {"selectable": True}
         routing["adaptive"] = {"tiers": [ADAPTIVE_TIER], "refresh_s": 1}
+        if args.router is not None:
+            routing["learned"] = {"path": str(args.router.resolve()), "reload_s": 0}
         state = REPORTS / "quality-state.sqlite"
         state.unlink(missing_ok=True)
         config["applications"][0]["args"]["database"] = {"url": f"sqlite:///{state}"}

@@ -176,6 +176,8 @@ class Ingress:
                     lambda path: load_serving_router(path, served, embedder=embedder),
                 )
                 learned = self.router_file.load()
+                # Loaded here, not by the first requests (semantic's examples load it).
+                await asyncio.to_thread(embedder.load)
         # NOTE: the guard must be in place before the first request: the middleware
         # passes everything through while `api.state` has none.
         self.guard = RequestGuard(config.api)

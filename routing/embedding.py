@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -177,6 +178,10 @@ class MiniLMEmbedder:
         self.max_seq_length = max_seq_length
         self._model: Any = None
         self._tokenizer: Any = None
+        # NOTE: the server encodes from worker threads: concurrent first requests must
+        # load once. Two threads importing transformers at once can also fail ("cannot
+        # import name 'AutoTokenizer'", seen on 3 of 140 requests under a learned router).
+        self._loading = threading.Lock()
 
     @property
     def cache_id(self) -> str:
@@ -188,6 +193,11 @@ class MiniLMEmbedder:
     def load(self) -> None:
         if self._model is not None:
             return
+        with self._loading:
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
         folder = _model_dir()
         if self.max_seq_length is None:
             self.max_seq_length = _default_max_seq_length()

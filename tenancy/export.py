@@ -53,6 +53,7 @@ from tenancy.schema import Feedback, RequestRecord
 __all__ = [
     "ExportStats",
     "LabelRecord",
+    "cascade_confidences",
     "PromptLabels",
     "export_csv",
     "labelled_rows",
@@ -212,6 +213,40 @@ def _records(engine: Engine, since: float | None, tenants: Sequence[str]) -> Ite
         result = connection.execution_options(yield_per=_BATCH).execute(_query(since, tenants))
         for row in result:
             yield LabelRecord(*row)
+
+
+def cascade_confidences(
+    engine: Engine,
+    *,
+    on: str,
+    source: str,
+    since: float | None = None,
+    tenants: Sequence[str] = (),
+) -> list[float]:
+    """The confidences cascades judged `source`'s answers by, computed on `on` ("start":
+    a streaming cascade's first tokens; "answer": whole answers), oldest first: what
+    `switchyard calibrate --from-ledger` turns into a threshold. Needs no prompt text,
+    so every tenant's requests count, opted in or not."""
+    conditions = [RequestRecord.created_at >= since] if since is not None else []
+    if tenants:
+        conditions.append(RequestRecord.tenant.in_(tenants))
+    query = (
+        select(RequestRecord.confidence, RequestRecord.pools_tried)
+        .where(
+            *conditions,
+            RequestRecord.strategy == "cascade",
+            RequestRecord.confidence_on == on,
+            RequestRecord.confidence.is_not(None),
+        )
+        .order_by(RequestRecord.created_at)
+    )
+    found: list[float] = []
+    with engine.connect() as connection:
+        result = connection.execution_options(yield_per=_BATCH).execute(query)
+        for confidence, tried in result:
+            if confidence is not None and (tried or "").split(",", 1)[0] == source:
+                found.append(float(confidence))
+    return found
 
 
 def pools_in_ledger(engine: Engine, since: float | None, tenants: Sequence[str]) -> list[str]:

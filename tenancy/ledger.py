@@ -65,6 +65,7 @@ class LedgerEntry:
     discarded_engine_s: float = 0.0
     ttft_s: float | None = None
     confidence: float | None = None
+    confidence_on: str | None = None  # "start" | "answer" (schema.RequestRecord)
     escalated: int = 0
     prompt: str | None = None
     route_class: str | None = None

@@ -60,6 +60,9 @@ class RequestRecord(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     ttft_s: Mapped[float | None] = mapped_column(Float)
     confidence: Mapped[float | None] = mapped_column(Float)
+    # What `confidence` was computed on: "start" (a streaming cascade's first tokens),
+    # "answer" (the whole answer); `switchyard calibrate --from-ledger` keeps them apart.
+    confidence_on: Mapped[str | None] = mapped_column(String(8))
     escalated: Mapped[int] = mapped_column(Integer, default=0)
     prompt: Mapped[str | None] = mapped_column(Text)  # only for tenants that opt in
     # The adaptive router's context of the request (`routing.bandit`), when it routed it:

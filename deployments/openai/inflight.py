@@ -75,7 +75,16 @@ def ledger_entry(
         discarded_engine_s=outcome.discarded_engine_s if outcome else 0.0,
         ttft_s=flight.ttft_s,
         confidence=outcome.confidence if outcome else None,
+        confidence_on=_confidence_on(outcome),
         escalated=int(outcome.escalated) if outcome else 0,
         prompt=flight.prompt,
         route_class=flight.pick.context if flight.pick else None,
     )
+
+
+def _confidence_on(outcome: Outcome | None) -> str | None:
+    """What the outcome's confidence was computed on: a streaming cascade's first tokens
+    ("start") or a whole answer ("answer"); the two are calibrated apart."""
+    if outcome is None or outcome.confidence is None:
+        return None
+    return "start" if outcome.streamed else "answer"

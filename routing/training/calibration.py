@@ -51,7 +51,7 @@ from routing.training.train import (
     scores_from_source,
 )
 
-__all__ = ["main", "set_config_value", "threshold_for_strong_share"]
+__all__ = ["main", "set_cascade_threshold", "set_config_value", "threshold_for_strong_share"]
 
 DEFAULT_KEY = "routing.learned.threshold"
 
@@ -84,14 +84,10 @@ def threshold_for_strong_share(
     return float((values[best - 1] + values[best]) / 2.0)
 
 
-def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
-    """Set `applications[0].args.<dotted_key>` in a Serve YAML config, in place.
-
-    PyYAML round trip: comments are not kept (see the module docstring).
-    """
+def _load_args(path: Path) -> tuple[Any, dict[str, Any]]:
+    """The YAML document and its first application's `args` mapping (created if absent)."""
     import yaml
 
-    path = Path(path)
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -101,19 +97,26 @@ def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
         raise ValueError(f"{path}: no 'applications' list")
     if not isinstance(applications[0], dict):
         raise ValueError(f"{path}: the first application is not a mapping")
-    parts = dotted_key.split(".")
-    if not all(parts):
-        raise ValueError(f"bad key {dotted_key!r}: expected names separated by dots")
-    node = applications[0].setdefault("args", {})
+    args = applications[0].setdefault("args", {})
+    if not isinstance(args, dict):
+        raise ValueError(f"{path}: args is not a mapping")
+    return document, args
+
+
+def _walk(node: dict[str, Any], parts: Sequence[str], path: Path) -> dict[str, Any]:
+    """The mapping at `parts` under `node`, creating missing ones."""
     walked = "args"
-    for part in parts[:-1]:
-        if not isinstance(node, dict):
-            raise ValueError(f"{path}: {walked} is not a mapping")
+    for part in parts:
         node = node.setdefault(part, {})
         walked = f"{walked}.{part}"
-    if not isinstance(node, dict):
-        raise ValueError(f"{path}: {walked} is not a mapping")
-    node[parts[-1]] = value
+        if not isinstance(node, dict):
+            raise ValueError(f"{path}: {walked} is not a mapping")
+    return node
+
+
+def _save(path: Path, document: Any) -> None:
+    import yaml
+
     text = yaml.safe_dump(document, sort_keys=False, width=100)
     # Write a sibling temp file and rename, so a failure never leaves half a config.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -124,6 +127,41 @@ def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def set_config_value(path: str | Path, dotted_key: str, value: Any) -> None:
+    """Set `applications[0].args.<dotted_key>` in a Serve YAML config, in place.
+
+    PyYAML round trip: comments are not kept (see the module docstring).
+    """
+    path = Path(path)
+    parts = dotted_key.split(".")
+    if not all(parts):
+        raise ValueError(f"bad key {dotted_key!r}: expected names separated by dots")
+    document, args = _load_args(path)
+    _walk(args, parts[:-1], path)[parts[-1]] = value
+    _save(path, document)
+
+
+def set_cascade_threshold(
+    path: str | Path, source: str, target: str, field: str, value: float
+) -> None:
+    """Set `field` (`threshold` or `stream_threshold`) of the cascade rule for (source,
+    target) under `args.routing.cascade.rules`, adding the rule when there is none (a
+    rule's omitted source/target are the config's defaults, small and large)."""
+    path = Path(path)
+    document, args = _load_args(path)
+    cascade = _walk(args, ("routing", "cascade"), path)
+    rules = cascade.setdefault("rules", [])
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise ValueError(f"{path}: args.routing.cascade.rules is not a list of mappings")
+    for rule in rules:
+        if (rule.get("source", "small"), rule.get("target", "large")) == (source, target):
+            rule[field] = value
+            break
+    else:
+        rules.append({"source": source, "target": target, field: value})
+    _save(path, document)
 
 
 def main(

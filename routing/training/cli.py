@@ -2,8 +2,8 @@
 
 It lives in `routing.training` because most of its subcommands (`train-router`,
 `calibrate`, `eval`, `make-data`, ...) are the offline routing tools of this package;
-`prepare` is dispatched to `models.prepare`, `keys` to `tenancy.keys`, `export` to
-`tenancy.export`. Subcommands parse their own arguments, so
+`prepare` is dispatched to `models.prepare`, `keys` to `tenancy.keys`, `export` and
+`calibrate-cascade` to `tenancy`. Subcommands parse their own arguments, so
 `switchyard prepare ...` and `python -m models.prepare ...` accept exactly the same
 options. Each module is imported only when its subcommand runs, so `switchyard prepare`
 never pays for (or depends on) scikit-learn, matplotlib or the sentence-embedding stack
@@ -33,6 +33,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("tenancy.keys", "create, list and revoke API keys"),
     "bandit-sim": ("routing.training.bandit_sim", "simulate adaptive routing: regret curve"),
     "export": ("tenancy.export", "export opted-in prompts and labels as a training CSV"),
+    "calibrate-cascade": (
+        "tenancy.cascade_calibration",
+        "a cascade rule's threshold from the confidences the ledger logged",
+    ),
     "make-data": (
         "routing.training.dataset",
         "grade embedded models on MMLU or arithmetic: a training CSV",

@@ -151,3 +151,32 @@ def test_cache_id_names_everything_that_changes_the_vectors() -> None:
     assert len(ids) == 4
     assert MiniLMEmbedder().cache_id == MiniLMEmbedder(max_seq_length=256).cache_id
     assert MiniLMEmbedder().cache_id.startswith("all-MiniLM-L6-v2@")
+
+
+def test_concurrent_first_encodes_load_the_model_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server encodes from worker threads; the first requests arrive together. One
+    thread loads while the others wait for it (a second, concurrent import of
+    transformers failed 3 of 140 requests before)."""
+    import threading
+
+    embedder = MiniLMEmbedder()
+    loads: list[int] = []
+    entered, second, release = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_load() -> None:
+        loads.append(1)
+        (second if entered.is_set() else entered).set()
+        assert release.wait(10)
+        embedder._tokenizer, embedder._model = object(), object()
+
+    monkeypatch.setattr(embedder, "_load", slow_load)
+    threads = [threading.Thread(target=embedder.load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert entered.wait(10)
+    # Without the lock a second thread enters at once; with it, none may in a second.
+    assert not second.wait(1.0)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert loads == [1] and not any(t.is_alive() for t in threads)

@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import Engine
 
 from routing.training import cli
@@ -16,6 +17,7 @@ from routing.training.train import read_router_csv
 from tenancy.db import connect, migrate
 from tenancy.export import (
     LabelRecord,
+    cascade_confidences,
     combine,
     export_csv,
     labelled_rows,
@@ -48,12 +50,13 @@ def served(
     escalated: int = 0,
     confidence: float | None = None,
     outcome: str = "ok",
+    confidence_on: str | None = None,
 ) -> LedgerEntry:
     return LedgerEntry(
         id=f"chatcmpl-{next(_ids)}", created_at=at, endpoint="chat", model_asked="auto",
         strategy=strategy, outcome=outcome, latency_s=0.1, tenant=tenant,
         pools_tried=tried if tried is not None else pool, pool=pool, escalated=escalated,
-        confidence=confidence, prompt=prompt,
+        confidence=confidence, prompt=prompt, confidence_on=confidence_on,
     )  # fmt: skip
 
 
@@ -301,3 +304,75 @@ def test_the_command_writes_the_file_and_says_what_it_exported(
     assert "1 prompts from 1 ledger records" in said and "small: 1 labels, 1 correct" in said
     assert cli.main(["export", "--database-url", url, "--tenant", "nobody"]) == 0
     assert capsys.readouterr().out == "prompt,records,source\n"  # to stdout; no pools found
+
+
+def started(
+    confidence: float, *, on: str = "start", tried: str = "small", **kw: object
+) -> LedgerEntry:
+    """A cascade's record, its confidence computed on a stream's start (or an answer)."""
+    return served(
+        None, tried.split(",")[-1], strategy="cascade", tried=tried, confidence=confidence,
+        confidence_on=on, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_cascade_confidences_keep_starts_answers_and_source_pools_apart(engine: Engine) -> None:
+    write(
+        engine,
+        started(-0.1, at=T0), started(-0.9, tried="small,large", escalated=1, at=T0 + 1),
+        started(-0.5, on="answer"), started(-0.7, tried="code,large"),
+        served("no cascade", confidence=-0.2, confidence_on="answer"),
+        started(-0.3, at=T0 - 100),
+    )  # fmt: skip
+    assert cascade_confidences(engine, on="start", source="small") == [-0.3, -0.1, -0.9]
+    assert cascade_confidences(engine, on="start", source="small", since=T0) == [-0.1, -0.9]
+    assert cascade_confidences(engine, on="answer", source="small") == [-0.5]
+    assert cascade_confidences(engine, on="start", source="code") == [-0.7]
+
+
+CONFIG = """applications:
+- name: app
+  import_path: deployments.app:build
+  args:
+    routing:
+      cascade:
+        stream_decide_tokens: 8
+        rules:
+        - {source: code, target: large, threshold: -1.0}
+"""
+
+
+def test_calibrate_from_the_ledger_writes_the_rules_stream_threshold(
+    engine: Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    confidences = [-i / 100 for i in range(100)]
+    write(engine, *(started(c, at=T0 + i) for i, c in enumerate(confidences)))
+    write(engine, *(started(-5.0, on="answer") for _ in range(50)))  # not the start's
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(CONFIG)
+    url = str(engine.url)
+    argv = ["calibrate-cascade", "--on", "start", "--database-url", url, "--strong-share", "0.2"]
+    assert cli.main([*argv, "--write-config", str(config)]) == 0
+    assert "20.0% of 100 logged small -> large cascades would escalate" in capsys.readouterr().out
+    rules = yaml.safe_load(config.read_text())["applications"][0]["args"]["routing"]["cascade"]
+    assert rules["stream_decide_tokens"] == 8 and rules["rules"][0]["threshold"] == -1.0
+    added = rules["rules"][1]
+    assert (added["source"], added["target"]) == ("small", "large")
+    assert sum(c < added["stream_threshold"] for c in confidences) == 20
+    # Again, for the whole answers: the same rule gets its `threshold`, nothing is added.
+    argv[2] = "answer"
+    assert cli.main([*argv, "--write-config", str(config)]) == 0
+    rules = yaml.safe_load(config.read_text())["applications"][0]["args"]["routing"]["cascade"]
+    # All 50 tie at -5.0: escalating none of them is the closest to 20%.
+    assert len(rules["rules"]) == 2 and -5.001 < rules["rules"][1]["threshold"] < -5.0
+    assert rules["rules"][1]["stream_threshold"] == added["stream_threshold"]
+
+
+def test_calibrate_from_an_empty_ledger_says_so(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["calibrate-cascade", "--on", "start", "--database-url", str(engine.url)]
+    assert cli.main([*argv, "--strong-share", "0.2"]) == 1
+    assert "no confidences of 'small' cascades on the start" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--strong-share", "0.2", "--rule", "small"])
