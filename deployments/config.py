@@ -351,6 +351,14 @@ class AppConfig(StrictConfig):
                 f"routing.verifier.judge_pool {judge!r} serves a completion-only model; the "
                 "judge is asked in chat"
             )
+        ensemble = self.routing.ensemble
+        first = ensemble.members[0]
+        if ensemble.pick == "judge" and judge is None and first in self.pools:
+            if not self.model(self.pools[first].model).chat:
+                raise ValueError(
+                    f"routing.ensemble.pick judge grades with its first member {first!r}, "
+                    "which serves a completion-only model; set routing.verifier.judge_pool"
+                )
         return self
 
     def model(self, model_id: str) -> ModelSpec:

@@ -411,11 +411,22 @@ class FakeLLMEngine(LLMEngine):
             return INVALID_ARGUMENTS, tool.function.name
         return json.dumps(arguments), tool.function.name
 
+    def _reply_to(self, request: ChatCompletionRequest | CompletionRequest) -> str:
+        """`replies`' answer to what the last chat message contains, else `reply`."""
+        if self.options.replies and isinstance(request, ChatCompletionRequest):
+            last = request.messages[-1] if request.messages else {}
+            content = last.get("content") if isinstance(last, dict) else None
+            text = content if isinstance(content, str) else json.dumps(content)
+            for needle, reply in self.options.replies.items():
+                if needle in text:
+                    return reply
+        return self.reply
+
     def _structured(self, request: ChatCompletionRequest | CompletionRequest) -> str:
         """The answer under a JSON response_format or structured_outputs."""
         wanted = request.extract_structured_outputs()
         if wanted is None or (wanted.json is None and not wanted.json_object):
-            return self.reply
+            return self._reply_to(request)
         if wanted.json is not None:
             schema = json.loads(wanted.json) if isinstance(wanted.json, str) else wanted.json
             answer = json.dumps(minimal_instance(schema))

@@ -17,6 +17,12 @@ class FakeEngineOptions(StrictConfig):
         default="This is a fake answer.",
         description="Answer text; its words are the tokens. `{pool}`/`{model}` are filled in.",
     )
+    replies: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Answers by what the chat asks: the first key that the last message "
+        "contains gives the reply (e.g. a judge that accepts one answer and not another).",
+    )
     first_token_latency_s: float = Field(default=0.0, ge=0, description="Delay before token 1.")
     token_latency_s: float = Field(default=0.0, ge=0, description="Delay between tokens.")
     logprobs: list[float] = Field(

@@ -443,7 +443,9 @@ class Executor:
     async def _ensemble(self, plan: Plan, job: Job) -> Outcome:
         """Every member answers at once; `majority` stops as soon as more than half agree
         (the rest are aborted: Serve cancels their calls, vLLM frees the slots), `logprob`
-        waits for all and keeps the most confident."""
+        waits for all and keeps the most confident, `judge` waits for all and keeps the
+        one the judge grades best (each distinct answer judged once, all at once; no
+        grade at all: the majority pick)."""
         members = plan.members
         by = self.ensemble.pick
         seen: dict[str, int] = {}
@@ -484,12 +486,19 @@ class Executor:
             raise AllPoolsFailedError(list(members))
         order = sorted(results)
         ordered = [keys[i] for i in order]
-        chosen = order[pick(ordered, [_mean(results[i]) for i in order], by)]
+        means = [_mean(results[i]) for i in order]
+        notes: list[str] = []
+        grades: list[float | None] = []
+        if by == "judge":
+            grades = await self._graded(plan, job, [results[i] for i in order], ordered, notes)
+        if any(g is not None for g in grades):
+            chosen = order[pick(ordered, grades, "logprob")]
+        else:
+            chosen = order[pick(ordered, means, "majority" if by == "judge" else by)]
         kept = results[chosen]
         key = keys[chosen]
         losers = [(members[i], results[i].completion_tokens) for i in order if i != chosen]
         losers += [(members[i], 0) for t, i in tasks.items() if i not in results]
-        notes = []
         if len(results) < len(members):
             notes.append(f"{len(members) - len(results)} of {len(members)} answers not awaited")
         return Outcome(
@@ -497,7 +506,23 @@ class Executor:
             votes=sum(k == key for k in ordered) if key else 1, answers=len(results),
             discarded_tokens=sum(t for _, t in losers),
             discarded_engine_s=round(time.monotonic() - started, 4), losers=losers, notes=notes,
+            judge_pool=plan.judge if grades else None,
+            judge_score=grades[order.index(chosen)] if grades else None,
         )  # fmt: skip
+
+    async def _graded(
+        self, plan: Plan, job: Job, answers: list[Answer], keys: list[str], notes: list[str]
+    ) -> list[float | None]:
+        """The judge's grade of each answer; answers alike (same key) are judged once."""
+        assert plan.judge is not None
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key or f"#{i}", i)
+        judged = await asyncio.gather(
+            *(self._judged(plan.judge, job, answers[i], notes) for i in first.values())
+        )
+        grade = dict(zip(first, judged, strict=True))
+        return [grade[key or f"#{i}"] for i, key in enumerate(keys)]
 
     async def open_cascade_stream(
         self, plan: Plan, job: Job, decide_after: int

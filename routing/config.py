@@ -138,10 +138,12 @@ class EnsembleConfig(StrictConfig):
         description="One answer per entry, all at once; a pool may repeat (samples, each "
         "with its own seed: at temperature 0 repeats answer alike).",
     )
-    pick: Literal["majority", "logprob"] = Field(
+    pick: Literal["majority", "logprob", "judge"] = Field(
         default="majority",
         description="majority: the answer most members agree on (normalised text), ties "
-        "and no agreement by mean logprob; logprob: the most confident answer.",
+        "and no agreement by mean logprob; logprob: the most confident answer; judge: "
+        "every distinct answer graded by the verifier's judge (`verifier.judge_pool`, "
+        "default the first member; its prompt and bounds), the best graded kept.",
     )
 
 

@@ -84,7 +84,7 @@ class Plan:
     # `route` only: the pools that meet the request's constraints, best J first; the
     # adaptive router (routing.bandit) may choose another of these, never anything else.
     candidates: tuple[str, ...] = ()
-    judge: str | None = None  # `verify`: the pool that grades the cheap answer
+    judge: str | None = None  # `verify`, `ensemble` picked by judge: who grades answers
     members: tuple[str, ...] = ()  # `ensemble`: one answer per entry, all at once
 
     def answer_chains(self) -> tuple[tuple[str, ...], ...]:
@@ -307,20 +307,28 @@ def _ensemble(
     """The configured members this request may use and that are up; fewer than two is
     no ensemble: the request is routed."""
     members = tuple(m for m in config.ensemble.members if m in views and views[m].available)
+    judge = None
+    if config.ensemble.pick == "judge" and members:
+        wanted = config.verifier.judge_pool or members[0]
+        judge = wanted if wanted in views and views[wanted].available else members[0]
     skipped = ""
     if len(members) < 2:
         skipped = "ensemble skipped: fewer than 2 of its members are available to this request"
     elif wishes.max_cost_usd is not None and (
-        sum(views[m].cost_per_request for m in members) > wishes.max_cost_usd
+        sum(views[m].cost_per_request for m in members)
+        + (len(members) * views[judge].cost_per_request if judge else 0.0)
+        > wishes.max_cost_usd
     ):
         skipped = "ensemble skipped: its members together exceed max_cost_usd"
     if skipped:
         routed = _route(decision, views, config, wishes, profile.similarities)
         return replace(routed, notes=(*routed.notes, skipped))
     detail = f"{len(members)} answers ({', '.join(members)}), picked by {config.ensemble.pick}"
+    if judge is not None:
+        detail = f"{detail} ({judge!r} grades each distinct answer)"
     return Plan(
         "ensemble", members[0], decision.reason, detail, members=members,
-        fallbacks=_fallbacks(members[0], views, config),
+        fallbacks=_fallbacks(members[0], views, config), judge=judge,
     )  # fmt: skip
 
 

@@ -354,9 +354,11 @@ class RouteInfo(BaseModel):
     invalid: str | None = Field(
         default=None, description="Why the cheap answer was unusable (validity cascade)."
     )
-    judge_pool: str | None = Field(default=None, description="verify: who graded the answer.")
+    judge_pool: str | None = Field(
+        default=None, description="verify, ensemble by judge: who graded the answer."
+    )
     judge_score: float | None = Field(
-        default=None, description="verify: the judge's P(the answer is right), 0..1."
+        default=None, description="verify, ensemble by judge: the judge's P(right) of it, 0..1."
     )
     votes: int | None = Field(
         default=None, description="ensemble: answers that agreed with the one kept."
@@ -380,7 +382,9 @@ class RoutePlanResponse(BaseModel):
     confidence_method: str | None
     threshold: float | None
     fallbacks: list[str]
-    judge: str | None = Field(default=None, description="verify: the pool that grades.")
+    judge: str | None = Field(
+        default=None, description="verify, ensemble by judge: the pool that grades."
+    )
     members: list[str] = Field(
         default_factory=list, description="ensemble: one answer per entry, all at once."
     )

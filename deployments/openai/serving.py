@@ -290,6 +290,14 @@ class OpenAIServing:
             judged = self._price(plan.judge, prompt_tokens + answer_cap + JUDGE_PROMPT_TOKENS, 1)
             tokens += retries * more_tokens + (retries + 1) * judged[0]
             usd += retries * more_usd + (retries + 1) * judged[1]
+        if plan.strategy == "ensemble" and plan.judge is not None:
+            # Every answer may be distinct, so each may be judged once.
+            for member in plan.members:
+                answer_cap = self._cap(plan, member) * choices
+                judged = self._price(
+                    plan.judge, prompt_tokens + answer_cap + JUDGE_PROMPT_TOKENS, 1
+                )
+                tokens, usd = tokens + judged[0], usd + judged[1]
         return tokens, usd
 
     def _cap(self, plan: Plan, pool: str) -> int:

@@ -177,6 +177,44 @@ async def test_ensemble_with_one_member_left_is_routed() -> None:
     assert len(pools.calls) == 1
 
 
+async def test_ensemble_by_judge_keeps_the_answer_the_judge_grades_best() -> None:
+    # Two small samples agree; the judge accepts only the large answer, which wins.
+    routing = {
+        "ensemble": {"members": ["small", "small", "large"], "pick": "judge"},
+        "verifier": {"judge_pool": "code"},
+    }
+    judge = {"reply": "No", "replies": {"large answer": "Yes"}}
+    svc, pools = serving(args(routing, code=judge))
+    got = info(await svc.generate(chat(), ENSEMBLE))
+    assert (got["pool"], got["judge_pool"], got["judge_score"]) == ("large", "code", 1.0)
+    assert (got["votes"], got["answers"]) == (1, 3)
+    # the two small samples answer alike: judged once, so two judgements in all
+    graded = [r["messages"][0]["content"] for r in pools.requests("code")]
+    assert len(graded) == 2 and sum("large answer" in g for g in graded) == 1
+    assert got["discarded_tokens"] == 8  # both small answers, billed
+
+
+async def test_ensemble_by_judge_without_a_grade_falls_back_to_the_majority() -> None:
+    routing = {"ensemble": {"members": ["small", "small", "large"], "pick": "judge"}}
+    # the default judge is the first member, whose fake reply is neither yes nor no
+    svc, _ = serving(args(routing))
+    got = info(await svc.generate(chat(), ENSEMBLE))
+    assert (got["pool"], got["votes"], got["judge_score"]) == ("small", 2, None)
+    assert any("neither yes nor no" in n for n in got["notes"])
+
+
+async def test_ensemble_by_judge_reserves_a_judgement_per_member() -> None:
+    routing = {"ensemble": {"members": ["small", "large"], "pick": "judge"}}
+    svc, _ = serving(args({**routing, "verifier": {"judge_pool": "code"}}))
+    judged, _ = await svc.planning.plan(chat(), "hello", ENSEMBLE, frozenset())
+    svc, _ = serving(args({"ensemble": {"members": ["small", "large"]}}))
+    voted, _ = await svc.planning.plan(chat(), "hello", ENSEMBLE, frozenset())
+    assert (judged.judge, voted.judge) == ("code", None)
+    extra = svc._worst_case(judged, 10)[0] - svc._worst_case(voted, 10)[0]
+    caps = [judged.max_tokens.get(p) for p in ("small", "large")]
+    assert extra == sum(10 + cap + 200 + 1 for cap in caps if cap is not None)
+
+
 # --- mid-stream cascade ----------------------------------------------------------------
 
 

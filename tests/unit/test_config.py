@@ -181,6 +181,17 @@ def broken(mutate: Any) -> dict[str, Any]:
             "judge_pool 'base' serves a completion-only model",
         ),
         (
+            lambda a: (
+                a["pools"].update(base={"model": "base-lm"}),
+                a.update(routing={"ensemble": {"members": ["base", "small"], "pick": "judge"}}),
+            ),
+            "ensemble.pick judge grades with its first member 'base'",
+        ),
+        (
+            lambda a: a.update(routing={"ensemble": {"pick": "vote"}}),
+            "routing.ensemble.pick: Input should be 'majority', 'logprob' or 'judge'",
+        ),
+        (
             lambda a: a.update(routing={"cascade": {"stream_decide_tokens": -1}}),
             "stream_decide_tokens: Input should be greater than or equal to 0",
         ),
