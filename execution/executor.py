@@ -518,9 +518,11 @@ class Executor:
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             first.setdefault(key or f"#{i}", i)
+        said: list[str] = []
         judged = await asyncio.gather(
-            *(self._judged(plan.judge, job, answers[i], notes) for i in first.values())
+            *(self._judged(plan.judge, job, answers[i], said) for i in first.values())
         )
+        notes.extend(dict.fromkeys(said))  # one note per kind of failure, in order
         grade = dict(zip(first, judged, strict=True))
         return [grade[key or f"#{i}"] for i, key in enumerate(keys)]
 
