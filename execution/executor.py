@@ -515,16 +515,18 @@ class Executor:
     ) -> list[float | None]:
         """The judge's grade of each answer; answers alike (same key) are judged once."""
         assert plan.judge is not None
+        # An answer without a key (nothing comparable in it) is judged on its own.
+        named = [key or f"#{i}" for i, key in enumerate(keys)]
         first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key or f"#{i}", i)
+        for i, key in enumerate(named):
+            first.setdefault(key, i)
         said: list[str] = []
         judged = await asyncio.gather(
             *(self._judged(plan.judge, job, answers[i], said) for i in first.values())
         )
         notes.extend(dict.fromkeys(said))  # one note per kind of failure, in order
         grade = dict(zip(first, judged, strict=True))
-        return [grade[key or f"#{i}"] for i, key in enumerate(keys)]
+        return [grade[key] for key in named]
 
     async def open_cascade_stream(
         self, plan: Plan, job: Job, decide_after: int

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import ColumnElement, Engine, Executable, and_, func, select, true
+from sqlalchemy import ColumnElement, Engine, Executable, and_, func, or_, select, true
 from sqlalchemy.orm import aliased
 
 from tenancy.schema import Feedback, RequestRecord
@@ -216,37 +216,30 @@ def _records(engine: Engine, since: float | None, tenants: Sequence[str]) -> Ite
 
 
 def cascade_confidences(
-    engine: Engine,
-    *,
-    on: str,
-    source: str,
-    since: float | None = None,
-    tenants: Sequence[str] = (),
+    engine: Engine, *, on: str, source: str, since: float | None = None
 ) -> list[float]:
-    """The confidences cascades judged `source`'s answers by, computed on `on` ("start":
-    a streaming cascade's first tokens; "answer": whole answers), oldest first: what
-    `switchyard calibrate --from-ledger` turns into a threshold. Needs no prompt text,
-    so every tenant's requests count, opted in or not."""
-    conditions = [RequestRecord.created_at >= since] if since is not None else []
-    if tenants:
-        conditions.append(RequestRecord.tenant.in_(tenants))
+    """The confidences cascades judged `source`'s answers by (the first pool they tried),
+    computed on `on` ("start": a streaming cascade's first tokens; "answer": whole
+    answers), oldest first: what `switchyard calibrate-cascade` turns into a threshold.
+    Needs no prompt text, so every tenant's requests count, opted in or not."""
+    tried_first = or_(
+        RequestRecord.pools_tried == source,
+        RequestRecord.pools_tried.startswith(f"{source},", autoescape=True),
+    )
     query = (
-        select(RequestRecord.confidence, RequestRecord.pools_tried)
+        select(RequestRecord.confidence)
         .where(
-            *conditions,
+            RequestRecord.created_at >= since if since is not None else true(),
             RequestRecord.strategy == "cascade",
             RequestRecord.confidence_on == on,
             RequestRecord.confidence.is_not(None),
+            tried_first,
         )
         .order_by(RequestRecord.created_at)
     )
-    found: list[float] = []
     with engine.connect() as connection:
-        result = connection.execution_options(yield_per=_BATCH).execute(query)
-        for confidence, tried in result:
-            if confidence is not None and (tried or "").split(",", 1)[0] == source:
-                found.append(float(confidence))
-    return found
+        result = connection.execution_options(yield_per=_BATCH).scalars(query)
+        return [float(confidence) for confidence in result if confidence is not None]
 
 
 def pools_in_ledger(engine: Engine, since: float | None, tenants: Sequence[str]) -> list[str]:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from routing.config import ConfidenceRule
 from routing.learned import PoolRouter, load_router
 from routing.training.train import (
     RouterData,
@@ -148,15 +149,20 @@ def set_cascade_threshold(
 ) -> None:
     """Set `field` (`threshold` or `stream_threshold`) of the cascade rule for (source,
     target) under `args.routing.cascade.rules`, adding the rule when there is none (a
-    rule's omitted source/target are the config's defaults, small and large)."""
+    rule's omitted source/target are `ConfidenceRule`'s defaults)."""
     path = Path(path)
     document, args = _load_args(path)
     cascade = _walk(args, ("routing", "cascade"), path)
     rules = cascade.setdefault("rules", [])
     if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         raise ValueError(f"{path}: args.routing.cascade.rules is not a list of mappings")
+    defaults = ConfidenceRule.model_fields
     for rule in rules:
-        if (rule.get("source", "small"), rule.get("target", "large")) == (source, target):
+        pair = (
+            rule.get("source", defaults["source"].default),
+            rule.get("target", defaults["target"].default),
+        )
+        if pair == (source, target):
             rule[field] = value
             break
     else:

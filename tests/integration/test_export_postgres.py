@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from tenancy.db import connect, migrate
-from tenancy.export import export_csv
+from tenancy.export import cascade_confidences, export_csv
 from tenancy.ledger import LedgerEntry, LedgerWriter, Verdict, add_feedback
 from tenancy.schema import Base
 from tests.integration.test_ledger import fresh_database
@@ -114,4 +114,27 @@ def test_the_migration_keeps_the_newest_verdict_of_each_response(
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     assert add_feedback(engine, "chatcmpl-a", "acme", 0.0).replaced
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_cascade_confidences_are_the_same_on_both_databases(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The source pool is matched in SQL: "small" and "small,large", not "smaller"."""
+    engine = connect(fresh_database(kind, request))
+    migrate(engine)
+    writer = LedgerWriter(engine)
+    for i, (tried, on) in enumerate(
+        [("small", "start"), ("small,large", "start"), ("smaller", "start"),
+         ("small_%", "start"), ("small", "answer"), ("large", "start")]
+    ):  # fmt: skip
+        writer.record(
+            entry(i, None, tried.split(",")[-1], pools_tried=tried, strategy="cascade",
+                  confidence=-i / 10, confidence_on=on)
+        )  # fmt: skip
+    writer.flush()
+    assert cascade_confidences(engine, on="start", source="small") == [0.0, -0.1]
+    assert cascade_confidences(engine, on="answer", source="small") == [-0.4]
+    assert cascade_confidences(engine, on="start", source="small_%") == [-0.3]
     engine.dispose()
